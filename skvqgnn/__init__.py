@@ -1,0 +1,8 @@
+"""skvqgnn: VQ-GNN (Ding et al., NeurIPS 2021) as scikit-learn estimators."""
+
+from .classifier import VQGNNClassifier
+from .graph import Graph, NodeSet
+
+__version__ = "0.1.0"
+
+__all__ = ["Graph", "NodeSet", "VQGNNClassifier", "__version__"]

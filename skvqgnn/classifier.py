@@ -1,0 +1,236 @@
+"""``VQGNNClassifier``: semi-supervised node classification with VQ-GNN."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import ClassifierMixin, _fit_context
+from sklearn.metrics import accuracy_score
+from sklearn.utils import check_random_state
+from torch import Tensor
+from torch.nn import functional as F
+
+from ._base import BaseVQGNN, resolve_graph
+from .graph import NodeSet
+
+__all__ = ["VQGNNClassifier"]
+
+
+def _check_labels(y: Any, n: int, name: str = "y") -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one label per node), got shape {y.shape}")
+    if len(y) != n:
+        raise ValueError(f"{name} has {len(y)} entries but {n} nodes were given")
+    if not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
+        raise ValueError(
+            f"{name} must hold integer class labels (-1 = unlabelled), got dtype {y.dtype}"
+        )
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise ValueError(f"{name} must hold integer class labels (-1 = unlabelled)")
+    y = y.astype(np.int64)
+    if np.any(y < -1):
+        raise ValueError(f"{name} holds labels < -1; use -1 for unlabelled nodes")
+    return y
+
+
+class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
+    """Node classifier trained in mini-batches with vector-quantised message passing (VQ-GNN).
+
+    Every layer after the first keeps a product codebook of node-representation centroids.
+    Messages between nodes of a mini-batch are exact; messages from the rest of the graph come from
+    the senders' codewords, and the backward pass returns the gradient of the batch's messages to
+    out-of-batch nodes through gradient codewords. No message is dropped, and the memory of a
+    training step does not grow with the graph.
+
+    Parameters
+    ----------
+    backbone : {"gcn", "sage"}, default="gcn"
+        Graph convolution: GCN (``D̃^-½(A+I)D̃^-½``) or GraphSAGE-mean (root weight + ``D⁻¹A``).
+    hidden_layer_sizes : int or sequence of int, default=(64,)
+        Widths of the hidden layers; the network has ``len(hidden_layer_sizes) + 1`` layers.
+    n_codewords : int, default=256
+        Codewords ``k`` per codebook slice.
+    codeword_dim : int, default=4
+        Width ``D`` of a product-VQ slice; layer inputs are cut into ``ceil(f / D)`` slices.
+    batch_size : int or None, default=512
+        Nodes per mini-batch. ``None`` trains on the full graph (exact, no codebooks): the
+        in-package reference.
+    sampler : {"cluster", "random"}, default="cluster"
+        ``"cluster"`` joins ``parts_per_batch`` random METIS parts per batch, so most messages are
+        intra-batch; ``"random"`` draws nodes uniformly.
+    parts_per_batch : int, default=4
+        METIS parts per batch for ``sampler="cluster"``.
+    inference : {"vq", "exact"}, default="vq"
+        ``"vq"``: mini-batch inference, out-of-batch messages from codewords. ``"exact"``:
+        layer-wise full-neighbour inference over node chunks.
+    backward_messages : {"codewords", "none"}, default="codewords"
+        Whether the backward pass adds the out-of-batch gradient messages (Eq. 7) from the
+        gradient codewords.
+    grad_scale : float, default=1.0
+        Weight of the standardised gradient next to the standardised features in the codeword
+        assignment distance (0: features only).
+    ema_decay : float, default=0.99
+        Decay of the codebooks' exponential moving averages.
+    dropout : float, default=0.5
+    learning_rate : float, default=0.01
+        Adam learning rate.
+    weight_decay : float, default=5e-4
+    max_epochs : int, default=200
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the labelled nodes (drawn afresh at every fit), stop
+        after ``n_iter_no_change`` epochs without improvement of their accuracy and keep the best
+        epoch's model.
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=20
+    warm_start : bool, default=False
+        Continue from the fitted model (and its codebooks on the same graph).
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available. The fitted model is kept on the CPU, so a model
+        trained on a GPU loads and predicts on a CPU-only machine.
+    sparse_backend : {"auto", "torch", "torch_sparse"}, default="auto"
+        Sparse kernels: ``torch.sparse``, or the optional ``torch-sparse`` package when installed.
+    random_state : int, RandomState instance or None, default=None
+        Seeds batches, METIS, initialisation and dropout; CPU runs are bit-reproducible.
+    verbose : int, default=0
+        Show a progress bar over epochs.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels (without -1).
+    n_features_in_ : int
+    transduction_ : ndarray of shape (n_nodes,)
+        Predicted label of every node of the training graph.
+    history_ : list of dict
+        Per epoch: ``loss``, ``time``, ``val_score`` (with early stopping) and, per VQ layer,
+        ``vq_error``, ``assignments_changed``, ``codewords_reseeded``, ``codeword_shift``,
+        ``grad_codeword_norm`` and ``blue_message_norm``.
+    vq_error_ : ndarray of shape (n_vq_layers,)
+        Relative VQ error ``‖X − R X̃‖_F / ‖X‖_F`` of each quantised layer input over the last
+        epoch (empty for full-graph training).
+    n_iter_ : int
+        Epochs run.
+    model_ : torch.nn.Module
+        The trained network with its codebooks (on the CPU).
+
+    See Also
+    --------
+    skvqgnn.Graph : the graph container whose ``nodes`` views are the ``X`` of cross-validation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvqgnn import VQGNNClassifier
+    >>> from skvqgnn.datasets import load_cora
+    >>> A, X, y, split = load_cora()
+    >>> clf = VQGNNClassifier(max_epochs=5, random_state=0)
+    >>> clf = clf.fit(A, X, np.where(split.train_mask, y, -1))
+    >>> clf.predict(A, X).shape
+    (2708,)
+    """
+
+    _n_outputs: int
+    _n_targets: int
+
+    def _loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:
+        targets = self._targets[nodes]
+        mask = targets >= 0
+        count = int(mask.sum())
+        if count == 0:
+            return logits.sum() * 0.0, 0
+        return F.cross_entropy(logits[mask], targets[mask], reduction="sum"), count
+
+    def _val_score(self, logits: Tensor, nodes: np.ndarray) -> float:
+        return accuracy_score(self._val_labels, logits.argmax(1).numpy())
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, A: Any, X: Any = None, y: Any = None) -> VQGNNClassifier:
+        """Fit on a graph: ``fit(A, X, y)`` or ``fit(nodes, y)``.
+
+        Parameters
+        ----------
+        A : sparse matrix of shape (n_nodes, n_nodes), or NodeSet
+            Adjacency, or a ``NodeSet`` view (then the second argument is ``y``, one label per
+            node of the view, and every other node of the graph is unlabelled).
+        X : array-like or sparse matrix of shape (n_nodes, n_features)
+            Node features (when ``A`` is an adjacency).
+        y : array-like of shape (n_nodes,)
+            Integer class labels, ``-1`` for unlabelled nodes.
+
+        Returns
+        -------
+        self
+        """
+        nodes, is_view = resolve_graph(A, None if isinstance(A, NodeSet) else X)
+        if is_view and y is None:
+            y = X
+        if y is None:
+            raise TypeError("fit needs the labels y")
+        graph = nodes.graph
+        y_view = _check_labels(y, len(nodes))
+        labels = np.full(graph.n_nodes, -1, dtype=np.int64)
+        labels[nodes.index] = y_view
+        labelled = np.flatnonzero(labels >= 0)
+        if len(labelled) == 0:
+            raise ValueError("y has no labelled node: every entry is -1")
+        self._hidden_sizes()
+        rs = check_random_state(self.random_state)
+        seed = int(rs.randint(np.iinfo(np.int32).max))
+        val_nodes = np.zeros(0, dtype=np.int64)
+        if self.early_stopping:
+            n_val = max(1, int(round(self.validation_fraction * len(labelled))))
+            if n_val >= len(labelled):
+                raise ValueError(
+                    f"validation_fraction={self.validation_fraction} leaves no labelled node to "
+                    f"train on ({len(labelled)} labelled)"
+                )
+            val_nodes = np.sort(rs.choice(labelled, n_val, replace=False))
+        classes = np.unique(labels[labelled])
+        if (
+            self.warm_start
+            and hasattr(self, "classes_")
+            and not np.array_equal(classes, self.classes_)
+        ):
+            raise ValueError("warm_start=True needs the same classes as the previous fit")
+        if len(classes) < 2:
+            raise ValueError(f"y must contain at least 2 classes, got {classes.tolist()}")
+        self.classes_ = classes
+        self.n_features_in_ = graph.n_features
+        encoded = np.full(graph.n_nodes, -1, dtype=np.int64)
+        encoded[labelled] = np.searchsorted(classes, labels[labelled])
+        self._val_labels = encoded[val_nodes]
+        encoded[val_nodes] = -1
+        self._targets = torch.from_numpy(encoded)
+        self._n_outputs = len(classes)
+        self._n_targets = int((encoded >= 0).sum())
+        with torch.random.fork_rng(devices=[]):
+            self._fit_graph(nodes, val_nodes, seed)
+        del self._targets, self._val_labels
+        self.transduction_ = self.classes_[self._decision(graph.nodes()).argmax(1).numpy()]
+        return self
+
+    def decision_function(self, A: Any, X: Any = None) -> np.ndarray:
+        """Logits (n, n_classes) for ``predict(A, X)`` or ``predict(nodes)``."""
+        nodes, _ = resolve_graph(A, X)
+        return self._decision(nodes).numpy()
+
+    def predict_proba(self, A: Any, X: Any = None) -> np.ndarray:
+        """Class probabilities, shape (n_nodes_or_view, n_classes)."""
+        nodes, _ = resolve_graph(A, X)
+        return torch.softmax(self._decision(nodes), dim=1).numpy()
+
+    def predict(self, A: Any, X: Any = None) -> np.ndarray:
+        """Class of every node of ``(A, X)``, or of the nodes of a ``NodeSet``."""
+        nodes, _ = resolve_graph(A, X)
+        return self.classes_[self._decision(nodes).argmax(1).numpy()]
+
+    def score(self, A: Any, X: Any = None, y: Any = None) -> float:
+        """Accuracy: ``score(nodes, y)`` or ``score(A, X, y)``."""
+        if isinstance(A, NodeSet) and y is None:
+            y = X
+            X = None
+        return accuracy_score(y, self.predict(A, X))

@@ -1,0 +1,250 @@
+"""Graphs as scikit-learn sees them: a validated ``Graph`` and ``NodeSet`` views over its nodes.
+
+scikit-learn's model selection indexes ``X`` along its first axis and hands ``predict`` nothing but
+``X``. A ``NodeSet`` is therefore the "X" of a graph estimator: a 1-D view of some nodes of one
+shared, read-only ``Graph``. Indexing a view gives another view of the same graph, so
+cross-validation, grid search (with refit) and ``train_test_split`` split nodes, never the graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import numbers
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["Graph", "NodeSet", "gcn_norm", "mean_norm"]
+
+
+def _as_csr_adjacency(A: Any) -> sp.csr_array:
+    if sp.issparse(A):
+        A = sp.csr_array(A, dtype=np.float32, copy=True)
+    else:
+        try:
+            A = np.asarray(A)
+        except Exception as exc:  # pragma: no cover - exotic inputs
+            raise TypeError(
+                f"A must be a scipy sparse matrix or a 2-D array, got {type(A)}"
+            ) from exc
+        if A.dtype == object:
+            raise TypeError(
+                f"A must be a scipy sparse matrix or a numeric 2-D array, got {A.dtype}"
+            )
+        if A.ndim != 2:
+            raise ValueError(f"A must be 2-D (n_nodes, n_nodes), got an array of shape {A.shape}")
+        A = sp.csr_array(A.astype(np.float32))
+    if A.shape[0] != A.shape[1]:
+        raise ValueError(f"A must be square (n_nodes, n_nodes), got shape {A.shape}")
+    A.sum_duplicates()
+    A.sort_indices()
+    if not np.all(np.isfinite(A.data)):
+        raise ValueError("A contains NaN or infinite edge weights")
+    if np.any(A.data < 0):
+        raise ValueError("A contains negative edge weights; edge weights must be >= 0")
+    A.eliminate_zeros()
+    return A
+
+
+def _as_features(X: Any, n_nodes: int) -> np.ndarray | sp.csr_array:
+    if sp.issparse(X):
+        X = sp.csr_array(X, dtype=np.float32, copy=True)
+        X.sum_duplicates()
+        X.sort_indices()
+        values = X.data
+    else:
+        X = np.asarray(X)
+        if X.dtype == object or not np.issubdtype(X.dtype, np.number):
+            raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
+        if X.ndim == 1:
+            raise ValueError(
+                f"X must be 2-D (n_nodes, n_features), got a 1-D array of shape {X.shape}; "
+                "use X.reshape(-1, 1) for a single feature"
+            )
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D (n_nodes, n_features), got shape {X.shape}")
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        values = X
+    if X.shape[0] != n_nodes:
+        raise ValueError(f"X has {X.shape[0]} rows but A has {n_nodes} nodes; they must match")
+    if X.shape[1] < 1:
+        raise ValueError("X must have at least one feature column")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("X contains NaN or infinite values")
+    return X
+
+
+def gcn_norm(A: sp.csr_array) -> sp.csr_array:
+    """GCN convolution ``D̃^-½ (A + I) D̃^-½`` with the remaining self-loops added.
+
+    Nodes that already carry a self-loop keep its weight (as PyTorch Geometric's ``gcn_norm``);
+    ``D̃`` holds the row sums of ``A + I``. Row ``i`` aggregates from the columns ``j`` with
+    ``A[i, j] != 0``.
+    """
+    n = A.shape[0]
+    missing = (A.diagonal() == 0).astype(np.float32)
+    A_tilde = (A + sp.diags_array(missing, format="csr")).tocsr()
+    deg = np.asarray(A_tilde.sum(axis=1)).ravel()
+    inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1e-30)), 0.0).astype(np.float32)
+    D = sp.diags_array(inv_sqrt, shape=(n, n), format="csr")
+    C = (D @ A_tilde @ D).tocsr()
+    C.sort_indices()
+    return C.astype(np.float32)
+
+
+def mean_norm(A: sp.csr_array) -> sp.csr_array:
+    """Mean aggregation ``D^-1 A`` (GraphSAGE-mean); rows of isolated nodes are zero."""
+    deg = np.asarray(A.sum(axis=1)).ravel()
+    inv = np.where(deg > 0, 1.0 / np.maximum(deg, 1e-30), 0.0).astype(np.float32)
+    C = (sp.diags_array(inv, format="csr") @ A).tocsr()
+    C.sort_indices()
+    return C.astype(np.float32)
+
+
+class Graph:
+    """A validated graph: adjacency ``A`` (n × n) and node features ``X`` (n × f).
+
+    Validated and converted once (CSR ``float32`` adjacency with summed duplicates and sorted
+    indices, ``float32`` features, dense or CSR), then treated as read-only and shared by every
+    view. Row ``i`` of ``A`` lists the nodes ``i`` receives messages from; an undirected graph has a
+    symmetric ``A``. Convolution matrices derived from it are cached on the instance (and not
+    pickled).
+
+    Parameters
+    ----------
+    A : sparse matrix or array-like of shape (n_nodes, n_nodes)
+        Adjacency (any scipy sparse format or a dense array); non-negative finite weights.
+    X : sparse matrix or array-like of shape (n_nodes, n_features)
+        Node features.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> G = Graph(sp.eye(4, k=1) + sp.eye(4, k=-1), np.ones((4, 2)))
+    >>> G.nodes([0, 2]).shape
+    (2,)
+    """
+
+    def __init__(self, A: Any, X: Any):
+        self.A = _as_csr_adjacency(A)
+        self.X = _as_features(X, self.A.shape[0])
+        self._cache: dict[Any, Any] = {}
+
+    @property
+    def n_nodes(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.X.shape[1]
+
+    def nodes(self, index: Any = None) -> NodeSet:
+        """A ``NodeSet`` view of the nodes ``index`` (all nodes when ``None``)."""
+        if index is None:
+            return NodeSet(self, np.arange(self.n_nodes))
+        return NodeSet(self, _node_index(index, self.n_nodes))
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of ``A`` and ``X``: a reloaded model recognises its training graph by it."""
+        if "fingerprint" not in self._cache:
+            h = hashlib.blake2b(digest_size=16)
+            for arr in (self.A.indptr, self.A.indices, self.A.data):
+                h.update(np.ascontiguousarray(arr).tobytes())
+            if sp.issparse(self.X):
+                h.update(b"csr")
+                for arr in (self.X.indptr, self.X.indices, self.X.data):
+                    h.update(np.ascontiguousarray(arr).tobytes())
+            else:
+                h.update(self.X.tobytes())
+            h.update(repr((self.A.shape, self.X.shape)).encode())
+            self._cache["fingerprint"] = h.hexdigest()
+        return self._cache["fingerprint"]
+
+    def cached(self, key: Any, build: Any) -> Any:
+        """Return ``self._cache[key]``, computing it with ``build()`` the first time."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"A": self.A, "X": self.X}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.A = state["A"]
+        self.X = state["X"]
+        self._cache = {}
+
+    def __repr__(self) -> str:
+        kind = "sparse" if sp.issparse(self.X) else "dense"
+        return (
+            f"Graph(n_nodes={self.n_nodes}, n_edges={self.A.nnz}, "
+            f"n_features={self.n_features}, X={kind})"
+        )
+
+
+def _node_index(index: Any, n: int) -> np.ndarray:
+    if isinstance(index, slice):
+        return np.arange(n)[index]
+    idx = np.asarray(index)
+    if idx.dtype == bool:
+        if idx.shape != (n,):
+            raise IndexError(f"boolean node mask must have shape ({n},), got {idx.shape}")
+        return np.flatnonzero(idx)
+    if idx.ndim == 0:
+        idx = idx.reshape(1)
+    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise IndexError(f"node index must be a 1-D array of integers, got {idx.dtype} {idx.shape}")
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise IndexError(f"node index out of range for a graph with {n} nodes")
+    return np.where(idx < 0, idx + n, idx)
+
+
+class NodeSet:
+    """A view of some nodes of a ``Graph``: the ``X`` that graph estimators take.
+
+    Behaves as a 1-D sequence of length ``len(index)`` for scikit-learn: ``shape == (len,)``,
+    ``view[idx]`` (also ``view[(idx, Ellipsis)]``, as scikit-learn indexes) returns a view of the
+    same graph. The graph is never copied. Converting a view to a NumPy array raises: the nodes
+    have no meaning without their graph.
+
+    Parameters
+    ----------
+    graph : Graph
+    index : ndarray of int of shape (n_view,)
+        Node ids into ``graph``.
+    """
+
+    def __init__(self, graph: Graph, index: np.ndarray):
+        if not isinstance(graph, Graph):
+            raise TypeError(f"graph must be a skvqgnn.Graph, got {type(graph).__name__}")
+        self.graph = graph
+        self.index = np.asarray(index, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self.index),)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: Any) -> NodeSet:
+        if isinstance(key, tuple):
+            if len(key) == 2 and key[1] is Ellipsis:
+                key = key[0]
+            else:
+                raise IndexError("a NodeSet is 1-D: index it with one key")
+        if isinstance(key, numbers.Integral):
+            key = [key]
+        return NodeSet(self.graph, self.index[_node_index(key, len(self.index))])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise TypeError(
+            "a NodeSet is a view of graph nodes and cannot become a NumPy array; pass it to a "
+            "skvqgnn estimator, or use .index for node ids and .graph.X for features"
+        )
+
+    def __repr__(self) -> str:
+        return f"NodeSet({len(self)} nodes of {self.graph!r})"

@@ -1,0 +1,133 @@
+"""Per-batch sketches of a convolution matrix (DESIGN §1, Eq. 6 and 7).
+
+For a batch ``B`` of ``b`` nodes and a convolution ``C`` (host CSR, full graph):
+
+* ``C_in = C[B][:, B]`` (b × b): intra-batch messages, exact.
+* the codeword sketch ``C̃_out R`` of the out-of-batch messages: for row ``i``, slice ``p`` and
+  codeword ``v``, the sum of ``C_ij`` over out-of-batch senders ``j`` with ``r_p(j) = v``. Stored as
+  one sparse matrix of shape (b·P, P·k) so that a single product with the stacked codewords
+  (P·k, D) gives every slice's out-of-batch messages at once.
+* the transposed sketch ``(Cᵀ)_out R``: for batch sender ``j`` and codeword ``v`` the sum of
+  ``C_ij`` over out-of-batch receivers ``i`` with ``r_p(i) = v``; it carries the gradient
+  codewords back to the batch (the "blue" messages of Eq. 7).
+
+In-batch nodes are excluded from both sketches (they travel exactly in ``C_in``), so no message
+is counted twice, and intra-batch messages carry exactly ``C_ij``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+__all__ = ["BatchEdges", "split_batch_edges", "codeword_sketch", "to_torch_sparse", "spmm"]
+
+
+@dataclass(frozen=True)
+class BatchEdges:
+    """Rows ``B`` of a convolution, split into intra-batch and out-of-batch entries.
+
+    ``in_*`` use local indices (0..b-1) for both ends; ``out_rows`` are local batch rows and
+    ``out_nodes`` global ids of the out-of-batch end.
+    """
+
+    b: int
+    in_rows: np.ndarray
+    in_cols: np.ndarray
+    in_vals: np.ndarray
+    out_rows: np.ndarray
+    out_nodes: np.ndarray
+    out_vals: np.ndarray
+
+    def intra(self) -> sp.csr_array:
+        """``C_in`` as a (b, b) CSR matrix."""
+        return sp.csr_array((self.in_vals, (self.in_rows, self.in_cols)), shape=(self.b, self.b))
+
+
+def gather_rows(C: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """COO entries (local row, column, value) of ``C[rows]`` without building a sub-matrix."""
+    starts = C.indptr[rows]
+    lengths = C.indptr[rows + 1] - starts
+    total = int(lengths.sum())
+    local = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    pos = offsets + np.arange(total, dtype=np.int64)
+    return local, C.indices[pos].astype(np.int64), C.data[pos]
+
+
+def split_batch_edges(C: sp.csr_array, batch: np.ndarray, position: np.ndarray) -> BatchEdges:
+    """Split the rows ``batch`` of ``C``; ``position[j]`` is j's index in the batch or -1."""
+    rows, cols, vals = gather_rows(C, batch)
+    local = position[cols]
+    inside = local >= 0
+    return BatchEdges(
+        b=len(batch),
+        in_rows=rows[inside],
+        in_cols=local[inside],
+        in_vals=vals[inside],
+        out_rows=rows[~inside],
+        out_nodes=cols[~inside],
+        out_vals=vals[~inside],
+    )
+
+
+def codeword_sketch(edges: BatchEdges, codes: np.ndarray, n_codewords: int) -> sp.csr_array:
+    """The (b·P, P·k) sketch of the out-of-batch entries of ``edges`` under ``codes`` (n, P)."""
+    P = codes.shape[1]
+    k = n_codewords
+    slices = np.arange(P, dtype=np.int64)
+    node_codes = codes[edges.out_nodes].astype(np.int64)  # (E, P)
+    rows = (edges.out_rows[:, None] * P + slices).ravel()
+    cols = (node_codes + slices * k).ravel()
+    vals = np.repeat(edges.out_vals, P)
+    sketch = sp.csr_array((vals, (rows, cols)), shape=(edges.b * P, P * k))  # sums duplicates
+    sketch.sort_indices()
+    return sketch
+
+
+def to_torch_sparse(M: sp.csr_array, device: torch.device) -> Tensor:
+    """A scipy CSR matrix as a coalesced torch COO tensor on ``device``."""
+    coo = M.tocoo()
+    indices = np.vstack([coo.row, coo.col]).astype(np.int64)
+    return torch.sparse_coo_tensor(
+        torch.from_numpy(indices),
+        torch.from_numpy(np.asarray(coo.data, dtype=np.float32)),
+        M.shape,
+        is_coalesced=True,
+        check_invariants=False,
+    ).to(device)
+
+
+def _torch_sparse_available() -> bool:
+    try:
+        import torch_sparse  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    """``"auto"`` -> ``"torch_sparse"`` when that package imports, else ``"torch"``."""
+    if backend == "auto":
+        return "torch_sparse" if _torch_sparse_available() else "torch"
+    if backend == "torch_sparse" and not _torch_sparse_available():
+        raise ImportError(
+            "sparse_backend='torch_sparse' needs the optional torch-sparse package: "
+            "pip install 'skvqgnn[torch-sparse]'"
+        )
+    return backend
+
+
+def spmm(M: Tensor, x: Tensor, backend: str = "torch") -> Tensor:
+    """Sparse (COO) times dense, differentiable in ``x``; ``backend`` picks the kernel."""
+    if backend == "torch_sparse":
+        from torch_sparse import SparseTensor, matmul
+
+        idx = M.indices()
+        st = SparseTensor(row=idx[0], col=idx[1], value=M.values(), sparse_sizes=M.shape)
+        return matmul(st, x)
+    return torch.sparse.mm(M, x)
