@@ -226,7 +226,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     def predict(self, A: Any, X: Any = None) -> np.ndarray:
         """Class of every node of ``(A, X)``, or of the nodes of a ``NodeSet``."""
         nodes, _ = resolve_graph(A, X)
-        return self.classes_[self._decision(nodes).argmax(1).numpy()]
+        logits = self._decision(nodes)
+        return self.classes_[logits.argmax(1).numpy()]
 
     def score(self, A: Any, X: Any = None, y: Any = None) -> float:
         """Accuracy: ``score(nodes, y)`` or ``score(A, X, y)``."""

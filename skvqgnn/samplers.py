@@ -64,8 +64,7 @@ def metis_partition(A: sp.csr_array, n_parts: int, seed: int) -> np.ndarray:
         return np.arange(n, dtype=np.int64) % n_parts
     result = pymetis.part_graph(
         n_parts,
-        xadj=S.indptr.astype(np.int64),
-        adjncy=S.indices.astype(np.int64),
+        pymetis.CSRAdjacency(S.indptr.astype(np.int64), S.indices.astype(np.int64)),
         options=pymetis.Options(seed=int(seed)),
     )
     return np.asarray(result[1], dtype=np.int64)

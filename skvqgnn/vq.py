@@ -127,7 +127,7 @@ class ProductCodebook(nn.Module):
         n_grad: int = 1,
         decay: float = 0.99,
         grad_scale: float = 1.0,
-        eps: float = 1e-5,
+        eps: float = 1e-8,
     ):
         super().__init__()
         self.n_features = n_features

@@ -1,0 +1,255 @@
+"""VQGNNClassifier on the scikit-learn contract: usages of DESIGN §6, liveness, persistence."""
+
+import io
+import pickle
+from contextlib import redirect_stderr
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, cross_val_predict, cross_val_score
+from sklearn.utils._param_validation import InvalidParameterError
+
+from skvqgnn import Graph, NodeSet, VQGNNClassifier
+from skvqgnn.datasets import load_cora
+from skvqgnn.sketch import resolve_backend
+
+FAST = dict(max_epochs=15, batch_size=100, n_codewords=32, hidden_layer_sizes=(16,))
+
+
+def _labels(y, split):
+    return np.where(split.train_mask, y, -1)
+
+
+def _acc(pred, y, mask):
+    return float((pred[mask] == y[mask]).mean())
+
+
+def test_fit_predict_on_a_graph(csbm):
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(random_state=0, **FAST).fit(A, X, _labels(y, split))
+    assert clf.classes_.tolist() == [0, 1, 2]
+    assert clf.n_features_in_ == X.shape[1]
+    pred = clf.predict(A, X)
+    assert pred.shape == (600,)
+    np.testing.assert_array_equal(pred, clf.transduction_)
+    proba = clf.predict_proba(A, X)
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(1)], pred)
+    assert _acc(pred, y, split.test_mask) > 0.8
+    assert len(clf.history_) == clf.n_iter_ == 15
+    assert clf.vq_error_.shape == (1,) and 0 < clf.vq_error_[0] < 1
+
+
+def test_cora_public_split_accuracy_floor():
+    A, X, y, split = load_cora()
+    clf = VQGNNClassifier(batch_size=512, max_epochs=30, random_state=0)
+    clf.fit(A, X, _labels(y, split))
+    assert _acc(clf.transduction_, y, split.test_mask) >= 0.76
+
+
+def test_liveness_codebooks_and_backward_messages_move(csbm):
+    """DESIGN §3.1/§8: codebooks update every step and blue messages are non-zero."""
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(random_state=0, **{**FAST, "max_epochs": 3}).fit(A, X, _labels(y, split))
+    for record in clf.history_:
+        assert record["assignments_changed"][0] > 0
+        assert record["codeword_shift"][0] > 0
+        assert record["grad_codeword_norm"][0] > 0
+        assert record["blue_message_norm"][0] > 0
+    cb = clf.model_.codebooks[0]
+    counts, words, grads = cb.counts.clone(), cb.codewords.clone(), cb.grad_codewords.clone()
+    codes = clf.tables_[0].codes.copy()
+    clf.set_params(warm_start=True, max_epochs=1).fit(A, X, _labels(y, split))
+    cb = clf.model_.codebooks[0]
+    assert not torch.equal(counts, cb.counts)
+    assert not torch.equal(words, cb.codewords)
+    assert not torch.equal(grads, cb.grad_codewords)
+    assert (codes != clf.tables_[0].codes).any()
+    assert len(clf.history_) == 4
+
+
+def test_no_backward_messages_option(csbm):
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(random_state=0, backward_messages="none", **{**FAST, "max_epochs": 2})
+    clf.fit(A, X, _labels(y, split))
+    assert all(r["blue_message_norm"][0] == 0 for r in clf.history_)
+
+
+def test_full_graph_mode_is_exact_and_has_no_codebooks(csbm):
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(random_state=0, **{**FAST, "batch_size": None}).fit(
+        A, X, _labels(y, split)
+    )
+    assert clf.vq_error_.shape == (0,)
+    assert "vq_error" not in clf.history_[0]
+    exact = clf.set_params(inference="exact").predict_proba(A, X)
+    np.testing.assert_allclose(exact, clf.set_params(inference="vq").predict_proba(A, X), atol=1e-6)
+
+
+def test_vq_and_exact_inference_agree(csbm):
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(random_state=0, **FAST).fit(A, X, _labels(y, split))
+    vq = clf.predict(A, X)
+    exact = clf.set_params(inference="exact").predict(A, X)
+    assert (vq == exact).mean() > 0.9
+
+
+@pytest.mark.parametrize("sampler", ["cluster", "random"])
+def test_bit_reproducible_with_random_state(csbm, sampler):
+    A, X, y, split = csbm
+    params = dict(random_state=3, sampler=sampler, **{**FAST, "max_epochs": 4})
+    p1 = VQGNNClassifier(**params).fit(A, X, _labels(y, split))
+    p2 = VQGNNClassifier(**params).fit(A, X, _labels(y, split))
+    assert [r["loss"] for r in p1.history_] == [r["loss"] for r in p2.history_]
+    np.testing.assert_array_equal(p1.predict_proba(A, X), p2.predict_proba(A, X))
+    p3 = VQGNNClassifier(**{**params, "random_state": 4}).fit(A, X, _labels(y, split))
+    assert [r["loss"] for r in p1.history_] != [r["loss"] for r in p3.history_]
+
+
+def test_nodeset_fit_predict_score(csbm):
+    A, X, y, split = csbm
+    G = Graph(A, X)
+    train = split.train_idx
+    clf = VQGNNClassifier(random_state=0, **FAST).fit(G.nodes(train), y[train])
+    test = G.nodes(split.test_idx)
+    pred = clf.predict(test)
+    assert pred.shape == (len(split.test_idx),)
+    assert clf.score(test, y[split.test_idx]) == pytest.approx(_acc(pred, y[split.test_idx], ...))
+    assert clf.score(test, y[split.test_idx]) > 0.8
+    # predictions for a view equal those rows of the whole-graph predictions
+    np.testing.assert_array_equal(pred, clf.predict(A, X)[split.test_idx])
+
+
+def test_cross_validation_and_grid_search_over_nodes(csbm):
+    A, X, y, split = csbm
+    G = Graph(A, X)
+    idx = np.flatnonzero(split.train_mask | split.val_mask)
+    nodes = G.nodes(idx)
+    clf = VQGNNClassifier(random_state=0, **{**FAST, "max_epochs": 8})
+    scores = cross_val_score(clf, nodes, y[idx], cv=3)
+    assert scores.shape == (3,) and scores.min() > 0.7
+    pred = cross_val_predict(clf, nodes, y[idx], cv=3)
+    assert pred.shape == (len(idx),) and (pred == y[idx]).mean() > 0.7
+    search = GridSearchCV(clf, {"n_codewords": [8, 32]}, cv=3, n_jobs=2).fit(nodes, y[idx])
+    assert set(search.cv_results_["param_n_codewords"]) == {8, 32}
+    assert search.best_estimator_.score(G.nodes(split.test_idx), y[split.test_idx]) > 0.75
+    assert isinstance(nodes[(np.arange(3), Ellipsis)], NodeSet)
+
+
+def test_joblib_round_trip_gives_identical_predictions(csbm, tmp_path):
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(random_state=0, **FAST).fit(A, X, _labels(y, split))
+    before = clf.predict_proba(A, X)
+    path = tmp_path / "m.joblib"
+    joblib.dump(clf, path)
+    loaded = joblib.load(path)
+    # the reloaded model recognises its training graph by content, with fresh objects
+    assert loaded.graph_fingerprint_ == Graph(A.copy(), X.copy()).fingerprint
+    np.testing.assert_array_equal(loaded.predict_proba(A.copy(), X.copy()), before)
+    np.testing.assert_array_equal(loaded.transduction_, clf.transduction_)
+
+
+def test_training_graph_is_not_pickled():
+    rng = np.random.default_rng(0)
+    n = 400
+    from .conftest import random_graph
+
+    A = random_graph(n, 4, seed=0)
+    X = rng.normal(size=(n, 500)).astype(np.float32)  # 800 kB of features
+    y = rng.integers(0, 2, n)
+    clf = VQGNNClassifier(random_state=0, max_epochs=1, batch_size=100, n_codewords=8)
+    clf.fit(A, X, y)
+    assert len(pickle.dumps(clf)) < X.nbytes / 2
+
+
+def test_model_is_kept_on_cpu_and_loads_without_cuda(csbm):
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(random_state=0, device="cpu", **{**FAST, "max_epochs": 1})
+    clf.fit(A, X, _labels(y, split))
+    assert all(p.device.type == "cpu" for p in clf.model_.parameters())
+    assert all(b.device.type == "cpu" for b in clf.model_.buffers())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fit_predicts_on_cpu(csbm):
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(random_state=0, device="cuda", **FAST).fit(A, X, _labels(y, split))
+    blob = pickle.dumps(clf)
+    loaded = pickle.loads(blob)
+    loaded.set_params(device="cpu")
+    assert (loaded.predict(A, X) == clf.predict(A, X)).mean() > 0.99
+
+
+@pytest.mark.skipif(resolve_backend("auto") != "torch_sparse", reason="torch-sparse not installed")
+def test_torch_sparse_backend_matches_torch(csbm):
+    A, X, y, split = csbm
+    p = {"random_state": 0, **FAST, "max_epochs": 3}
+    a = VQGNNClassifier(sparse_backend="torch", **p).fit(A, X, _labels(y, split))
+    b = VQGNNClassifier(sparse_backend="torch_sparse", **p).fit(A, X, _labels(y, split))
+    np.testing.assert_allclose(a.predict_proba(A, X), b.predict_proba(A, X), atol=1e-4)
+
+
+def test_early_stopping_keeps_the_best_epoch(csbm):
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(
+        random_state=0, early_stopping=True, n_iter_no_change=3, **{**FAST, "max_epochs": 60}
+    ).fit(A, X, _labels(y, split))
+    scores = [r["val_score"] for r in clf.history_]
+    assert clf.n_iter_ < 60
+    assert np.argmax(scores) == len(scores) - 4  # stopped 3 epochs after the best
+    # a fresh validation draw on every fit: different random_state, different held-out nodes
+    assert all("val_score" in r for r in clf.history_)
+
+
+def test_verbose_shows_a_progress_bar(csbm):
+    A, X, y, split = csbm
+    err = io.StringIO()
+    with redirect_stderr(err):
+        VQGNNClassifier(random_state=0, verbose=1, **{**FAST, "max_epochs": 2}).fit(
+            A, X, _labels(y, split)
+        )
+    assert "epoch" in err.getvalue() and "2/2" in err.getvalue()
+
+
+def test_clone_and_params_are_stored_as_given():
+    clf = VQGNNClassifier("sage", hidden_layer_sizes=[8, 8], n_codewords=7)
+    assert clf.get_params()["hidden_layer_sizes"] == [8, 8]
+    assert clone(clf).get_params() == clf.get_params()
+
+
+@pytest.mark.parametrize(
+    "params, error, match",
+    [
+        ({"backbone": "gat2"}, InvalidParameterError, "backbone"),
+        ({"batch_size": 0}, InvalidParameterError, "batch_size"),
+        ({"n_codewords": 0}, InvalidParameterError, "n_codewords"),
+        ({"hidden_layer_sizes": (4, 0)}, ValueError, "hidden_layer_sizes"),
+    ],
+)
+def test_bad_parameters_are_named(csbm, params, error, match):
+    A, X, y, split = csbm
+    with pytest.raises(error, match=match):
+        VQGNNClassifier(**params).fit(A, X, _labels(y, split))
+
+
+def test_bad_labels_and_inputs(csbm):
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(**FAST)
+    with pytest.raises(ValueError, match="no labelled node"):
+        clf.fit(A, X, np.full(600, -1))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        clf.fit(A, X, np.where(split.train_mask, 0, -1))
+    with pytest.raises(ValueError, match="y has 10 entries"):
+        clf.fit(A, X, y[:10])
+    with pytest.raises(ValueError, match="integer class labels"):
+        clf.fit(A, X, y + 0.5)
+    fitted = VQGNNClassifier(random_state=0, **{**FAST, "max_epochs": 1}).fit(A, X, y)
+    with pytest.raises(ValueError, match="features"):
+        fitted.predict(A, X[:, :5])
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        VQGNNClassifier().predict(A, X)

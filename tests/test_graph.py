@@ -1,0 +1,115 @@
+import pickle
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.model_selection import train_test_split
+
+from skvqgnn import Graph, NodeSet
+from skvqgnn.graph import gcn_norm, mean_norm
+
+
+def _path(n=4):
+    return sp.eye(n, k=1) + sp.eye(n, k=-1)
+
+
+def test_accepts_every_sparse_format_and_dense():
+    X = np.ones((4, 2))
+    ref = Graph(_path(), X)
+    for A in (_path().tocoo(), _path().tolil(), _path().todense(), sp.csc_array(_path())):
+        G = Graph(A, X)
+        assert G.A.format == "csr" and G.A.dtype == np.float32
+        assert (G.A != ref.A).nnz == 0
+    G = Graph(_path(), sp.csr_matrix(X))
+    assert sp.issparse(G.X) and G.X.dtype == np.float32
+
+
+def test_duplicates_are_summed_and_input_not_modified():
+    A = sp.coo_array((np.ones(3), ([0, 0, 1], [1, 1, 0])), shape=(2, 2))
+    G = Graph(A, np.zeros((2, 1)))
+    assert G.A[0, 1] == 2.0
+    assert A.nnz == 3  # the caller's matrix is untouched
+
+
+@pytest.mark.parametrize(
+    "A, X, message",
+    [
+        (np.ones((3, 2)), np.ones((3, 1)), "A must be square"),
+        (np.ones(3), np.ones((3, 1)), "A must be 2-D"),
+        (_path(), np.ones((3, 1)), "X has 3 rows but A has 4 nodes"),
+        (_path() * np.nan, np.ones((4, 1)), "A contains NaN"),
+        (-_path(), np.ones((4, 1)), "negative edge weights"),
+        (_path(), np.full((4, 1), np.inf), "X contains NaN or infinite"),
+        (_path(), np.ones(4), "X must be 2-D"),
+        (_path(), np.array([["a"]] * 4), "X must hold numbers"),
+    ],
+)
+def test_bad_input_names_the_argument(A, X, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        Graph(A, X)
+
+
+def test_gcn_norm_matches_the_formula():
+    A = _path(3).toarray()
+    A_tilde = A + np.eye(3)
+    d = A_tilde.sum(1)
+    expected = A_tilde / np.sqrt(np.outer(d, d))
+    np.testing.assert_allclose(gcn_norm(sp.csr_array(A)).toarray(), expected, rtol=1e-6)
+    # an existing self-loop keeps its weight instead of gaining another
+    A2 = A + np.diag([2.0, 0, 0])
+    C = gcn_norm(sp.csr_array(A2)).toarray()
+    d2 = (A2 + np.diag([0, 1.0, 1.0])).sum(1)
+    assert C[0, 0] == pytest.approx(2.0 / d2[0])
+
+
+def test_mean_norm_rows_sum_to_one_and_isolated_rows_are_zero():
+    A = sp.csr_array(np.array([[0, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=float))
+    C = mean_norm(A).toarray()
+    np.testing.assert_allclose(C.sum(1), [1, 1, 0])
+    assert C[0, 1] == 0.5
+
+
+def test_fingerprint_is_content_based():
+    X = np.arange(8.0).reshape(4, 2)
+    assert Graph(_path(), X).fingerprint == Graph(_path().tocoo(), X.copy()).fingerprint
+    X2 = X.copy()
+    X2[0, 0] = 99
+    assert Graph(_path(), X).fingerprint != Graph(_path(), X2).fingerprint
+    assert Graph(_path(), X).fingerprint != Graph(_path() * 2, X).fingerprint
+
+
+def test_pickle_drops_the_cache():
+    G = Graph(_path(), np.ones((4, 2)))
+    G.cached("big", lambda: np.zeros(10_000))
+    G2 = pickle.loads(pickle.dumps(G))
+    assert G2._cache == {}
+    assert (G2.A != G.A).nnz == 0
+
+
+def test_nodeset_behaves_as_sklearn_expects():
+    G = Graph(_path(6), np.ones((6, 2)))
+    nodes = G.nodes([5, 1, 3, 0])
+    assert nodes.shape == (4,) and len(nodes) == 4
+    assert not hasattr(nodes, "fit") and not hasattr(nodes, "iloc")
+    sub = nodes[(np.array([0, 2]), Ellipsis)]  # how sklearn indexes
+    assert isinstance(sub, NodeSet) and sub.graph is G
+    assert sub.index.tolist() == [5, 3]
+    assert nodes[np.array([True, False, False, True])].index.tolist() == [5, 0]
+    assert nodes[1:3].index.tolist() == [1, 3]
+    assert nodes[2].index.tolist() == [3]
+    with pytest.raises(TypeError, match="cannot become a NumPy array"):
+        np.asarray(nodes)
+    a, b = train_test_split(nodes, test_size=0.5, random_state=0)
+    assert isinstance(a, NodeSet) and a.graph is G
+    assert sorted(a.index.tolist() + b.index.tolist()) == [0, 1, 3, 5]
+
+
+def test_node_index_errors():
+    G = Graph(_path(), np.ones((4, 1)))
+    with pytest.raises(IndexError, match="out of range"):
+        G.nodes([4])
+    with pytest.raises(IndexError, match="integers"):
+        G.nodes([0.5])
+    with pytest.raises(IndexError, match="boolean node mask"):
+        G.nodes(np.array([True, False]))
+    assert G.nodes([-1]).index.tolist() == [3]

@@ -1,0 +1,52 @@
+import numpy as np
+
+from skvqgnn.datasets import make_csbm
+from skvqgnn.samplers import ClusterSampler, RandomNodeSampler, metis_partition
+
+from .conftest import random_graph
+
+
+def _cover(batches, n):
+    allnodes = np.concatenate(list(batches))
+    return len(allnodes) == n and np.array_equal(np.sort(allnodes), np.arange(n))
+
+
+def _intra_fraction(A, batches):
+    inside = 0
+    for b in batches:
+        inside += A[b][:, b].nnz
+    return inside / A.nnz
+
+
+def test_random_sampler_partitions_nodes_each_epoch():
+    s = RandomNodeSampler(103, 20)
+    rng = np.random.default_rng(0)
+    e1, e2 = list(s.epoch(rng)), list(s.epoch(rng))
+    assert _cover(e1, 103) and _cover(e2, 103)
+    assert len(e1) == 6 and max(map(len, e1)) == 20
+    assert not all(np.array_equal(a, b) for a, b in zip(e1, e2, strict=True))
+    assert _cover(s.inference_batches(), 103)
+
+
+def test_cluster_sampler_keeps_more_messages_inside_batches():
+    # planted communities, so that a partition has something to find
+    A = make_csbm(600, n_classes=6, avg_degree=8, homophily=0.9, random_state=0).A
+    cluster = ClusterSampler(A, batch_size=100, parts_per_batch=2, seed=0)
+    rnd = RandomNodeSampler(600, 100)
+    rng = np.random.default_rng(0)
+    cb = list(cluster.epoch(rng))
+    assert _cover(cb, 600)
+    assert _cover(cluster.inference_batches(), 600)
+    assert _intra_fraction(A, cb) > 2 * _intra_fraction(A, list(rnd.epoch(rng)))
+    # batches are regrouped each epoch
+    assert any(not np.array_equal(a, b) for a, b in zip(cb, cluster.epoch(rng), strict=True))
+
+
+def test_metis_is_deterministic_for_a_seed_and_handles_edge_cases():
+    A = random_graph(200, 5, seed=1)
+    assert np.array_equal(metis_partition(A, 4, 0), metis_partition(A, 4, 0))
+    assert len(np.unique(metis_partition(A, 4, 0))) == 4
+    assert np.array_equal(metis_partition(A, 1, 0), np.zeros(200))
+    assert np.array_equal(metis_partition(A[:3][:, :3], 5, 0), np.arange(3))
+    empty = random_graph(10, 0, seed=0)
+    assert len(np.unique(metis_partition(empty, 2, 0))) == 2
