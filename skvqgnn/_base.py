@@ -109,8 +109,14 @@ def make_batch(
     n_codewords: int,
     device: torch.device,
     transposed: bool,
+    receivers: np.ndarray | None = None,
 ) -> Batch:
-    """Gather the host structures of batch ``nodes`` and move them to ``device``."""
+    """Gather the host structures of batch ``nodes`` and move them to ``device``.
+
+    ``transposed`` adds the transposed sketches for the backward messages. ``receivers`` (n,) bool
+    marks the nodes with a loss term: the last layer's gradient is zero elsewhere, so its
+    transposed sketch keeps only those out-of-batch receivers.
+    """
     position = data.position
     position[nodes] = np.arange(len(nodes))
     try:
@@ -132,7 +138,7 @@ def make_batch(
         position[nodes] = -1
     sketches: list[list[Tensor | None]] = []
     tsketches: list[list[Tensor | None]] = []
-    for table in tables or []:
+    for level, table in enumerate(tables or []):
         sketches.append(
             [
                 None
@@ -142,12 +148,16 @@ def make_batch(
             ]
         )
         if transposed:
+            if receivers is not None and level == len(tables) - 1:
+                tedges = [None if e is None else e.keep_out(receivers) for e in per_conv_tedges]
+            else:
+                tedges = per_conv_tedges
             tsketches.append(
                 [
                     None
                     if e is None
                     else to_torch_sparse(codeword_sketch(e, table.codes, n_codewords), device)
-                    for e in per_conv_tedges
+                    for e in tedges
                 ]
             )
     return Batch(
@@ -170,8 +180,9 @@ class FitState:
 class BaseVQGNN(BaseEstimator):
     """Hyper-parameters, validation, the training loop and inference shared by the estimators.
 
-    Subclasses implement ``_n_outputs``, ``_loss`` (batch logits and node ids -> summed loss over
-    the batch's training targets) and ``_val_score``.
+    Subclasses implement ``_loss`` (batch logits and node ids -> summed loss over the batch's
+    training targets) and ``_val_score``, and set ``_n_outputs``, ``_n_targets`` and
+    ``_loss_mask`` (n,) bool, the nodes with a loss term, before calling ``_fit_graph``.
     """
 
     _parameter_constraints: dict = {
@@ -350,7 +361,9 @@ class BaseVQGNN(BaseEstimator):
                 model.train()
                 stats = _EpochStats(len(tables))
                 for batch_nodes in sampler.epoch(rng):
-                    batch = make_batch(data, batch_nodes, tables, self.n_codewords, device, blue)
+                    batch = make_batch(
+                        data, batch_nodes, tables, self.n_codewords, device, blue, self._loss_mask
+                    )
                     logits, traces = model(batch, blue=blue)
                     loss, count = self._loss(logits, batch.nodes.to(device))
                     optimiser.zero_grad(set_to_none=True)
@@ -450,7 +463,9 @@ class BaseVQGNN(BaseEstimator):
             g = cb.split(g)  # (S, b, P, D)
             codes = cb.assign(x, g)
             before = cb.codewords.clone()
-            cb.update(x, g, codes)
+            last = level == len(tables) - 1
+            weight = torch.from_numpy(self._loss_mask[batch_nodes]).to(x.device) if last else None
+            cb.update(x, g, codes, weight)
             stats.changed[level] += table.set(batch_nodes, codes.cpu().numpy())
             dead = torch.from_numpy(table.unused()).to(x.device)
             stats.reseeded[level] += cb.reseed(dead, x, g, gen)

@@ -205,11 +205,12 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         self._val_labels = encoded[val_nodes]
         encoded[val_nodes] = -1
         self._targets = torch.from_numpy(encoded)
+        self._loss_mask = encoded >= 0
         self._n_outputs = len(classes)
         self._n_targets = int((encoded >= 0).sum())
         with torch.random.fork_rng(devices=[]):
             self._fit_graph(nodes, val_nodes, seed)
-        del self._targets, self._val_labels
+        del self._targets, self._val_labels, self._loss_mask
         self.transduction_ = self.classes_[self._decision(graph.nodes()).argmax(1).numpy()]
         return self
 

@@ -17,7 +17,7 @@ is counted twice, and intra-batch messages carry exactly ``C_ij``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,6 +42,16 @@ class BatchEdges:
     out_rows: np.ndarray
     out_nodes: np.ndarray
     out_vals: np.ndarray
+
+    def keep_out(self, mask: np.ndarray) -> BatchEdges:
+        """The same edges with only the out-of-batch entries whose node is marked in ``mask``."""
+        keep = mask[self.out_nodes]
+        return replace(
+            self,
+            out_rows=self.out_rows[keep],
+            out_nodes=self.out_nodes[keep],
+            out_vals=self.out_vals[keep],
+        )
 
     def intra(self) -> sp.csr_array:
         """``C_in`` as a (b, b) CSR matrix."""

@@ -70,12 +70,13 @@ def kmeans(x: Tensor, k: int, n_iter: int, generator: torch.Generator) -> tuple[
     first = torch.randint(m, (P,), generator=generator, device="cpu").to(x.device)
     centroids[:, 0] = x[rows, first]
     d2 = ((x - centroids[:, :1]) ** 2).sum(-1)  # (P, m)
+    uniform = torch.rand(P, k, generator=generator).to(x.device)
     for c in range(1, k):
-        weights = d2.clamp_min(0)
-        total = weights.sum(-1, keepdim=True)
-        # all points already covered (k >= distinct points): pick uniformly
-        weights = torch.where(total > 0, weights, torch.ones_like(weights))
-        pick = torch.multinomial(weights.cpu(), 1, generator=generator).squeeze(1).to(x.device)
+        # D² sampling by inverse CDF; once every point is covered (k >= distinct points) the
+        # cumulative sum is flat and any index will do
+        cdf = d2.clamp_min(0).cumsum(-1)  # (P, m)
+        target = uniform[:, c : c + 1] * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, target).squeeze(1).clamp_max(m - 1)
         centroids[:, c] = x[rows, pick]
         d2 = torch.minimum(d2, ((x - centroids[:, c : c + 1]) ** 2).sum(-1))
     codes = _nearest(x, centroids)
@@ -114,6 +115,8 @@ class ProductCodebook(nn.Module):
     Buffers
     -------
     counts : (P, k)          EMA cluster sizes ``N``
+    grad_counts : (P, k)     EMA counts of the members whose gradient is averaged (all members,
+                             unless a ``grad_weight`` restricts them to nodes with a loss term)
     feature_sums : (P, k, D) EMA sums ``S`` of member features
     grad_sums : (n_grad, P, k, D) EMA sums of member gradients
     feature_var : (P, D), grad_var : (n_grad, P, D) running variances for standardisation
@@ -140,6 +143,7 @@ class ProductCodebook(nn.Module):
         P, k, D = n_slices(n_features, codeword_dim), n_codewords, codeword_dim
         self.n_slices = P
         self.register_buffer("counts", torch.zeros(P, k))
+        self.register_buffer("grad_counts", torch.zeros(P, k))
         self.register_buffer("feature_sums", torch.zeros(P, k, D))
         self.register_buffer("grad_sums", torch.zeros(n_grad, P, k, D))
         self.register_buffer("feature_mean", torch.zeros(P, D))
@@ -170,7 +174,8 @@ class ProductCodebook(nn.Module):
     @property
     def grad_codewords(self) -> Tensor:
         """Gradient codewords G̃: (n_grad, P, k, D)."""
-        return self.grad_sums / self._sizes().unsqueeze(0)
+        sizes = laplace_smoothing(self.grad_counts, self.eps).clamp_min(1e-12).unsqueeze(-1)
+        return self.grad_sums / sizes.unsqueeze(0)
 
     # -- assignment ----------------------------------------------------------------------------
     def _standardised(self, x: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -197,18 +202,31 @@ class ProductCodebook(nn.Module):
 
     # -- updates -------------------------------------------------------------------------------
     @torch.no_grad()
-    def update(self, x: Tensor, g: Tensor, codes: Tensor) -> None:
-        """One EMA step of online k-means: batch rows x (b, P, D), g (S, b, P, D), codes (b, P)."""
+    def update(
+        self, x: Tensor, g: Tensor, codes: Tensor, grad_weight: Tensor | None = None
+    ) -> None:
+        """One EMA step of online k-means: batch rows x (b, P, D), g (S, b, P, D), codes (b, P).
+
+        ``grad_weight`` (b,) in {0, 1} restricts the gradient codewords to the marked rows (the
+        nodes whose gradient is not known to be zero); by default every row counts.
+        """
         b, P, D = x.shape
         k = self.n_codewords
         flat = (codes + torch.arange(P, device=codes.device) * k).reshape(-1)  # (b·P,)
         count = torch.bincount(flat, minlength=P * k).to(x.dtype).reshape(P, k)
         fsum = torch.zeros(P * k, D, dtype=x.dtype, device=x.device)
         fsum.index_add_(0, flat, x.reshape(b * P, D))
+        if grad_weight is None:
+            gcount = count
+        else:
+            w = grad_weight.to(x.dtype).repeat_interleave(P)  # (b·P,)
+            gcount = torch.bincount(flat, weights=w, minlength=P * k).to(x.dtype).reshape(P, k)
+            g = g * grad_weight.to(x.dtype)[None, :, None, None]
         gsum = torch.zeros(self.n_grad, P * k, D, dtype=x.dtype, device=x.device)
         gsum.index_add_(1, flat, g.reshape(self.n_grad, b * P, D))
         ema_inplace(self.counts, count, self.decay)
         ema_inplace(self.feature_sums, fsum.reshape(P, k, D), self.decay)
+        ema_inplace(self.grad_counts, gcount, self.decay)
         ema_inplace(self.grad_sums, gsum.reshape(self.n_grad, P, k, D), self.decay)
         self._update_moments(self.feature_mean, self.feature_var, x, dim=0)
         self._update_moments(self.grad_mean, self.grad_var, g, dim=1)
@@ -247,6 +265,7 @@ class ProductCodebook(nn.Module):
         fsum[empty] = centroids[empty] * self.eps
         count[empty] = self.eps
         self.counts.copy_(count * weight)
+        self.grad_counts.zero_()
         self.feature_sums.copy_(fsum * weight)
         self.grad_sums.zero_()
         self.grad_mean.zero_()
@@ -266,6 +285,7 @@ class ProductCodebook(nn.Module):
         rows = torch.randint(x.shape[0], (n_dead,), generator=generator).to(x.device)
         mass = 1.0 - self.decay
         self.counts[slice_idx, word_idx] = mass
+        self.grad_counts[slice_idx, word_idx] = mass
         self.feature_sums[slice_idx, word_idx] = x[rows, slice_idx] * mass
         self.grad_sums[:, slice_idx, word_idx] = g[:, rows, slice_idx] * mass
         return n_dead

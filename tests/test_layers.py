@@ -58,6 +58,7 @@ def _set_exact_codebook(model, X1, G):
     cb.feature_sums.copy_(cb.split(X1).transpose(0, 1))
     cb.grad_sums.copy_(cb.split(G).transpose(1, 2))
     cb.counts.fill_(1.0)
+    cb.grad_counts.fill_(1.0)
     table = AssignmentTable(N, cb.n_slices, cb.n_codewords)
     table.set(np.arange(N), np.repeat(np.arange(N)[:, None], cb.n_slices, axis=1))
     return table
@@ -136,3 +137,33 @@ def test_approximation_error_shrinks_with_k(backbone):
     assert forward[0] > forward[1] > forward[2]
     assert backward[0] > backward[1] > backward[2]
     assert forward[2] < 0.5 * forward[0] and backward[2] < 0.5 * backward[0]
+
+
+@pytest.mark.parametrize("backbone", ["gcn", "sage"])
+def test_last_layer_backward_messages_come_only_from_nodes_with_a_loss(backbone):
+    """The output layer's gradient is zero for nodes without a loss term; their codewords'
+    gradient parts (here garbage) must not reach the batch when ``receivers`` marks them out."""
+    data, model, X1, U = _setup(backbone, k=N, symmetric=True)
+    targets = np.random.default_rng(2).random(N) < 0.3
+    U = U * torch.from_numpy(targets).float()[:, None]  # loss on the targets only
+    Z, grad_X, G, _ = _full_graph(data, model, X1, U)
+    garbage = G + 5.0 * torch.from_numpy(~targets).float()[None, :, None]
+    table = _set_exact_codebook(model, X1, garbage)
+    batch = np.arange(0, N, 3)
+    batch_t = make_batch(data, batch, [table], N, torch.device("cpu"), True, targets)
+    full_t = make_batch(data, batch, [table], N, torch.device("cpu"), True)
+    torch.testing.assert_close(
+        model.blue_messages(batch_t, 0), _blue_truth(data, grad_X, G, batch), atol=1e-5, rtol=1e-5
+    )
+    assert (model.blue_messages(full_t, 0) - model.blue_messages(batch_t, 0)).abs().max() > 1e-2
+
+
+def _blue_truth(data, grad_X, G, batch):
+    """Σ_s over out-of-batch receivers i of C_ij ∂L/∂M_i^(s), for the batch senders j."""
+    outside = np.setdiff1d(np.arange(N), batch)
+    total = torch.zeros(len(batch), F)
+    convs = [C for C in data.convolutions if C is not None]
+    for s, C in enumerate(convs):
+        block = torch.from_numpy(C.toarray()[np.ix_(outside, batch)])
+        total += block.T @ G[s][outside]
+    return total

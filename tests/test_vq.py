@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from skvqgnn.vq import AssignmentTable, ProductCodebook, kmeans, laplace_smoothing
@@ -44,6 +45,7 @@ def test_assignment_uses_gradients_when_asked():
     cb.feature_sums.copy_(torch.tensor([[[0.0], [0.1]]]))
     cb.grad_sums.copy_(torch.tensor([[[[5.0], [-5.0]]]]))
     cb.counts.fill_(1.0)
+    cb.grad_counts.fill_(1.0)
     x = torch.tensor([[[0.01]]])
     g = torch.tensor([[[[-5.0]]]])
     assert cb.assign(x).item() == 0  # features only: nearest is codeword 0
@@ -71,6 +73,7 @@ def test_reseed_replaces_only_dead_codewords():
     cb = ProductCodebook(n_features=4, n_codewords=3, codeword_dim=2)
     cb.feature_sums.fill_(7.0)
     cb.counts.fill_(1.0)
+    cb.grad_counts.fill_(1.0)
     dead = torch.tensor([[False, True, False], [False, False, False]])
     x = torch.ones(5, 2, 2) * 3.0
     g = torch.ones(1, 5, 2, 2)
@@ -90,3 +93,14 @@ def test_assignment_table_tracks_usage():
     assert table.usage[0].tolist() == [3, 0, 2, 0]
     assert table.usage[1].tolist() == [4, 0, 0, 1]
     assert AssignmentTable(3, 1, 40000).codes.dtype == np.uint16
+
+
+def test_gradient_codewords_average_only_weighted_rows():
+    cb = ProductCodebook(n_features=1, n_codewords=1, codeword_dim=1, n_grad=1, decay=0.0)
+    x = torch.zeros(3, 1, 1)
+    g = torch.tensor([[[[2.0]], [[4.0]], [[0.0]]]])
+    codes = torch.zeros(3, 1, dtype=torch.long)
+    cb.update(x, g, codes, grad_weight=torch.tensor([1.0, 1.0, 0.0]))
+    assert cb.grad_codewords.item() == pytest.approx(3.0)  # the zero row is left out
+    cb.update(x, g, codes)
+    assert cb.grad_codewords.item() == pytest.approx(2.0)  # by default every row counts
