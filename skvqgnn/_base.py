@@ -93,13 +93,18 @@ def _aggregate(C: sp.csr_array, X: np.ndarray | sp.csr_array) -> np.ndarray | sp
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _dense_rows(M: np.ndarray | sp.csr_array, rows: np.ndarray) -> np.ndarray:
+def input_rows(M: np.ndarray | sp.csr_array, rows: np.ndarray, device: torch.device) -> Tensor:
+    """Rows of a first-layer input as a device tensor: sparse COO when ``M`` is sparse."""
     if not sp.issparse(M):
-        return M[rows]
+        return torch.from_numpy(M[rows]).to(device)
     local, cols, vals = gather_rows(M, rows)
-    out = np.zeros((len(rows), M.shape[1]), dtype=np.float32)
-    out[local, cols] = vals
-    return out
+    return torch.sparse_coo_tensor(
+        torch.from_numpy(np.vstack([local, cols])),
+        torch.from_numpy(np.asarray(vals, dtype=np.float32)),
+        (len(rows), M.shape[1]),
+        is_coalesced=True,
+        check_invariants=False,
+    ).to(device)
 
 
 def make_batch(
@@ -120,7 +125,7 @@ def make_batch(
     position = data.position
     position[nodes] = np.arange(len(nodes))
     try:
-        inputs = [torch.from_numpy(_dense_rows(M, nodes)).to(device) for M in data.inputs]
+        inputs = [input_rows(M, nodes, device) for M in data.inputs]
         intra: list[Tensor | None] = []
         per_conv_edges = []
         per_conv_tedges = []
@@ -494,7 +499,7 @@ class BaseVQGNN(BaseEstimator):
             for start in range(0, n, chunk):
                 rows = np.arange(start, min(start + chunk, n))
                 if i == 0:
-                    msgs = [torch.from_numpy(_dense_rows(M, rows)).to(device) for M in data.inputs]
+                    msgs = [input_rows(M, rows, device) for M in data.inputs]
                 else:
                     msgs = [
                         torch.from_numpy(H[rows] if C is None else np.asarray(C[rows] @ H)).to(

@@ -48,10 +48,33 @@ class LinearCombination(nn.Module):
         )
 
     def forward(self, messages: list[Tensor]) -> Tensor:
-        z = self.linears[0](messages[0])
+        z = _linear(self.linears[0], messages[0])
         for linear, m in zip(self.linears[1:], messages[1:], strict=True):
-            z = z + linear(m)
+            z = z + _linear(linear, m)
         return z
+
+
+def _linear(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear(x)`` for a dense or sparse (COO) ``x``."""
+    if not x.is_sparse:
+        return linear(x)
+    out = torch.sparse.mm(x, linear.weight.T)
+    return out if linear.bias is None else out + linear.bias
+
+
+def sparse_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout on the stored values of a sparse (COO) tensor, or plain dropout on a dense one."""
+    if not x.is_sparse:
+        return F.dropout(x, p, training)
+    if not training or p == 0:
+        return x
+    return torch.sparse_coo_tensor(
+        x.indices(),
+        F.dropout(x.values(), p, True),
+        x.shape,
+        is_coalesced=True,
+        check_invariants=False,
+    )
 
 
 class Backbone:
@@ -214,7 +237,7 @@ class VQGNN(nn.Module):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if i == 0:
-                messages = [F.dropout(m, self.dropout, self.training) for m in batch.inputs]
+                messages = [sparse_dropout(m, self.dropout, self.training) for m in batch.inputs]
             else:
                 x = h
                 extra = self.blue_messages(batch, i - 1) if blue and batch.transposed else None
