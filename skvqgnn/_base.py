@@ -231,7 +231,7 @@ class BaseVQGNN(BaseEstimator):
         grad_scale: float = 1.0,
         ema_decay: float = 0.99,
         dropout: float = 0.5,
-        learning_rate: float = 0.01,
+        learning_rate: float = 0.002,
         weight_decay: float = 5e-4,
         max_epochs: int = 200,
         early_stopping: bool = False,
