@@ -16,7 +16,9 @@ from skvqgnn import Graph, NodeSet, VQGNNClassifier
 from skvqgnn.datasets import load_cora
 from skvqgnn.sketch import resolve_backend
 
-FAST = dict(max_epochs=15, batch_size=100, n_codewords=32, hidden_layer_sizes=(16,))
+FAST = dict(
+    max_epochs=15, batch_size=100, n_codewords=32, hidden_layer_sizes=(16,), learning_rate=0.01
+)
 
 
 def _labels(y, split):
@@ -45,7 +47,7 @@ def test_fit_predict_on_a_graph(csbm):
 
 def test_cora_public_split_accuracy_floor():
     A, X, y, split = load_cora()
-    clf = VQGNNClassifier(batch_size=512, max_epochs=30, random_state=0)
+    clf = VQGNNClassifier(batch_size=512, max_epochs=30, learning_rate=0.01, random_state=0)
     clf.fit(A, X, _labels(y, split))
     assert _acc(clf.transduction_, y, split.test_mask) >= 0.76
 
