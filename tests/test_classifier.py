@@ -268,3 +268,16 @@ def test_sparse_and_dense_features_give_the_same_network_output(csbm):
     np.testing.assert_allclose(
         clf.predict_proba(A, sp.csr_array(X)), clf.predict_proba(A, X), atol=1e-5
     )
+
+
+def test_predict_on_an_unseen_graph_assigns_nearest_codewords(csbm):
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(random_state=0, **FAST).fit(A, X, _labels(y, split))
+    codes = clf.tables_[0].codes.copy()
+    words = clf.model_.codebooks[0].codewords.clone()
+    X_new = X + np.random.default_rng(1).normal(scale=0.1, size=X.shape).astype(np.float32)
+    pred = clf.predict(A, X_new)  # another fingerprint: inductive assignment, layer by layer
+    assert (pred[split.test_mask] == y[split.test_mask]).mean() > 0.75
+    assert (pred == clf.predict(A, X)).mean() > 0.9
+    np.testing.assert_array_equal(clf.tables_[0].codes, codes)  # nothing changes at predict time
+    assert torch.equal(clf.model_.codebooks[0].codewords, words)
