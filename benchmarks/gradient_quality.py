@@ -27,6 +27,7 @@ from skvqgnn import Graph, VQGNNClassifier
 from skvqgnn._base import make_batch
 from skvqgnn.datasets import load_cora
 from skvqgnn.layers import AddGradient
+from skvqgnn.sketch import to_torch_sparse
 
 
 def full_gradient(clf, data, targets, norm):
@@ -34,18 +35,15 @@ def full_gradient(clf, data, targets, norm):
     model = clf.model_
     H = torch.from_numpy(clf._exact_layers(model, data, torch.device("cpu"), upto=1))
     H.requires_grad_(True)
-    messages = [H if C is None else torch.sparse.mm(_torch(C), H) for C in data.convolutions]
+    messages = [
+        H if C is None else torch.sparse.mm(to_torch_sparse(C, torch.device("cpu")), H)
+        for C in data.convolutions
+    ]
     Z = model.layers[1](messages)
     mask = targets >= 0
     loss = F.cross_entropy(Z[mask], targets[mask], reduction="sum") / norm
     loss.backward()
     return H.detach(), H.grad
-
-
-def _torch(C):
-    coo = C.tocoo()
-    idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-    return torch.sparse_coo_tensor(idx, torch.from_numpy(coo.data), C.shape).coalesce()
 
 
 def batch_gradient(clf, data, tables, nodes, H, targets, norm, blue):

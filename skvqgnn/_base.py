@@ -141,30 +141,22 @@ def make_batch(
             per_conv_tedges.append(split_batch_edges(Ct, nodes, position) if transposed else None)
     finally:
         position[nodes] = -1
+
+    def level_sketches(edges: list, codes: np.ndarray) -> list[Tensor | None]:
+        return [
+            None if e is None else to_torch_sparse(codeword_sketch(e, codes, n_codewords), device)
+            for e in edges
+        ]
+
     sketches: list[list[Tensor | None]] = []
     tsketches: list[list[Tensor | None]] = []
     for level, table in enumerate(tables or []):
-        sketches.append(
-            [
-                None
-                if e is None
-                else to_torch_sparse(codeword_sketch(e, table.codes, n_codewords), device)
-                for e in per_conv_edges
-            ]
-        )
+        sketches.append(level_sketches(per_conv_edges, table.codes))
         if transposed:
+            tedges = per_conv_tedges
             if receivers is not None and level == len(tables) - 1:
-                tedges = [None if e is None else e.keep_out(receivers) for e in per_conv_tedges]
-            else:
-                tedges = per_conv_tedges
-            tsketches.append(
-                [
-                    None
-                    if e is None
-                    else to_torch_sparse(codeword_sketch(e, table.codes, n_codewords), device)
-                    for e in tedges
-                ]
-            )
+                tedges = [None if e is None else e.keep_out(receivers) for e in tedges]
+            tsketches.append(level_sketches(tedges, table.codes))
     return Batch(
         nodes=torch.from_numpy(nodes),
         inputs=inputs,
@@ -354,6 +346,7 @@ class BaseVQGNN(BaseEstimator):
         n_batches = max(1, math.ceil(graph.n_nodes / sampler.batch_size))
         norm = max(1.0, self._n_targets / n_batches)
         history = list(self.history_) if reuse and hasattr(self, "history_") else []
+        first_epoch = len(history)
         best = (-np.inf, None)
         stale = 0
         blue = self.backward_messages == "codewords" and not full_graph
@@ -379,7 +372,7 @@ class BaseVQGNN(BaseEstimator):
                     stats.count += count
                     if tables:
                         self._update_codebooks(model, traces, tables, batch_nodes, gen, stats)
-                record = stats.summary(epoch + len(history) if reuse else epoch)
+                record = stats.summary(first_epoch + epoch)
                 record["time"] = time.perf_counter() - t0
                 if len(val_nodes):
                     model.eval()
