@@ -25,11 +25,13 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
 from .graph import Graph, NodeSet
-from .layers import BACKBONES, VQGNN, Backbone, Batch
+from .layers import BACKBONES, VQGNN, Backbone, Batch, Groups, attend, attend_chunked, kind_of
 from .samplers import ClusterSampler, NodeSampler, RandomNodeSampler
 from .sketch import (
+    BatchEdges,
     codeword_sketch,
     gather_rows,
+    group_by_codes,
     resolve_backend,
     split_batch_edges,
     to_torch_sparse,
@@ -64,21 +66,31 @@ def resolve_graph(A: Any, X: Any) -> tuple[NodeSet, bool]:
 class GraphData:
     """Host-side structures of one graph for one backbone (cached on the ``Graph``).
 
-    convolutions : per convolution, CSR ``C^(s)`` or ``None`` (identity)
-    transposes : per convolution, CSR ``C^(s)ᵀ`` or ``None``
-    inputs : per convolution, the first layer's aggregated input ``C^(s) X`` (n, f0)
+    convolutions : per convolution, what ``backbone.convolutions(A)`` listed
+    kinds : per convolution, ``"identity"``, ``"fixed"``, ``"attention"`` or ``"global"``
+    matrices : per convolution, CSR ``C^(s)`` (fixed) or the attention mask, else ``None``
+    transposes : their transposes (CSR), or ``None``
+    inputs : per identity or fixed convolution, the first layer's aggregated input ``C^(s) X``
+        (n, f0); ``None`` for learnable ones, which aggregate ``X`` itself
     """
 
     def __init__(self, graph: Graph, backbone: Backbone):
         self.graph = graph
         self.n_nodes = graph.n_nodes
         self.convolutions = backbone.convolutions(graph.A)
-        self.identity = [C is None for C in self.convolutions]
-        self.transposes = [None if C is None else C.T.tocsr() for C in self.convolutions]
-        for Ct in self.transposes:
-            if Ct is not None:
-                Ct.sort_indices()
-        self.inputs = [graph.X if C is None else _aggregate(C, graph.X) for C in self.convolutions]
+        self.kinds = [kind_of(C) for C in self.convolutions]
+        self.matrices = [
+            C if kind == "fixed" else C.mask if kind == "attention" else None
+            for C, kind in zip(self.convolutions, self.kinds, strict=True)
+        ]
+        self.transposes = [None if M is None else M.T.tocsr() for M in self.matrices]
+        for Mt in self.transposes:
+            if Mt is not None:
+                Mt.sort_indices()
+        self.inputs = [
+            graph.X if kind == "identity" else _aggregate(C, graph.X) if kind == "fixed" else None
+            for C, kind in zip(self.convolutions, self.kinds, strict=True)
+        ]
         self.position = np.full(self.n_nodes, -1, dtype=np.int64)
 
 
@@ -107,6 +119,37 @@ def input_rows(M: np.ndarray | sp.csr_array, rows: np.ndarray, device: torch.dev
     ).to(device)
 
 
+def dense_rows(M: np.ndarray | sp.csr_array, rows: np.ndarray, device: torch.device) -> Tensor:
+    """Rows of a dense or CSR matrix as a dense device tensor."""
+    out = M[rows].toarray() if sp.issparse(M) else M[rows]
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(device)
+
+
+def _long(a: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
+
+
+def _groups(rows: np.ndarray, nodes: np.ndarray, codes: np.ndarray, device: torch.device) -> Groups:
+    rows, cols, counts, group_codes = group_by_codes(rows, nodes, codes)
+    return Groups(
+        rows=_long(rows, device),
+        cols=_long(cols, device),
+        log_count=torch.from_numpy(np.log(counts).astype(np.float32)).to(device),
+        codes=_long(group_codes, device),
+    )
+
+
+def _global_groups(counts: np.ndarray, device: torch.device) -> Groups:
+    """Every codeword standing for ``counts`` (k,) out-of-batch nodes, empty ones left out."""
+    words = np.flatnonzero(counts > 0)
+    return Groups(
+        rows=None,
+        cols=None,
+        log_count=torch.from_numpy(np.log(counts[words]).astype(np.float32)).to(device),
+        codes=_long(words[:, None], device),
+    )
+
+
 def make_batch(
     data: GraphData,
     nodes: np.ndarray,
@@ -118,52 +161,92 @@ def make_batch(
 ) -> Batch:
     """Gather the host structures of batch ``nodes`` and move them to ``device``.
 
-    ``transposed`` adds the transposed sketches for the backward messages. ``receivers`` (n,) bool
-    marks the nodes with a loss term: the last layer's gradient is zero elsewhere, so its
-    transposed sketch keeps only those out-of-batch receivers.
+    ``transposed`` adds what the backward messages need (transposed sketches, receiver groups).
+    ``receivers`` (n,) bool marks the nodes with a loss term: the last layer's gradient is zero
+    elsewhere, so its backward messages come only from those out-of-batch receivers.
     """
+    b = len(nodes)
     position = data.position
-    position[nodes] = np.arange(len(nodes))
+    position[nodes] = np.arange(b)
+    edges: list[BatchEdges | None] = []
+    tedges: list[BatchEdges | None] = []
     try:
-        inputs = [input_rows(M, nodes, device) for M in data.inputs]
-        intra: list[Tensor | None] = []
-        per_conv_edges = []
-        per_conv_tedges = []
-        for C, Ct in zip(data.convolutions, data.transposes, strict=True):
-            if C is None:
-                intra.append(None)
-                per_conv_edges.append(None)
-                per_conv_tedges.append(None)
-                continue
-            edges = split_batch_edges(C, nodes, position)
-            intra.append(to_torch_sparse(edges.intra(), device))
-            per_conv_edges.append(edges)
-            per_conv_tedges.append(split_batch_edges(Ct, nodes, position) if transposed else None)
+        inputs = [None if M is None else input_rows(M, nodes, device) for M in data.inputs]
+        for M, Mt in zip(data.matrices, data.transposes, strict=True):
+            edges.append(None if M is None else split_batch_edges(M, nodes, position))
+            tedges.append(
+                None if M is None or not transposed else split_batch_edges(Mt, nodes, position)
+            )
     finally:
         position[nodes] = -1
 
-    def level_sketches(edges: list, codes: np.ndarray) -> list[Tensor | None]:
-        return [
-            None if e is None else to_torch_sparse(codeword_sketch(e, codes, n_codewords), device)
-            for e in edges
-        ]
+    intra: list = []
+    for e, kind in zip(edges, data.kinds, strict=True):
+        if kind == "fixed":
+            intra.append(to_torch_sparse(e.intra(), device))
+        elif kind == "attention":
+            intra.append((_long(e.in_rows, device), _long(e.in_cols, device)))
+        else:
+            intra.append(None)
 
-    sketches: list[list[Tensor | None]] = []
-    tsketches: list[list[Tensor | None]] = []
-    for level, table in enumerate(tables or []):
-        sketches.append(level_sketches(per_conv_edges, table.codes))
-        if transposed:
-            tedges = per_conv_tedges
-            if receivers is not None and level == len(tables) - 1:
-                tedges = [None if e is None else e.keep_out(receivers) for e in tedges]
-            tsketches.append(level_sketches(tedges, table.codes))
-    return Batch(
+    raw, input_edges = None, [None] * len(edges)
+    attention = [s for s, kind in enumerate(data.kinds) if kind == "attention"]
+    if attention:  # the first layer's attention is exact: raw features of the neighbours too
+        halo = np.unique(np.concatenate([edges[s].out_nodes for s in attention]))
+        raw = dense_rows(data.graph.X, np.concatenate([nodes, halo]), device)
+        for s in attention:
+            e = edges[s]
+            cols = np.concatenate([e.in_cols, b + np.searchsorted(halo, e.out_nodes)])
+            rows = np.concatenate([e.in_rows, e.out_rows])
+            input_edges[s] = (_long(rows, device), _long(cols, device))
+
+    batch = Batch(
         nodes=torch.from_numpy(nodes),
         inputs=inputs,
         intra=intra,
-        sketches=sketches,
-        transposed=tsketches,
+        sketches=[],
+        raw=raw,
+        input_edges=input_edges,
     )
+    last = len(tables or []) - 1
+    for level, table in enumerate(tables or []):
+        codes = table.codes
+        restrict = receivers is not None and level == last
+        sketches, tsketches, senders, groups_back = [], [], [], []
+        for s, kind in enumerate(data.kinds):
+            e, te = edges[s], tedges[s]
+            if te is not None and restrict:
+                te = te.keep_out(receivers)
+            sketch = tsketch = fwd = back = None
+            if kind == "fixed":
+                sketch = to_torch_sparse(codeword_sketch(e, codes, n_codewords), device)
+                if te is not None:
+                    tsketch = to_torch_sparse(codeword_sketch(te, codes, n_codewords), device)
+            elif kind == "attention":
+                fwd = _groups(e.out_rows, e.out_nodes, codes, device)
+                if te is not None:
+                    back = _groups(te.out_rows, te.out_nodes, codes, device)
+            elif kind == "global":
+                inside = np.bincount(codes[nodes, 0], minlength=n_codewords)
+                fwd = _global_groups(table.usage[0] - inside, device)
+                if transposed and restrict:
+                    marked = codes[np.flatnonzero(receivers), 0]
+                    counts = np.bincount(marked, minlength=n_codewords) - np.bincount(
+                        codes[nodes[receivers[nodes]], 0], minlength=n_codewords
+                    )
+                    back = _global_groups(counts, device)
+                elif transposed:
+                    back = fwd
+            sketches.append(sketch)
+            tsketches.append(tsketch)
+            senders.append(fwd)
+            groups_back.append(back)
+        batch.sketches.append(sketches)
+        batch.senders.append(senders)
+        if transposed:
+            batch.transposed.append(tsketches)
+            batch.receivers.append(groups_back)
+    return batch
 
 
 @dataclass
@@ -183,10 +266,11 @@ class BaseVQGNN(BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "backbone": [StrOptions(set(BACKBONES))],
+        "backbone": [StrOptions(set(BACKBONES)), Backbone],
+        "heads": [Interval(Integral, 1, None, closed="left"), None],
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "n_codewords": [Interval(Integral, 1, None, closed="left")],
-        "codeword_dim": [Interval(Integral, 1, None, closed="left")],
+        "codeword_dim": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "sampler": [StrOptions({"cluster", "random"})],
         "parts_per_batch": [Interval(Integral, 1, None, closed="left")],
@@ -210,11 +294,12 @@ class BaseVQGNN(BaseEstimator):
 
     def __init__(
         self,
-        backbone: str = "gcn",
+        backbone: str | Backbone = "gcn",
         *,
         hidden_layer_sizes: Any = (64,),
+        heads: int | None = None,
         n_codewords: int = 256,
-        codeword_dim: int = 4,
+        codeword_dim: int | str = "auto",
         batch_size: int | None = 512,
         sampler: str = "cluster",
         parts_per_batch: int = 4,
@@ -237,6 +322,7 @@ class BaseVQGNN(BaseEstimator):
     ):
         self.backbone = backbone
         self.hidden_layer_sizes = hidden_layer_sizes
+        self.heads = heads
         self.n_codewords = n_codewords
         self.codeword_dim = codeword_dim
         self.batch_size = batch_size
@@ -279,10 +365,18 @@ class BaseVQGNN(BaseEstimator):
             )
         return [int(s) for s in sizes]
 
+    def _backbone(self) -> Backbone:
+        if isinstance(self.backbone, Backbone):
+            return self.backbone
+        cls = BACKBONES[self.backbone]
+        if self.backbone in ("gat", "transformer") and self.heads is not None:
+            return cls(heads=self.heads)
+        return cls()
+
     def _graph_data(self, graph: Graph) -> GraphData:
-        return graph.cached(
-            ("graph_data", self.backbone), lambda: GraphData(graph, BACKBONES[self.backbone]())
-        )
+        backbone = self._backbone()
+        key = ("graph_data", type(backbone).__module__, repr(backbone))
+        return graph.cached(key, lambda: GraphData(graph, backbone))
 
     def _sampler_for(self, graph: Graph, seed: int) -> NodeSampler:
         b = self._effective_batch_size(graph.n_nodes)
@@ -302,19 +396,25 @@ class BaseVQGNN(BaseEstimator):
             )
 
     # -- training --------------------------------------------------------------------------------
-    def _build_model(self, n_features: int, n_outputs: int, identity: list[bool]) -> VQGNN:
+    def _build_model(self, n_features: int, n_outputs: int, kinds: list[str]) -> VQGNN:
         dims = [n_features, *self._hidden_sizes(), n_outputs]
-        return VQGNN(
-            BACKBONES[self.backbone](),
-            identity,
-            dims,
-            self.n_codewords,
-            self.codeword_dim,
-            self.ema_decay,
-            self.grad_scale,
-            self.dropout,
-            resolve_backend(self.sparse_backend),
-        )
+        codeword_dim = self.codeword_dim
+        if codeword_dim == "auto":
+            codeword_dim = None if "global" in kinds else 4
+        try:
+            return VQGNN(
+                self._backbone(),
+                kinds,
+                dims,
+                self.n_codewords,
+                codeword_dim,
+                self.ema_decay,
+                self.grad_scale,
+                self.dropout,
+                resolve_backend(self.sparse_backend),
+            )
+        except ValueError as exc:
+            raise ValueError(f"{type(self).__name__}: {exc}") from None
 
     def _fit_graph(self, nodes: NodeSet, val_nodes: np.ndarray, seed: int) -> None:
         """Train on ``nodes.graph`` with the subclass's targets; ``val_nodes`` may be empty."""
@@ -331,7 +431,7 @@ class BaseVQGNN(BaseEstimator):
         if reuse:
             model = self.model_.to(device)
         else:
-            model = self._build_model(graph.n_features, self._n_outputs, data.identity).to(device)
+            model = self._build_model(graph.n_features, self._n_outputs, data.kinds).to(device)
         model.sparse_backend = resolve_backend(self.sparse_backend)
         if reuse and self.graph_fingerprint_ == graph.fingerprint:
             tables = self.tables_
@@ -455,18 +555,16 @@ class BaseVQGNN(BaseEstimator):
             zip(model.codebooks, traces, tables, strict=True)
         ):
             x = cb.split(trace.x.detach())  # (b, P, D)
-            g = torch.stack(
-                [torch.zeros_like(m) if m.grad is None else m.grad.detach() for m in trace.messages]
-            )
+            g, aux = _gradient_channels(trace)
             g = cb.split(g)  # (S, b, P, D)
-            codes = cb.assign(x, g)
+            codes = cb.assign(x, g, aux)
             before = cb.codewords.clone()
             last = level == len(tables) - 1
             weight = torch.from_numpy(self._loss_mask[batch_nodes]).to(x.device) if last else None
-            cb.update(x, g, codes, weight)
+            cb.update(x, g, codes, weight, aux)
             stats.changed[level] += table.set(batch_nodes, codes.cpu().numpy())
             dead = torch.from_numpy(table.unused()).to(x.device)
-            stats.reseeded[level] += cb.reseed(dead, x, g, gen)
+            stats.reseeded[level] += cb.reseed(dead, x, g, gen, aux)
             words = cb.codewords
             stats.shift[level] += float((words - before).norm())
             quantised = words[torch.arange(cb.n_slices, device=x.device), codes]  # (b, P, D)
@@ -491,16 +589,7 @@ class BaseVQGNN(BaseEstimator):
             out = None
             for start in range(0, n, chunk):
                 rows = np.arange(start, min(start + chunk, n))
-                if i == 0:
-                    msgs = [input_rows(M, rows, device) for M in data.inputs]
-                else:
-                    msgs = [
-                        torch.from_numpy(H[rows] if C is None else np.asarray(C[rows] @ H)).to(
-                            device
-                        )
-                        for C in data.convolutions
-                    ]
-                z = layer(msgs)
+                z = layer(_exact_messages(model, data, i, H, rows, device))
                 z = torch.relu(z) if i < len(model.layers) - 1 else z
                 if out is None:
                     out = np.empty((n, z.shape[1]), dtype=np.float32)
@@ -571,6 +660,60 @@ class BaseVQGNN(BaseEstimator):
             return self._infer(model, data, tables, sampler, nodes.index, device)
         finally:
             self.model_ = model.cpu()
+
+
+def _gradient_channels(trace: Any) -> tuple[Tensor, Tensor | None]:
+    """A VQ layer's gradient channels (S, b, f) and auxiliary scalars (n_aux, b) from its trace:
+    one channel per fixed convolution, one per attention head plus, per attention convolution,
+    ``⟨g, M⟩`` and the log normaliser of each head (the order of ``VQGNN.channels``/``_aux``)."""
+    channels, aux = [], []
+    lses = iter(trace.lse)
+    for m in trace.messages:
+        g = torch.zeros_like(m) if m.grad is None else m.grad.detach()
+        if m.dim() == 3:  # (b, H, f): attention
+            channels.extend(g.unbind(1))
+            aux.extend([(g * m.detach()).sum(-1).T, next(lses).T])
+        else:
+            channels.append(g)
+    return torch.stack(channels), (torch.cat(aux) if aux else None)
+
+
+_PAIRS = 1 << 24  # (receiver, sender, head) scores computed at once by exact global attention
+
+
+def _exact_messages(
+    model: VQGNN, data: GraphData, i: int, H: np.ndarray | None, rows: np.ndarray, device
+) -> list[Tensor | None]:
+    """Full-neighbour messages of layer ``i`` into ``rows``; ``H`` is the layer input (host)."""
+    messages: list[Tensor | None] = []
+    source = data.graph.X if i == 0 else H
+    for s, kind in enumerate(data.kinds):
+        M = data.matrices[s]
+        if i == 0 and kind in ("identity", "fixed"):
+            messages.append(input_rows(data.inputs[s], rows, device))
+        elif kind == "identity":
+            messages.append(torch.from_numpy(H[rows]).to(device))
+        elif kind == "fixed":
+            messages.append(torch.from_numpy(np.asarray(M[rows] @ H)).to(device))
+        elif kind == "global" and i == 0:
+            messages.append(None)
+        elif kind == "global":
+            conv = model._attention(i, s)
+            step = max(1, _PAIRS // (len(rows) * conv.heads))
+            senders = (
+                torch.from_numpy(H[c : c + step]).to(device) for c in range(0, H.shape[0], step)
+            )
+            messages.append(attend_chunked(conv, torch.from_numpy(H[rows]).to(device), senders)[0])
+        else:
+            local, cols, _ = gather_rows(M, rows)
+            senders, inverse = np.unique(cols, return_inverse=True)
+            edges = (_long(local, device), _long(inverse, device))
+            x_dst, x_src = dense_rows(source, rows, device), dense_rows(source, senders, device)
+            if i == 0:
+                messages.append(model.first_attention(s, x_dst, x_src, edges))
+            else:
+                messages.append(attend(model._attention(i, s), x_dst, x_src, edges)[0])
+    return messages
 
 
 class _EpochStats:

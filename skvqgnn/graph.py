@@ -102,6 +102,18 @@ def mean_norm(A: sp.csr_array) -> sp.csr_array:
     return C.astype(np.float32)
 
 
+def attention_mask(A: sp.csr_array) -> sp.csr_array:
+    """The pattern of ``A + I`` with unit entries: row ``i`` lists ``N(i) ∪ {i}``."""
+    n = A.shape[0]
+    pattern = sp.csr_array(A, dtype=np.float32, copy=True)
+    pattern.eliminate_zeros()
+    pattern.data[:] = 1.0
+    M = (pattern + sp.eye_array(n, format="csr", dtype=np.float32)).tocsr()
+    M.data[:] = 1.0
+    M.sort_indices()
+    return M
+
+
 class Graph:
     """A validated graph: adjacency ``A`` (n × n) and node features ``X`` (n × f).
 

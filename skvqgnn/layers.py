@@ -23,18 +23,36 @@ host and is exact.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .graph import gcn_norm, mean_norm
+from .graph import attention_mask, gcn_norm, mean_norm
 from .sketch import spmm
 from .vq import ProductCodebook
 
-__all__ = ["Backbone", "GCN", "SAGE", "BACKBONES", "LinearCombination", "VQGNN", "Batch"]
+__all__ = [
+    "Attention",
+    "AttentionConvolution",
+    "Backbone",
+    "BACKBONES",
+    "Batch",
+    "DotProductAttention",
+    "GAT",
+    "GATAttention",
+    "GCN",
+    "GIN",
+    "LinearCombination",
+    "SAGE",
+    "Transformer",
+    "VQGNN",
+]
 
 
 class LinearCombination(nn.Module):
@@ -62,6 +80,10 @@ def _linear(linear: nn.Linear, x: Tensor) -> Tensor:
     return out if linear.bias is None else out + linear.bias
 
 
+def _matmul(x: Tensor, w: Tensor) -> Tensor:
+    return torch.sparse.mm(x, w) if x.is_sparse else x @ w
+
+
 def sparse_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Dropout on the stored values of a sparse (COO) tensor, or plain dropout on a dense one."""
     if not x.is_sparse:
@@ -77,20 +99,248 @@ def sparse_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     )
 
 
-class Backbone:
-    """A GNN family: its convolution matrices and its layer update.
+@dataclass(frozen=True)
+class Attention:
+    """A learnable convolution in a backbone's list: softmax attention over ``mask``.
 
-    Subclasses set ``name`` and implement ``convolutions``; ``None`` in the returned list stands for
-    the identity (a root weight), which has no out-of-batch messages.
+    ``mask`` is the CSR pattern of allowed (receiver, sender) pairs, self-loops included; ``None``
+    stands for every pair of nodes (global attention). The scores come from the layer's
+    ``attention`` modules (one ``AttentionConvolution`` per ``Attention``, in order).
+    """
+
+    mask: sp.csr_array | None = None
+
+    @property
+    def is_global(self) -> bool:
+        return self.mask is None
+
+
+def kind_of(conv: sp.csr_array | Attention | None) -> str:
+    """``"identity"``, ``"fixed"``, ``"attention"`` (masked) or ``"global"``."""
+    if conv is None:
+        return "identity"
+    if isinstance(conv, Attention):
+        return "global" if conv.is_global else "attention"
+    return "fixed"
+
+
+class AttentionConvolution(nn.Module):
+    """A learnable convolution ``C^h_ij = softmax_j score(query_h(x_i), key_h(x_j))``, per head.
+
+    Subclasses set ``heads`` and implement ``query`` and ``key`` ((m, f) -> (m, H, d)) and
+    ``score``, which maps broadcastable (..., H, d) pairs to (..., H). The messages it yields are
+    ``M^h_i = Σ_j C^h_ij x_j`` (the layer input, aggregated before any weight), one per head.
+
+    A subclass may also define ``value`` ((m, f) -> (m, H, d)): in the first layer, which has no
+    codebook, the messages are then ``Σ_j C^h_ij value_h(x_j)`` (cheaper for wide raw features),
+    and the layer receives those instead.
+    """
+
+    heads: int = 1
+
+    def query(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def key(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def score(self, q: Tensor, k: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def dense_score(self, q: Tensor, k: Tensor) -> Tensor:
+        """Scores of every pair: q (b, H, d), k (m, H, d) -> (b, m, H)."""
+        return self.score(q.unsqueeze(1), k.unsqueeze(0))
+
+
+class GATAttention(AttentionConvolution):
+    """GAT scores ``LeakyReLU(a_dstᵀ W_h x_i + a_srcᵀ W_h x_j)`` (Veličković et al.)."""
+
+    def __init__(self, in_features: int, head_features: int, heads: int, negative_slope=0.2):
+        super().__init__()
+        self.heads = heads
+        self.negative_slope = negative_slope
+        self.weight = nn.Parameter(torch.empty(heads, in_features, head_features))
+        self.att_src = nn.Parameter(torch.empty(heads, head_features))
+        self.att_dst = nn.Parameter(torch.empty(heads, head_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for w in (self.weight, self.att_src.unsqueeze(-1), self.att_dst.unsqueeze(-1)):
+            nn.init.xavier_uniform_(w)
+
+    def _project(self, x: Tensor, att: Tensor) -> Tensor:
+        return (x @ torch.einsum("hfd,hd->fh", self.weight, att)).unsqueeze(-1)  # (m, H, 1)
+
+    def query(self, x: Tensor) -> Tensor:
+        return self._project(x, self.att_dst)
+
+    def key(self, x: Tensor) -> Tensor:
+        return self._project(x, self.att_src)
+
+    def score(self, q: Tensor, k: Tensor) -> Tensor:
+        return F.leaky_relu(q + k, self.negative_slope).squeeze(-1)
+
+    def value(self, x: Tensor) -> Tensor:
+        return torch.einsum("mf,hfd->mhd", x, self.weight)
+
+
+class DotProductAttention(AttentionConvolution):
+    """Scaled dot-product scores ``(W_Q,h x_i)·(W_K,h x_j) / √d`` (Vaswani et al.)."""
+
+    def __init__(self, in_features: int, key_features: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.key_features = key_features
+        self.w_query = nn.Linear(in_features, heads * key_features, bias=False)
+        self.w_key = nn.Linear(in_features, heads * key_features, bias=False)
+
+    def query(self, x: Tensor) -> Tensor:
+        return self.w_query(x).reshape(x.shape[0], self.heads, -1)
+
+    def key(self, x: Tensor) -> Tensor:
+        return self.w_key(x).reshape(x.shape[0], self.heads, -1)
+
+    def score(self, q: Tensor, k: Tensor) -> Tensor:
+        return (q * k).sum(-1) / math.sqrt(self.key_features)
+
+    def dense_score(self, q: Tensor, k: Tensor) -> Tensor:
+        return torch.einsum("bhd,mhd->bmh", q, k) / math.sqrt(self.key_features)
+
+
+def attend(
+    conv: AttentionConvolution,
+    x_dst: Tensor,
+    x_src: Tensor,
+    edges: tuple[Tensor, Tensor] | None = None,
+    log_count: Tensor | None = None,
+    values: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Softmax aggregation ``M^h_i = Σ_j α^h_ij x_j`` of senders ``x_src`` into ``x_dst``.
+
+    ``values`` (m, H, d), when given, are aggregated per head instead of ``x_src``.
+
+    ``edges`` = (receiver rows, sender columns), each (E,); ``None`` means every pair. A sender
+    term may stand for several nodes with the same features (a codeword): ``log_count`` ((E,), or
+    (m,) for every pair) adds the log of that multiplicity to its score, which weighs it by its
+    count in both numerator and denominator. Scores are shifted by their row maximum before
+    ``exp`` (max-subtraction), so no weight exceeds 1.
+
+    Returns the messages (b, H, f) and the log normaliser of each row (b, H).
+    """
+    q = conv.query(x_dst)  # (b, H, d)
+    k = conv.key(x_src)  # (m, H, d)
+    b, H = q.shape[0], q.shape[1]
+    if edges is None:
+        s = conv.dense_score(q, k)  # (b, m, H)
+        if log_count is not None:
+            s = s + log_count[None, :, None]
+        lse = torch.logsumexp(s, dim=1)  # (b, H)
+        alpha = torch.exp(s - lse.unsqueeze(1))
+        if values is not None:
+            return torch.einsum("bmh,mhd->bhd", alpha, values), lse
+        return torch.einsum("bmh,mf->bhf", alpha, x_src), lse
+    rows, cols = edges
+    s = conv.score(q[rows], k[cols])  # (E, H)
+    if log_count is not None:
+        s = s + log_count.unsqueeze(-1)
+    index = rows.unsqueeze(-1).expand(-1, H)
+    peak = torch.full((b, H), -torch.inf, dtype=s.dtype, device=s.device)
+    peak = peak.scatter_reduce(0, index, s.detach(), "amax")
+    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    w = torch.exp(s - peak[rows])  # (E, H), at most 1
+    den = torch.zeros(b, H, dtype=s.dtype, device=s.device).index_add(0, rows, w)
+    den = den.clamp_min(torch.finfo(s.dtype).tiny)
+    alpha = w / den[rows]
+    # gather and scatter-add: (torch.sparse.mm's gradient for its sparse values is dense)
+    if values is None:
+        terms = alpha.unsqueeze(-1) * x_src[cols].unsqueeze(1)  # (E, H, f)
+    else:
+        terms = alpha.unsqueeze(-1) * values[cols]  # (E, H, d)
+    out = torch.zeros(b, H, terms.shape[-1], dtype=terms.dtype, device=terms.device)
+    return out.index_add(0, rows, terms), peak + torch.log(den)
+
+
+def attend_chunked(
+    conv: AttentionConvolution, x_dst: Tensor, senders: Iterator[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """``attend`` over every pair, with the senders streamed in chunks (log-sum-exp merge)."""
+    M = lse = None
+    for x_src in senders:
+        m_c, lse_c = attend(conv, x_dst, x_src)
+        if M is None:
+            M, lse = m_c, lse_c
+            continue
+        total = torch.logaddexp(lse, lse_c)
+        M = M * torch.exp(lse - total).unsqueeze(-1) + m_c * torch.exp(lse_c - total).unsqueeze(-1)
+        lse = total
+    return M, lse
+
+
+def attention_blue(
+    conv: AttentionConvolution,
+    x: Tensor,
+    receivers: tuple[Tensor, Tensor, Tensor, Tensor],
+    log_count: Tensor,
+    edges: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Eq. 7's out-of-batch gradient for the batch senders ``x`` (b, f) of a learnable convolution.
+
+    A receiver ``i`` outside the batch, with messages ``M_i`` and gradient ``g_i = ∂ℓ/∂M_i``, sends
+    back to sender ``j``
+
+        ∂ℓ/∂x_j += α_ij g_i + α_ij (⟨g_i, x_j⟩ − ⟨g_i, M_i⟩) ∂e_ij/∂x_j,
+
+    the value path and the path through the score ``e_ij`` and the row normaliser. This is the
+    gradient in ``x_j`` of ``Σ α_ij (⟨g_i, x_j⟩ − ⟨g_i, M_i⟩)`` with ``α_ij = exp(e_ij − lse_i)``
+    and everything but ``x_j`` held fixed, which is how it is computed: the receivers enter
+    through their codewords, ``receivers`` = (features (U, f), gradients (U, H, f),
+    ⟨g, M⟩ (U, H), log normalisers (U, H)), each group weighted by ``log_count``. ``edges`` =
+    (batch senders, receiver groups) or ``None`` for every pair. The parameters receive nothing.
+    """
+    x_rec, g_rec, inner_rec, lse_rec = receivers
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        q = conv.query(x_rec).detach()  # (U, H, d)
+        k = conv.key(x)  # (b, H, d)
+        if edges is None:
+            s = conv.dense_score(q, k) - lse_rec.unsqueeze(1)  # (U, b, H)
+            alpha = torch.exp(s.clamp_max(0.0) + log_count[:, None, None])
+            inner = torch.einsum("uhf,bf->ubh", g_rec, x) - inner_rec.unsqueeze(1)
+        else:
+            senders, groups = edges
+            s = conv.score(q[groups], k[senders]) - lse_rec[groups]  # (E, H)
+            alpha = torch.exp(s.clamp_max(0.0) + log_count.unsqueeze(-1))
+            inner = torch.einsum("ehf,ef->eh", g_rec[groups], x[senders]) - inner_rec[groups]
+        (grad,) = torch.autograd.grad((alpha * inner).sum(), x)
+    return grad
+
+
+class Backbone:
+    """A GNN family: its convolutions and its layer update.
+
+    ``convolutions(A)`` lists, from the full graph, what each layer aggregates with: ``None`` for
+    the identity (a root weight, no out-of-batch messages), a CSR matrix for a fixed convolution
+    ``C^(s)``, or an ``Attention`` for a learnable one. ``layer(in, out, last=...)`` builds the
+    module that maps the list of messages (one (b, f) tensor per fixed or identity convolution,
+    one (b, H, f) tensor per ``Attention``) to the layer output; a layer of a backbone with
+    ``Attention`` entries carries ``attention``, an ``nn.ModuleList`` with one
+    ``AttentionConvolution`` per entry, in order.
+
+    The default layer is ``LinearCombination`` over ``n_convolutions`` messages.
     """
 
     name: str = ""
+    n_convolutions: int = 1
 
-    def convolutions(self, A: sp.csr_array) -> list[sp.csr_array | None]:
+    def convolutions(self, A: sp.csr_array) -> list[sp.csr_array | Attention | None]:
         raise NotImplementedError
 
-    def layer(self, in_features: int, out_features: int, n_convolutions: int) -> nn.Module:
-        return LinearCombination(in_features, out_features, n_convolutions)
+    def layer(self, in_features: int, out_features: int, *, first: bool, last: bool) -> nn.Module:
+        return LinearCombination(in_features, out_features, self.n_convolutions)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
 
 
 class GCN(Backbone):
@@ -98,7 +348,7 @@ class GCN(Backbone):
 
     name = "gcn"
 
-    def convolutions(self, A: sp.csr_array) -> list[sp.csr_array | None]:
+    def convolutions(self, A: sp.csr_array) -> list[sp.csr_array | Attention | None]:
         return [gcn_norm(A)]
 
 
@@ -106,12 +356,134 @@ class SAGE(Backbone):
     """GraphSAGE-mean: ``C¹ = I`` (root weight) and ``C² = D⁻¹ A`` (not symmetric)."""
 
     name = "sage"
+    n_convolutions = 2
 
-    def convolutions(self, A: sp.csr_array) -> list[sp.csr_array | None]:
+    def convolutions(self, A: sp.csr_array) -> list[sp.csr_array | Attention | None]:
         return [None, mean_norm(A)]
 
 
-BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (GCN, SAGE)}
+class GINLayer(nn.Module):
+    """``MLP((1 + ε) x_i + Σ_j A_ij x_j)`` with a learnable ``ε`` (Xu et al.)."""
+
+    def __init__(self, in_features: int, out_features: int, hidden_features: int):
+        super().__init__()
+        self.eps = nn.Parameter(torch.zeros(()))
+        self.lin1 = nn.Linear(in_features, hidden_features)
+        self.lin2 = nn.Linear(hidden_features, out_features)
+
+    def forward(self, messages: list[Tensor]) -> Tensor:
+        root, neighbours = messages
+        no_bias = self.lin1.weight.T
+        h = (1 + self.eps) * _matmul(root, no_bias) + _matmul(neighbours, no_bias) + self.lin1.bias
+        return self.lin2(F.relu(h))
+
+
+class GIN(Backbone):
+    """GIN: ``C = (1 + ε) I + A`` (sum aggregation) with an MLP update."""
+
+    name = "gin"
+
+    def convolutions(self, A: sp.csr_array) -> list[sp.csr_array | Attention | None]:
+        return [None, sp.csr_array(A, dtype=np.float32)]
+
+    def layer(self, in_features: int, out_features: int, *, first: bool, last: bool) -> nn.Module:
+        return GINLayer(in_features, out_features, in_features if last else out_features)
+
+
+class GATLayer(nn.Module):
+    """Multi-head graph attention: heads concatenated (hidden layers) or averaged (output).
+
+    In the first layer the messages arrive projected (``GATAttention.value``); later layers get
+    the aggregated inputs and project them here.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, heads: int, concat: bool, first: bool = False
+    ):
+        super().__init__()
+        if concat and out_features % heads:
+            raise ValueError(
+                f"a GAT hidden layer of width {out_features} cannot be split into heads={heads} "
+                "heads: choose hidden_layer_sizes divisible by heads"
+            )
+        self.concat = concat
+        self.first = first
+        width = out_features // heads if concat else out_features
+        self.attention = nn.ModuleList([GATAttention(in_features, width, heads)])
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, messages: list[Tensor]) -> Tensor:
+        (M,) = messages  # (b, H, f), or (b, H, d) already projected in the first layer
+        h = M if self.first else torch.einsum("bhf,hfd->bhd", M, self.attention[0].weight)
+        h = h.reshape(h.shape[0], -1) if self.concat else h.mean(1)
+        return h + self.bias
+
+
+class GAT(Backbone):
+    """GAT: ``C^h_ij = softmax_j LeakyReLU(a_hᵀ [W_h x_i ‖ W_h x_j])`` over ``N(i) ∪ {i}``.
+
+    Hidden layers concatenate ``heads`` heads; the output layer averages ``output_heads``.
+    Edge weights of ``A`` are ignored: attention decides the weights.
+    """
+
+    name = "gat"
+
+    def __init__(self, heads: int = 8, output_heads: int = 1):
+        self.heads = heads
+        self.output_heads = output_heads
+
+    def convolutions(self, A: sp.csr_array) -> list[sp.csr_array | Attention | None]:
+        return [Attention(attention_mask(A))]
+
+    def layer(self, in_features: int, out_features: int, *, first: bool, last: bool) -> nn.Module:
+        heads = self.output_heads if last else self.heads
+        return GATLayer(in_features, out_features, heads, concat=not last, first=first)
+
+
+class TransformerLayer(nn.Module):
+    """A local GCN convolution plus multi-head global attention over all nodes:
+    ``Z = (C x) W + Σ_h M^h V_h + b`` with ``M^h = softmax(Q_h Kᵀ_h / √d) x``."""
+
+    def __init__(self, in_features: int, out_features: int, heads: int):
+        super().__init__()
+        key_features = max(1, in_features // heads)
+        self.local = nn.Linear(in_features, out_features)
+        self.attention = nn.ModuleList([DotProductAttention(in_features, key_features, heads)])
+        self.value = nn.Parameter(torch.empty(heads, in_features, out_features))
+        nn.init.xavier_uniform_(self.value)
+
+    def forward(self, messages: list[Tensor | None]) -> Tensor:
+        local, global_ = messages
+        z = _linear(self.local, local)
+        if global_ is not None:
+            z = z + torch.einsum("bhf,hfo->bo", global_, self.value)
+        return z
+
+
+class Transformer(Backbone):
+    """A graph transformer layer: local GCN messages plus global attention over every node.
+
+    Out-of-batch keys and values are the codewords, weighted by how many out-of-batch nodes each
+    stands for; this needs whole-vector codewords (``codeword_dim`` at least the layer width).
+    The first layer aggregates the raw input features, which have no codebook, so its global
+    attention is left out (it would need every node's features): global attention acts in every
+    layer after the first.
+    """
+
+    name = "transformer"
+    n_convolutions = 2
+
+    def __init__(self, heads: int = 1):
+        self.heads = heads
+
+    def convolutions(self, A: sp.csr_array) -> list[sp.csr_array | Attention | None]:
+        return [gcn_norm(A), Attention(None)]
+
+    def layer(self, in_features: int, out_features: int, *, first: bool, last: bool) -> nn.Module:
+        return TransformerLayer(in_features, out_features, self.heads)
+
+
+BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (GCN, SAGE, GIN, GAT, Transformer)}
 
 
 class AddGradient(torch.autograd.Function):
@@ -129,28 +501,57 @@ class AddGradient(torch.autograd.Function):
 
 
 @dataclass
+class Groups:
+    """Out-of-batch terms of one learnable convolution at one VQ layer, grouped by codes.
+
+    For the forward pass ``rows`` are batch receivers and ``cols`` sender groups; for the
+    backward pass (receivers outside the batch) ``rows`` are batch senders and ``cols`` receiver
+    groups. Both are ``None`` for global attention (every row meets every group).
+    log_count : per pair (E,), or per group (U,) for global attention
+    codes : (U, P) the codes of each group's reconstruction
+    """
+
+    rows: Tensor | None
+    cols: Tensor | None
+    log_count: Tensor
+    codes: Tensor
+
+
+@dataclass
 class Batch:
     """Device tensors of one mini-batch.
 
-    inputs : per convolution, the first layer's aggregated input rows ``(C^(s) X)_B`` (b, f0)
-    intra : per convolution, ``C_in`` as sparse (b, b), ``None`` for the identity
+    inputs : per convolution, the first layer's aggregated input rows ``(C^(s) X)_B`` (b, f0);
+        ``None`` for a learnable convolution, which aggregates ``raw`` instead
+    intra : per convolution, ``C_in`` as sparse (b, b) for a fixed one, (rows, cols) of the mask
+        inside the batch for a masked attention, ``None`` otherwise
     sketches : per VQ layer, per convolution, the codeword sketch (b·P, P·k) or ``None``
     transposed : like ``sketches`` for the transposed sketch; empty when not training
+    raw : input features of the batch rows then of their out-of-batch neighbours under the
+        attention masks (exact: the first layer has no codebook); ``None`` without attention
+    input_edges : per convolution, (rows, cols into ``raw``) of a masked attention's first layer
+    senders, receivers : per VQ layer, per convolution, ``Groups`` of a learnable convolution
     """
 
     nodes: Tensor
-    inputs: list[Tensor]
-    intra: list[Tensor | None]
+    inputs: list[Tensor | None]
+    intra: list
     sketches: list[list[Tensor | None]]
     transposed: list[list[Tensor | None]] = field(default_factory=list)
+    raw: Tensor | None = None
+    input_edges: list = field(default_factory=list)
+    senders: list[list[Groups | None]] = field(default_factory=list)
+    receivers: list[list[Groups | None]] = field(default_factory=list)
 
 
 @dataclass
 class LayerTrace:
-    """What a training step keeps of a VQ layer: its batch input and aggregated messages."""
+    """What a training step keeps of a VQ layer: its batch input, aggregated messages (one per
+    non-identity convolution: (b, f), or (b, H, f) for attention) and attention log normalisers."""
 
     x: Tensor
     messages: list[Tensor]
+    lse: list[Tensor]
     blue: Tensor | None
 
 
@@ -160,39 +561,94 @@ class VQGNN(nn.Module):
     Parameters
     ----------
     backbone : Backbone
-    identity : list of bool
-        Per convolution, whether it is the identity.
+    kinds : list of str
+        Per convolution, ``kind_of`` its entry in ``backbone.convolutions``.
     dims : list of int
         Layer widths ``[f0, h1, ..., out]``.
-    n_codewords, codeword_dim, decay, grad_scale : codebook settings (see ``ProductCodebook``).
+    n_codewords, codeword_dim, decay, grad_scale : codebook settings (see ``ProductCodebook``);
+        ``codeword_dim=None`` quantises whole vectors (one slice per layer).
     dropout : float
     """
 
     def __init__(
         self,
         backbone: Backbone,
-        identity: list[bool],
+        kinds: list[str],
         dims: list[int],
         n_codewords: int,
-        codeword_dim: int,
+        codeword_dim: int | None,
         decay: float,
         grad_scale: float,
         dropout: float,
         sparse_backend: str = "torch",
     ):
         super().__init__()
-        self.identity = list(identity)
+        self.kinds = list(kinds)
         self.dropout = dropout
         self.sparse_backend = sparse_backend
-        n_conv = len(identity)
-        n_out_of_batch = sum(not i for i in identity)
+        n_layers = len(dims) - 1
         self.layers = nn.ModuleList(
-            backbone.layer(dims[i], dims[i + 1], n_conv) for i in range(len(dims) - 1)
+            backbone.layer(dims[i], dims[i + 1], first=i == 0, last=i == n_layers - 1)
+            for i in range(n_layers)
         )
-        self.codebooks = nn.ModuleList(
-            ProductCodebook(d, n_codewords, codeword_dim, n_out_of_batch, decay, grad_scale)
-            for d in dims[1:-1]
-        )
+        n_attention = sum(k in ("attention", "global") for k in self.kinds)
+        for layer in self.layers:
+            found = len(getattr(layer, "attention", ()))
+            if found != n_attention:
+                raise ValueError(
+                    f"{backbone!r} lists {n_attention} Attention convolutions but its layer "
+                    f"{type(layer).__name__} has {found} attention modules"
+                )
+        self.codebooks = nn.ModuleList()
+        for level, width in enumerate(dims[1:-1]):
+            channels = self.channels(level)
+            cb = ProductCodebook(
+                width,
+                n_codewords,
+                width if codeword_dim is None else codeword_dim,
+                sum(len(c) for c in channels),
+                decay,
+                grad_scale,
+                n_aux=2 * sum(len(c) for c, k in zip(channels, kinds, strict=True) if k != "fixed"),
+            )
+            if "global" in self.kinds and cb.n_slices > 1:
+                raise ValueError(
+                    f"global attention needs whole-vector codewords, but codeword_dim="
+                    f"{codeword_dim} cuts a width-{width} layer into {cb.n_slices} slices; "
+                    "use codeword_dim='auto'"
+                )
+            self.codebooks.append(cb)
+
+    def channels(self, level: int) -> list[range]:
+        """Per convolution, its gradient channels in VQ layer ``level``'s codebook (one per fixed
+        convolution, one per attention head)."""
+        layer = self.layers[level + 1]
+        out, start, a = [], 0, 0
+        for kind in self.kinds:
+            size = 0
+            if kind == "fixed":
+                size = 1
+            elif kind != "identity":
+                size = layer.attention[a].heads
+                a += 1
+            out.append(range(start, start + size))
+            start += size
+        return out
+
+    def _aux(self, level: int) -> list[tuple[range, range] | None]:
+        """Per convolution, the auxiliary scalars (⟨g, M⟩ per head, log normaliser per head)."""
+        out, start = [], 0
+        for kind, ch in zip(self.kinds, self.channels(level), strict=True):
+            if kind in ("attention", "global"):
+                H = len(ch)
+                out.append((range(start, start + H), range(start + H, start + 2 * H)))
+                start += 2 * H
+            else:
+                out.append(None)
+        return out
+
+    def _attention(self, i: int, s: int) -> AttentionConvolution:
+        return self.layers[i].attention[sum(k in ("attention", "global") for k in self.kinds[:s])]
 
     def _out_of_batch(self, sketch: Tensor | None, words: Tensor, cb: ProductCodebook) -> Tensor:
         """Sketch (b·P, P·k) times stacked codewords (P, k, D) -> (b, f)."""
@@ -200,31 +656,113 @@ class VQGNN(nn.Module):
         out = spmm(sketch, words.reshape(P * k, D), self.sparse_backend)
         return cb.merge(out.reshape(-1, P, D))
 
-    def blue_messages(self, batch: Batch, level: int) -> Tensor | None:
-        """Eq. 7's out-of-batch gradient for the input of VQ layer ``level``: (b, f)."""
+    def blue_messages(self, batch: Batch, level: int, x: Tensor) -> Tensor | None:
+        """Eq. 7's out-of-batch gradient for the input ``x`` (b, f) of VQ layer ``level``."""
         cb = self.codebooks[level]
         grads = cb.grad_codewords  # (S, P, k, D)
         total = None
-        for s, T in enumerate(t for t in batch.transposed[level] if t is not None):
-            term = self._out_of_batch(T, grads[s], cb)
-            total = term if total is None else total + term
+        channels, aux = self.channels(level), self._aux(level)
+        for s, kind in enumerate(self.kinds):
+            term = None
+            if kind == "fixed" and batch.transposed[level][s] is not None:
+                term = self._out_of_batch(batch.transposed[level][s], grads[channels[s][0]], cb)
+            elif kind in ("attention", "global") and batch.receivers[level][s] is not None:
+                rec = batch.receivers[level][s]
+                if len(rec.codes) == 0:
+                    continue
+                x_rec, g_rec, a_rec = cb.lookup(rec.codes)
+                inner, lse = aux[s]
+                receivers = (
+                    x_rec,
+                    g_rec[channels[s].start : channels[s].stop].transpose(0, 1),
+                    a_rec[inner.start : inner.stop].T,
+                    a_rec[lse.start : lse.stop].T,
+                )
+                edges = None if kind == "global" else (rec.rows, rec.cols)
+                term = attention_blue(
+                    self._attention(level + 1, s), x, receivers, rec.log_count, edges
+                )
+            if term is not None:
+                total = term if total is None else total + term
         return total
 
-    def aggregate(self, batch: Batch, level: int, x: Tensor) -> list[Tensor]:
-        """Eq. 6: messages into the batch for VQ layer ``level`` (input ``x``: (b, f))."""
+    def aggregate(
+        self, batch: Batch, level: int, x: Tensor
+    ) -> tuple[list[Tensor], list[Tensor | None]]:
+        """Eq. 6: messages into the batch for VQ layer ``level`` (input ``x``: (b, f)), and per
+        convolution the attention log normalisers (``None`` for fixed ones)."""
         cb = self.codebooks[level]
         words = cb.codewords
-        messages = []
-        for s, is_identity in enumerate(self.identity):
-            if is_identity:
-                messages.append(x)
-                continue
-            m = spmm(batch.intra[s], x, self.sparse_backend)
-            sketch = batch.sketches[level][s] if batch.sketches else None
-            if sketch is not None and sketch._nnz() > 0:
-                m = m + self._out_of_batch(sketch, words, cb)
+        messages: list[Tensor] = []
+        lses: list[Tensor | None] = []
+        for s, kind in enumerate(self.kinds):
+            lse = None
+            if kind == "identity":
+                m = x
+            elif kind == "fixed":
+                m = spmm(batch.intra[s], x, self.sparse_backend)
+                sketch = batch.sketches[level][s] if batch.sketches else None
+                if sketch is not None and sketch._nnz() > 0:
+                    m = m + self._out_of_batch(sketch, words, cb)
+            else:
+                groups = batch.senders[level][s] if batch.senders else None
+                m, lse = self._attend(self._attention(level + 1, s), batch, s, x, groups, cb)
             messages.append(m)
+            lses.append(lse)
+        return messages, lses
+
+    def _attend(
+        self,
+        conv: AttentionConvolution,
+        batch: Batch,
+        s: int,
+        x: Tensor,
+        groups: Groups | None,
+        cb: ProductCodebook,
+    ) -> tuple[Tensor, Tensor]:
+        """One learnable convolution: exact intra-batch senders plus codeword groups."""
+        b = x.shape[0]
+        x_src = x
+        if groups is not None and len(groups.codes):
+            slices = torch.arange(cb.n_slices, device=x.device)
+            x_src = torch.cat([x, cb.merge(cb.codewords[slices, groups.codes])])
+        if self.kinds[s] == "global":
+            log_count = None
+            if x_src is not x:
+                log_count = torch.cat([x.new_zeros(b), groups.log_count])
+            return attend(conv, x, x_src, None, log_count)
+        rows, cols = batch.intra[s]
+        log_count = None
+        if x_src is not x:
+            log_count = torch.cat([x.new_zeros(len(rows)), groups.log_count])
+            rows = torch.cat([rows, groups.rows])
+            cols = torch.cat([cols, groups.cols + b])
+        return attend(conv, x, x_src, (rows, cols), log_count)
+
+    def input_messages(self, batch: Batch) -> list[Tensor | None]:
+        """The first layer's messages: precomputed for fixed convolutions, exact attention over
+        the raw features of the batch and its neighbours, none for global attention."""
+        raw = None
+        messages: list[Tensor | None] = []
+        for s, kind in enumerate(self.kinds):
+            if kind in ("identity", "fixed"):
+                messages.append(sparse_dropout(batch.inputs[s], self.dropout, self.training))
+            elif kind == "global":
+                messages.append(None)
+            else:
+                if raw is None:
+                    raw = F.dropout(batch.raw, self.dropout, self.training)
+                b = batch.nodes.shape[0]
+                messages.append(self.first_attention(s, raw[:b], raw, batch.input_edges[s]))
         return messages
+
+    def first_attention(
+        self, s: int, x_dst: Tensor, x_src: Tensor, edges: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        """The first layer's masked attention ``s``, over projected values when it has them."""
+        conv = self._attention(0, s)
+        values = conv.value(x_src) if hasattr(conv, "value") else None
+        return attend(conv, x_dst, x_src, edges, values=values)[0]
 
     def forward(self, batch: Batch, blue: bool = False) -> tuple[Tensor, list[LayerTrace]]:
         """Logits of the batch rows, and per VQ layer the trace a training step needs.
@@ -237,20 +775,27 @@ class VQGNN(nn.Module):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if i == 0:
-                messages = [sparse_dropout(m, self.dropout, self.training) for m in batch.inputs]
+                messages = self.input_messages(batch)
             else:
                 x = h
-                extra = self.blue_messages(batch, i - 1) if blue and batch.transposed else None
+                extra = None
+                if blue and batch.transposed:
+                    extra = self.blue_messages(batch, i - 1, h.detach())
                 if extra is not None:
                     x = AddGradient.apply(x, extra)
-                messages = self.aggregate(batch, i - 1, F.dropout(x, self.dropout, self.training))
+                messages, lses = self.aggregate(
+                    batch, i - 1, F.dropout(x, self.dropout, self.training)
+                )
                 if self.training:
                     kept = [
-                        m for m, ident in zip(messages, self.identity, strict=True) if not ident
+                        m
+                        for m, kind in zip(messages, self.kinds, strict=True)
+                        if kind != "identity"
                     ]
                     for m in kept:
                         m.retain_grad()
-                    traces.append(LayerTrace(x=h, messages=kept, blue=extra))
+                    lse = [v.detach() for v in lses if v is not None]
+                    traces.append(LayerTrace(x=h, messages=kept, lse=lse, blue=extra))
             z = layer(messages)
             h = F.relu(z) if i < last else z
         return h, traces

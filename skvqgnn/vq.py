@@ -111,6 +111,10 @@ class ProductCodebook(nn.Module):
         Weight of the standardised gradient in the assignment distance (0: features only).
     eps : float
         Laplace smoothing of the cluster sizes.
+    n_aux : int
+        Per-node scalars averaged like the gradients but left out of the distance (a learnable
+        convolution's receiver-side quantities, see ``layers.attention_blue``). Each slice keeps
+        its own average; a node's estimate is the mean over its slices' codewords.
 
     Buffers
     -------
@@ -119,6 +123,7 @@ class ProductCodebook(nn.Module):
                              unless a ``grad_weight`` restricts them to nodes with a loss term)
     feature_sums : (P, k, D) EMA sums ``S`` of member features
     grad_sums : (n_grad, P, k, D) EMA sums of member gradients
+    aux_sums : (n_aux, P, k) EMA sums of the members' auxiliary scalars
     feature_var : (P, D), grad_var : (n_grad, P, D) running variances for standardisation
     """
 
@@ -131,12 +136,14 @@ class ProductCodebook(nn.Module):
         decay: float = 0.99,
         grad_scale: float = 1.0,
         eps: float = 1e-8,
+        n_aux: int = 0,
     ):
         super().__init__()
         self.n_features = n_features
         self.n_codewords = n_codewords
         self.codeword_dim = codeword_dim
         self.n_grad = n_grad
+        self.n_aux = n_aux
         self.decay = decay
         self.grad_scale = grad_scale
         self.eps = eps
@@ -146,6 +153,9 @@ class ProductCodebook(nn.Module):
         self.register_buffer("grad_counts", torch.zeros(P, k))
         self.register_buffer("feature_sums", torch.zeros(P, k, D))
         self.register_buffer("grad_sums", torch.zeros(n_grad, P, k, D))
+        self.register_buffer("aux_sums", torch.zeros(n_aux, P, k))
+        self.register_buffer("aux_mean", torch.zeros(n_aux))
+        self.register_buffer("aux_var", torch.ones(n_aux))
         self.register_buffer("feature_mean", torch.zeros(P, D))
         self.register_buffer("feature_var", torch.ones(P, D))
         self.register_buffer("grad_mean", torch.zeros(n_grad, P, D))
@@ -171,15 +181,33 @@ class ProductCodebook(nn.Module):
         """Feature codewords X̃: (P, k, D)."""
         return self.feature_sums / self._sizes()
 
+    def _grad_sizes(self) -> Tensor:
+        return laplace_smoothing(self.grad_counts, self.eps).clamp_min(1e-12)  # (P, k)
+
     @property
     def grad_codewords(self) -> Tensor:
         """Gradient codewords G̃: (n_grad, P, k, D)."""
-        sizes = laplace_smoothing(self.grad_counts, self.eps).clamp_min(1e-12).unsqueeze(-1)
-        return self.grad_sums / sizes.unsqueeze(0)
+        return self.grad_sums / self._grad_sizes().unsqueeze(-1).unsqueeze(0)
+
+    @property
+    def aux_codewords(self) -> Tensor:
+        """Per-slice averages of the auxiliary scalars: (n_aux, P, k)."""
+        return self.aux_sums / self._grad_sizes().unsqueeze(0)
+
+    def lookup(self, codes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Reconstructions of nodes with ``codes`` (m, P): features (m, f), gradients
+        (n_grad, m, f) and auxiliary scalars (n_aux, m), the mean over slices."""
+        slices = torch.arange(self.n_slices, device=codes.device)
+        x = self.merge(self.codewords[slices, codes])
+        g = self.merge(self.grad_codewords[:, slices, codes])
+        aux = self.aux_codewords[:, slices, codes].mean(-1)
+        return x, g, aux
 
     # -- assignment ----------------------------------------------------------------------------
-    def _standardised(self, x: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Assignment space: data (P, m, E) and codewords (P, k, E), E = D (+ n_grad·D)."""
+    def _standardised(
+        self, x: Tensor, g: Tensor | None, aux: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Assignment space: data (P, m, E) and codewords (P, k, E), E = D (+ n_grad·D + n_aux)."""
         inv_x = self.feature_var.clamp_min(1e-20).rsqrt()  # (P, D)
         data = [(x * inv_x).transpose(0, 1)]  # (P, m, D)
         cw = [self.codewords * inv_x.unsqueeze(1)]
@@ -189,26 +217,38 @@ class ProductCodebook(nn.Module):
             data.append(gs.permute(2, 1, 0, 3).reshape(self.n_slices, x.shape[0], -1))
             gc = self.grad_codewords * inv_g.unsqueeze(2)  # (S, P, k, D)
             cw.append(gc.permute(1, 2, 0, 3).reshape(self.n_slices, self.n_codewords, -1))
+            if aux is not None and self.n_aux:
+                inv_a = self.aux_var.clamp_min(1e-20).rsqrt() * self.grad_scale  # (n_aux,)
+                a = (aux * inv_a[:, None]).T  # (m, n_aux)
+                data.append(a.unsqueeze(0).expand(self.n_slices, -1, -1))
+                cw.append((self.aux_codewords * inv_a[:, None, None]).permute(1, 2, 0))
         return torch.cat(data, -1), torch.cat(cw, -1)
 
     @torch.no_grad()
-    def assign(self, x: Tensor, g: Tensor | None = None) -> Tensor:
-        """Nearest codeword per slice for rows ``x`` (m, P, D) and gradients ``g`` (S, m, P, D).
+    def assign(self, x: Tensor, g: Tensor | None = None, aux: Tensor | None = None) -> Tensor:
+        """Nearest codeword per slice for rows ``x`` (m, P, D), gradients ``g`` (S, m, P, D) and
+        auxiliary scalars ``aux`` (n_aux, m), which every slice's distance includes.
 
         Returns codes of shape (m, P). With ``g=None`` the distance uses features only.
         """
-        data, cw = self._standardised(x, g)
+        data, cw = self._standardised(x, g, aux)
         return _nearest(data, cw).T.contiguous()
 
     # -- updates -------------------------------------------------------------------------------
     @torch.no_grad()
     def update(
-        self, x: Tensor, g: Tensor, codes: Tensor, grad_weight: Tensor | None = None
+        self,
+        x: Tensor,
+        g: Tensor,
+        codes: Tensor,
+        grad_weight: Tensor | None = None,
+        aux: Tensor | None = None,
     ) -> None:
         """One EMA step of online k-means: batch rows x (b, P, D), g (S, b, P, D), codes (b, P).
 
-        ``grad_weight`` (b,) in {0, 1} restricts the gradient codewords to the marked rows (the
-        nodes whose gradient is not known to be zero); by default every row counts.
+        ``grad_weight`` (b,) in {0, 1} restricts the gradient codewords (and the auxiliary
+        scalars ``aux``, (n_aux, b)) to the marked rows, the nodes whose gradient is not known to
+        be zero; by default every row counts.
         """
         b, P, D = x.shape
         k = self.n_codewords
@@ -222,6 +262,13 @@ class ProductCodebook(nn.Module):
             w = grad_weight.to(x.dtype).repeat_interleave(P)  # (b·P,)
             gcount = torch.bincount(flat, weights=w, minlength=P * k).to(x.dtype).reshape(P, k)
             g = g * grad_weight.to(x.dtype)[None, :, None, None]
+            if aux is not None:
+                aux = aux * grad_weight.to(x.dtype)
+        if self.n_aux:
+            asum = torch.zeros(self.n_aux, P * k, dtype=x.dtype, device=x.device)
+            asum.index_add_(1, flat, aux.repeat_interleave(P, dim=1))
+            ema_inplace(self.aux_sums, asum.reshape(self.n_aux, P, k), self.decay)
+            self._update_moments(self.aux_mean, self.aux_var, aux, dim=1)
         gsum = torch.zeros(self.n_grad, P * k, D, dtype=x.dtype, device=x.device)
         gsum.index_add_(1, flat, g.reshape(self.n_grad, b * P, D))
         ema_inplace(self.counts, count, self.decay)
@@ -268,15 +315,26 @@ class ProductCodebook(nn.Module):
         self.grad_counts.zero_()
         self.feature_sums.copy_(fsum * weight)
         self.grad_sums.zero_()
+        self.aux_sums.zero_()
+        self.aux_mean.zero_()
+        self.aux_var.fill_(1.0)
         self.grad_mean.zero_()
         self.grad_var.fill_(1.0)
         return codes
 
     @torch.no_grad()
-    def reseed(self, dead: Tensor, x: Tensor, g: Tensor, generator: torch.Generator) -> int:
+    def reseed(
+        self,
+        dead: Tensor,
+        x: Tensor,
+        g: Tensor,
+        generator: torch.Generator,
+        aux: Tensor | None = None,
+    ) -> int:
         """Re-seed codewords no node is assigned to from random rows of the current batch.
 
-        dead : (P, k) bool; x : (b, P, D); g : (S, b, P, D). Returns how many were re-seeded.
+        dead : (P, k) bool; x : (b, P, D); g : (S, b, P, D); aux : (n_aux, b).
+        Returns how many were re-seeded.
         """
         slice_idx, word_idx = torch.nonzero(dead, as_tuple=True)
         n_dead = int(slice_idx.numel())
@@ -288,6 +346,8 @@ class ProductCodebook(nn.Module):
         self.grad_counts[slice_idx, word_idx] = mass
         self.feature_sums[slice_idx, word_idx] = x[rows, slice_idx] * mass
         self.grad_sums[:, slice_idx, word_idx] = g[:, rows, slice_idx] * mass
+        if self.n_aux:
+            self.aux_sums[:, slice_idx, word_idx] = aux[:, rows] * mass
         return n_dead
 
 

@@ -229,6 +229,11 @@ def test_clone_and_params_are_stored_as_given():
         ({"batch_size": 0}, InvalidParameterError, "batch_size"),
         ({"n_codewords": 0}, InvalidParameterError, "n_codewords"),
         ({"hidden_layer_sizes": (4, 0)}, ValueError, "hidden_layer_sizes"),
+        ({"backbone": object()}, InvalidParameterError, "backbone"),
+        ({"heads": 0}, InvalidParameterError, "heads"),
+        ({"backbone": "gat", "hidden_layer_sizes": (10,), "heads": 3}, ValueError, "heads"),
+        ({"backbone": "transformer", "codeword_dim": 4}, ValueError, "codeword_dim"),
+        ({"codeword_dim": "whole"}, InvalidParameterError, "codeword_dim"),
     ],
 )
 def test_bad_parameters_are_named(csbm, params, error, match):
@@ -281,3 +286,42 @@ def test_predict_on_an_unseen_graph_assigns_nearest_codewords(csbm):
     assert (pred == clf.predict(A, X)).mean() > 0.9
     np.testing.assert_array_equal(clf.tables_[0].codes, codes)  # nothing changes at predict time
     assert torch.equal(clf.model_.codebooks[0].codewords, words)
+
+
+@pytest.mark.parametrize("backbone", ["gat", "gin", "transformer"])
+def test_every_backbone_trains_infers_and_persists(csbm, backbone, tmp_path):
+    """VQ training, both inference modes and joblib for the learnable and MLP backbones."""
+    A, X, y, split = csbm
+    params = {**FAST, "max_epochs": 20, "hidden_layer_sizes": (16,)}
+    clf = VQGNNClassifier(backbone, random_state=0, **params).fit(A, X, _labels(y, split))
+    assert _acc(clf.transduction_, y, split.test_mask) > 0.75
+    last = clf.history_[-1]
+    assert last["assignments_changed"][0] > 0 and last["codeword_shift"][0] > 0
+    assert last["grad_codeword_norm"][0] > 0 and last["blue_message_norm"][0] > 0
+    exact = clf.set_params(inference="exact").predict(A, X)
+    vq = clf.set_params(inference="vq").predict(A, X)
+    assert np.mean(exact == vq) > 0.9
+    joblib.dump(clf, tmp_path / "model.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "model.joblib").predict(A, X), vq)
+
+
+def test_grid_search_over_a_learnable_backbone(csbm):
+    A, X, y, split = csbm
+    G = Graph(A, X)
+    labelled = np.flatnonzero(split.train_mask | split.val_mask)
+    clf = VQGNNClassifier("gat", random_state=0, **{**FAST, "max_epochs": 5})
+    search = GridSearchCV(clf, {"n_codewords": [8, 32]}, cv=2).fit(G.nodes(labelled), y[labelled])
+    assert search.best_params_["n_codewords"] in (8, 32)
+    assert search.predict(G.nodes(np.arange(10))).shape == (10,)
+
+
+def test_a_user_backbone_instance_fits_clones_and_pickles(csbm):
+    from .test_layers import CosineBackbone
+
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(CosineBackbone(), random_state=0, **FAST)
+    assert isinstance(clone(clf).backbone, CosineBackbone)
+    clf.fit(A, X, _labels(y, split))
+    assert _acc(clf.transduction_, y, split.test_mask) > 0.7
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(again.predict(A, X), clf.predict(A, X))
