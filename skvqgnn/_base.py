@@ -193,7 +193,7 @@ def make_batch(
     attention = [s for s, kind in enumerate(data.kinds) if kind == "attention"]
     if attention:  # the first layer's attention is exact: raw features of the neighbours too
         halo = np.unique(np.concatenate([edges[s].out_nodes for s in attention]))
-        raw = dense_rows(data.graph.X, np.concatenate([nodes, halo]), device)
+        raw = input_rows(data.graph.X, np.concatenate([nodes, halo]), device)
         for s in attention:
             e = edges[s]
             cols = np.concatenate([e.in_cols, b + np.searchsorted(halo, e.out_nodes)])
@@ -708,10 +708,12 @@ def _exact_messages(
             local, cols, _ = gather_rows(M, rows)
             senders, inverse = np.unique(cols, return_inverse=True)
             edges = (_long(local, device), _long(inverse, device))
-            x_dst, x_src = dense_rows(source, rows, device), dense_rows(source, senders, device)
-            if i == 0:
-                messages.append(model.first_attention(s, x_dst, x_src, edges))
+            if i == 0:  # receivers first, then the senders
+                x = input_rows(source, np.concatenate([rows, senders]), device)
+                edges = (edges[0], edges[1] + len(rows))
+                messages.append(model.first_attention(s, len(rows), x, edges))
             else:
+                x_dst, x_src = dense_rows(source, rows, device), dense_rows(source, senders, device)
                 messages.append(attend(model._attention(i, s), x_dst, x_src, edges)[0])
     return messages
 

@@ -169,7 +169,7 @@ class GATAttention(AttentionConvolution):
             nn.init.xavier_uniform_(w)
 
     def _project(self, x: Tensor, att: Tensor) -> Tensor:
-        return (x @ torch.einsum("hfd,hd->fh", self.weight, att)).unsqueeze(-1)  # (m, H, 1)
+        return _matmul(x, torch.einsum("hfd,hd->fh", self.weight, att)).unsqueeze(-1)  # (m, H, 1)
 
     def query(self, x: Tensor) -> Tensor:
         return self._project(x, self.att_dst)
@@ -181,7 +181,8 @@ class GATAttention(AttentionConvolution):
         return F.leaky_relu(q + k, self.negative_slope).squeeze(-1)
 
     def value(self, x: Tensor) -> Tensor:
-        return torch.einsum("mf,hfd->mhd", x, self.weight)
+        H, f, d = self.weight.shape
+        return _matmul(x, self.weight.permute(1, 0, 2).reshape(f, H * d)).reshape(-1, H, d)
 
 
 class DotProductAttention(AttentionConvolution):
@@ -209,7 +210,7 @@ class DotProductAttention(AttentionConvolution):
 
 def attend(
     conv: AttentionConvolution,
-    x_dst: Tensor,
+    x_dst: Tensor | int,
     x_src: Tensor,
     edges: tuple[Tensor, Tensor] | None = None,
     log_count: Tensor | None = None,
@@ -217,7 +218,8 @@ def attend(
 ) -> tuple[Tensor, Tensor]:
     """Softmax aggregation ``M^h_i = Σ_j α^h_ij x_j`` of senders ``x_src`` into ``x_dst``.
 
-    ``values`` (m, H, d), when given, are aggregated per head instead of ``x_src``.
+    ``values`` (m, H, d), when given, are aggregated per head instead of ``x_src``. An integer
+    ``x_dst = b`` means the first ``b`` senders are the receivers.
 
     ``edges`` = (receiver rows, sender columns), each (E,); ``None`` means every pair. A sender
     term may stand for several nodes with the same features (a codeword): ``log_count`` ((E,), or
@@ -227,7 +229,7 @@ def attend(
 
     Returns the messages (b, H, f) and the log normaliser of each row (b, H).
     """
-    q = conv.query(x_dst)  # (b, H, d)
+    q = conv.query(x_src)[:x_dst] if isinstance(x_dst, int) else conv.query(x_dst)  # (b, H, d)
     k = conv.key(x_src)  # (m, H, d)
     b, H = q.shape[0], q.shape[1]
     if edges is None:
@@ -751,18 +753,18 @@ class VQGNN(nn.Module):
                 messages.append(None)
             else:
                 if raw is None:
-                    raw = F.dropout(batch.raw, self.dropout, self.training)
+                    raw = sparse_dropout(batch.raw, self.dropout, self.training)
                 b = batch.nodes.shape[0]
-                messages.append(self.first_attention(s, raw[:b], raw, batch.input_edges[s]))
+                messages.append(self.first_attention(s, b, raw, batch.input_edges[s]))
         return messages
 
-    def first_attention(
-        self, s: int, x_dst: Tensor, x_src: Tensor, edges: tuple[Tensor, Tensor]
-    ) -> Tensor:
-        """The first layer's masked attention ``s``, over projected values when it has them."""
+    def first_attention(self, s: int, b: int, x: Tensor, edges: tuple[Tensor, Tensor]) -> Tensor:
+        """The first layer's masked attention ``s`` into the first ``b`` rows of the raw features
+        ``x`` (dense, or sparse COO), over projected values when the convolution has them."""
         conv = self._attention(0, s)
-        values = conv.value(x_src) if hasattr(conv, "value") else None
-        return attend(conv, x_dst, x_src, edges, values=values)[0]
+        if not hasattr(conv, "value"):
+            return attend(conv, b, x.to_dense() if x.is_sparse else x, edges)[0]
+        return attend(conv, b, x, edges, values=conv.value(x))[0]
 
     def forward(self, batch: Batch, blue: bool = False) -> tuple[Tensor, list[LayerTrace]]:
         """Logits of the batch rows, and per VQ layer the trace a training step needs.
