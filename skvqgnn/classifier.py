@@ -48,14 +48,25 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
 
     Parameters
     ----------
-    backbone : {"gcn", "sage"}, default="gcn"
-        Graph convolution: GCN (``D̃^-½(A+I)D̃^-½``) or GraphSAGE-mean (root weight + ``D⁻¹A``).
+    backbone : {"gcn", "sage", "gin", "gat", "transformer"} or Backbone, default="gcn"
+        Graph convolution: GCN (``D̃^-½(A+I)D̃^-½``), GraphSAGE-mean (root weight + ``D⁻¹A``),
+        GIN (``(1+ε)I + A``, learnable ``ε``, MLP update), GAT (multi-head attention over
+        ``N(i) ∪ {i}``) or a graph transformer (local GCN plus global attention over all nodes,
+        from the second layer on). A ``skvqgnn.layers.Backbone`` instance plugs in a
+        user-defined convolution (see ``doc/extending.md``).
     hidden_layer_sizes : int or sequence of int, default=(64,)
         Widths of the hidden layers; the network has ``len(hidden_layer_sizes) + 1`` layers.
+    heads : int or None, default=None
+        Attention heads of ``"gat"`` (hidden layers; concatenated, so the hidden widths must be
+        divisible by it; the output layer has one head) and ``"transformer"``. ``None``: 8 for
+        GAT, 1 for the transformer. Other backbones do not use it.
     n_codewords : int, default=256
         Codewords ``k`` per codebook slice.
-    codeword_dim : int, default=4
+    codeword_dim : int or "auto", default="auto"
         Width ``D`` of a product-VQ slice; layer inputs are cut into ``ceil(f / D)`` slices.
+        ``"auto"``: 4, or whole-vector codewords for the transformer, whose global attention
+        weighs each codeword by the number of nodes it stands for and so needs one codeword per
+        node rather than one per slice.
     batch_size : int or None, default=512
         Nodes per mini-batch. ``None`` trains on the full graph (exact, no codebooks): the
         in-package reference.

@@ -1,24 +1,27 @@
 """Backbones and the VQ-approximated message passing of one mini-batch (DESIGN §1, §4).
 
-A backbone is one small class: the convolution matrices it aggregates with (computed once on the
-host from the full graph) and the layer that combines the aggregated messages,
+A backbone is one small class: the convolutions it aggregates with (computed once on the host
+from the full graph) and the layer that combines the aggregated messages. A convolution is fixed
+(a CSR matrix ``C^(s)``; GCN, SAGE, GIN) or learnable (an ``Attention``: softmax of a learned
+score over a mask, GAT, or over every pair of nodes, the transformer's global attention).
 
-    Z = Σ_s M^(s) W^(s) + b,     M^(s) = C^(s) X.
+Fixed convolutions, for a batch ``B`` and layer ``l ≥ 1`` (Eq. 6 and 7):
 
-For a batch ``B`` and layer ``l ≥ 1`` the aggregation is approximated as in Eq. 6,
+    M_B^(s) ≈ C_in^(s) X_B + C̃_out^(s) X̃,        ∇X_B += (C^(s)ᵀ)_out R G̃^(s),
 
-    M_B^(s) ≈ C_in^(s) X_B + C̃_out^(s) X̃,
+with feature codewords ``X̃`` and gradient codewords ``G̃`` of ``∂ℓ/∂M^(s)`` (before ``W``), so
+the blue term needs no ``W^(s)ᵀ`` factor and reaches ``X_B`` only.
 
-where ``X̃`` are the layer's feature codewords, and the backward pass adds the out-of-batch
-("blue") messages of Eq. 7 to the gradient of ``X_B``:
+Learnable convolutions ``M^h_i = Σ_j α^h_ij x_j``: intra-batch senders are exact; out-of-batch
+senders are their reconstructions from the codewords, and senders with identical codes are one
+term weighted by their number (``log count`` added to the score). The backward messages to batch
+senders from out-of-batch receivers use the receivers' codewords of ``x``, ``g = ∂ℓ/∂M``,
+``⟨g, M⟩`` and the log normaliser (``attention_blue``). Attention parameters receive gradient from
+every forward term, codeword senders included, and nothing from the backward messages.
 
-    ∇X_B += (C^(s)ᵀ)_out R G̃^(s),     G̃^(s): codewords of ∂ℓ/∂M^(s).
-
-The quantity clustered for the gradient codewords is the gradient of each aggregation output
-``M^(s)`` (before ``W``), so the blue term needs no ``W^(s)ᵀ`` factor, and it reaches ``X_B``
-only: the weights' gradients come from the batch's own rows, never from codewords. The first
-layer aggregates the fixed input features, so its aggregation ``C^(s) X`` is computed once on the
-host and is exact.
+The first layer aggregates the fixed input features: ``C^(s) X`` is computed once on the host, and
+masked attention gathers the raw features of the batch's out-of-batch neighbours, so the first
+layer is exact and has no codebook.
 """
 
 from __future__ import annotations
