@@ -1,8 +1,9 @@
 """skvqgnn: VQ-GNN (Ding et al., NeurIPS 2021) as scikit-learn estimators."""
 
 from .classifier import VQGNNClassifier
-from .graph import Graph, NodeSet
+from .graph import Graph, NodeSet, PairSet
+from .link import VQGNNLinkPredictor
 
 __version__ = "0.1.0"
 
-__all__ = ["Graph", "NodeSet", "VQGNNClassifier", "__version__"]
+__all__ = ["Graph", "NodeSet", "PairSet", "VQGNNClassifier", "VQGNNLinkPredictor", "__version__"]

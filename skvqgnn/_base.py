@@ -36,7 +36,7 @@ from .sketch import (
     split_batch_edges,
     to_torch_sparse,
 )
-from .vq import AssignmentTable
+from .vq import AssignmentTable, ProductCodebook
 
 _KMEANS_SAMPLE = 8192
 _KMEANS_ITERS = 10
@@ -249,12 +249,27 @@ def make_batch(
     return batch
 
 
+@torch.no_grad()
+def initialise_codebook(
+    cb: ProductCodebook, H: np.ndarray, weight: float, gen: torch.Generator, device: torch.device
+) -> AssignmentTable:
+    """k-means of every node's representation ``H`` (n, f) into ``cb``; the nodes' assignments."""
+    n = H.shape[0]
+    sample = torch.randperm(n, generator=gen)[: max(_KMEANS_SAMPLE, 4 * cb.n_codewords)]
+    x_all = cb.split(torch.from_numpy(H).to(device))  # (n, P, D)
+    codes = cb.initialise(x_all, x_all[sample.to(device)], weight, gen, _KMEANS_ITERS)
+    table = AssignmentTable(n, cb.n_slices, cb.n_codewords)
+    table.set(np.arange(n), codes.cpu().numpy())
+    return table
+
+
 @dataclass
 class FitState:
     """Everything a fit produces that predict needs, kept together for best-epoch snapshots."""
 
     model: VQGNN
     tables: list[AssignmentTable]
+    head: torch.nn.Module | None = None
 
 
 class BaseVQGNN(BaseEstimator):
@@ -262,7 +277,9 @@ class BaseVQGNN(BaseEstimator):
 
     Subclasses implement ``_loss`` (batch logits and node ids -> summed loss over the batch's
     training targets) and ``_val_score``, and set ``_n_outputs``, ``_n_targets`` and
-    ``_loss_mask`` (n,) bool, the nodes with a loss term, before calling ``_fit_graph``.
+    ``_loss_mask`` (n,) bool, the nodes with a loss term, before calling ``_fit_graph``. A
+    subclass with trainable parts after the network (a decoder) returns them from ``_make_head``;
+    they are optimised with the network, kept in ``head_`` and snapshotted with it.
     """
 
     _parameter_constraints: dict = {
@@ -353,6 +370,10 @@ class BaseVQGNN(BaseEstimator):
     def _val_score(self, logits: Tensor, nodes: np.ndarray) -> float:
         raise NotImplementedError
 
+    def _make_head(self) -> torch.nn.Module | None:
+        """Trainable module applied after the network (``None``: the logits are the output)."""
+        return None
+
     # -- validation helpers ----------------------------------------------------------------------
     def _hidden_sizes(self) -> list[int]:
         sizes = self.hidden_layer_sizes
@@ -440,8 +461,12 @@ class BaseVQGNN(BaseEstimator):
         else:
             tables = self._initialise_codebooks(model, data, sampler, gen, device)
 
+        head = self.head_ if reuse and getattr(self, "head_", None) is not None else None
+        head = self._make_head() if head is None else head
+        self._head = None if head is None else head.to(device)
+        parameters = [*model.parameters(), *(() if head is None else head.parameters())]
         optimiser = torch.optim.Adam(
-            model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+            parameters, lr=self.learning_rate, weight_decay=self.weight_decay
         )
         n_batches = max(1, math.ceil(graph.n_nodes / sampler.batch_size))
         norm = max(1.0, self._n_targets / n_batches)
@@ -457,6 +482,8 @@ class BaseVQGNN(BaseEstimator):
             for epoch in progress:
                 t0 = time.perf_counter()
                 model.train()
+                if self._head is not None:
+                    self._head.train()
                 stats = _EpochStats(len(tables))
                 for batch_nodes in sampler.epoch(rng):
                     batch = make_batch(
@@ -476,12 +503,18 @@ class BaseVQGNN(BaseEstimator):
                 record["time"] = time.perf_counter() - t0
                 if len(val_nodes):
                     model.eval()
+                    if self._head is not None:
+                        self._head.eval()
                     logits = self._infer(model, data, tables, sampler, val_nodes, device)
                     record["val_score"] = self._val_score(logits, val_nodes)
                     if record["val_score"] > best[0] + 1e-12:
                         best = (
                             record["val_score"],
-                            FitState(copy.deepcopy(model), copy.deepcopy(tables)),
+                            FitState(
+                                copy.deepcopy(model),
+                                copy.deepcopy(tables),
+                                copy.deepcopy(self._head),
+                            ),
                         )
                         stale = 0
                     else:
@@ -504,10 +537,13 @@ class BaseVQGNN(BaseEstimator):
         finally:
             if self.verbose:
                 progress.close()
+        head = self._head
         if self.early_stopping and best[1] is not None:
-            model, tables = best[1].model, best[1].tables
+            model, tables, head = best[1].model, best[1].tables, best[1].head
+        del self._head
         model.eval()
         self.model_ = model.cpu()
+        self.head_ = None if head is None else head.eval().cpu()
         self.tables_ = tables
         self.graph_fingerprint_ = graph.fingerprint
         self.history_ = history
@@ -531,13 +567,7 @@ class BaseVQGNN(BaseEstimator):
         weight = sampler.batch_size / data.n_nodes
         for level, cb in enumerate(model.codebooks):
             H = self._exact_layers(model, data, device, upto=level + 1)  # (n, f_l) host
-            n = H.shape[0]
-            sample = torch.randperm(n, generator=gen)[: max(_KMEANS_SAMPLE, 4 * cb.n_codewords)]
-            x_all = cb.split(torch.from_numpy(H).to(device))  # (n, P, D)
-            codes = cb.initialise(x_all, x_all[sample.to(device)], weight, gen, _KMEANS_ITERS)
-            table = AssignmentTable(n, cb.n_slices, cb.n_codewords)
-            table.set(np.arange(n), codes.cpu().numpy())
-            tables.append(table)
+            tables.append(initialise_codebook(cb, H, weight, gen, device))
         return tables
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ scikit-learn's model selection indexes ``X`` along its first axis and hands ``pr
 ``X``. A ``NodeSet`` is therefore the "X" of a graph estimator: a 1-D view of some nodes of one
 shared, read-only ``Graph``. Indexing a view gives another view of the same graph, so
 cross-validation, grid search (with refit) and ``train_test_split`` split nodes, never the graph.
+A ``PairSet`` is the same for node pairs (candidate links).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Graph", "NodeSet", "gcn_norm", "mean_norm"]
+__all__ = ["Graph", "NodeSet", "PairSet", "gcn_norm", "mean_norm"]
 
 
 def _as_csr_adjacency(A: Any) -> sp.csr_array:
@@ -143,6 +144,13 @@ class Graph:
         self.X = _as_features(X, self.A.shape[0])
         self._cache: dict[Any, Any] = {}
 
+    @classmethod
+    def _validated(cls, A: sp.csr_array, X: np.ndarray | sp.csr_array) -> Graph:
+        """A graph over already validated ``A`` and ``X`` (shared, not copied)."""
+        graph = cls.__new__(cls)
+        graph.A, graph.X, graph._cache = A, X, {}
+        return graph
+
     @property
     def n_nodes(self) -> int:
         return self.A.shape[0]
@@ -156,6 +164,18 @@ class Graph:
         if index is None:
             return NodeSet(self, np.arange(self.n_nodes))
         return NodeSet(self, _node_index(index, self.n_nodes))
+
+    def pairs(self, pairs: Any) -> PairSet:
+        """A ``PairSet`` view of node pairs ``pairs`` (m, 2): candidate links ``(u, v)``."""
+        return PairSet(self, check_pairs(pairs, self.n_nodes))
+
+    @property
+    def is_symmetric(self) -> bool:
+        """Whether ``A`` equals its transpose (an undirected graph)."""
+        if "is_symmetric" not in self._cache:
+            diff = self.A - self.A.T
+            self._cache["is_symmetric"] = diff.count_nonzero() == 0
+        return self._cache["is_symmetric"]
 
     @property
     def fingerprint(self) -> str:
@@ -214,6 +234,26 @@ def _node_index(index: Any, n: int) -> np.ndarray:
     return np.where(idx < 0, idx + n, idx)
 
 
+def check_pairs(pairs: Any, n: int, name: str = "pairs") -> np.ndarray:
+    """Validate node pairs: an integer array of shape (m, 2) with ids in ``[0, n)``."""
+    if isinstance(pairs, (NodeSet, PairSet, Graph)):
+        raise TypeError(f"{name} must be an integer array of shape (m, 2), got a {type(pairs)}")
+    P = np.asarray(pairs)
+    if P.dtype == object or not (np.issubdtype(P.dtype, np.integer) or P.size == 0):
+        raise TypeError(f"{name} must hold integer node ids, got dtype {P.dtype}")
+    if P.size == 0:
+        P = P.reshape(0, 2)
+    if P.ndim != 2 or P.shape[1] != 2:
+        raise ValueError(f"{name} must have shape (m, 2), one (u, v) pair per row, got {P.shape}")
+    P = P.astype(np.int64)
+    if P.size and (P.min() < 0 or P.max() >= n):
+        raise ValueError(
+            f"{name} holds node ids outside [0, {n}) (min {P.min()}, max {P.max()}); the graph "
+            f"has {n} nodes"
+        )
+    return P
+
+
 class NodeSet:
     """A view of some nodes of a ``Graph``: the ``X`` that graph estimators take.
 
@@ -260,3 +300,59 @@ class NodeSet:
 
     def __repr__(self) -> str:
         return f"NodeSet({len(self)} nodes of {self.graph!r})"
+
+
+class PairSet:
+    """A view of node pairs ``(u, v)`` of a ``Graph``: the ``X`` of a link predictor.
+
+    Behaves for scikit-learn as ``NodeSet`` does (``shape == (len,)``, indexing returns a view of
+    the same graph, no conversion to a NumPy array), so cross-validation and grid search split
+    pairs, never the graph. A link predictor fitted on a ``PairSet`` passes messages over its
+    positive pairs only, so held-out pairs never reach message passing.
+
+    Parameters
+    ----------
+    graph : Graph
+    pairs : ndarray of int of shape (n_pairs, 2)
+        Node ids into ``graph``.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> G = Graph(sp.eye(4, k=1) + sp.eye(4, k=-1), np.ones((4, 2)))
+    >>> P = G.pairs([[0, 1], [1, 2], [0, 3]])
+    >>> P.shape, P[1:].pairs.tolist()
+    ((3,), [[1, 2], [0, 3]])
+    """
+
+    def __init__(self, graph: Graph, pairs: np.ndarray):
+        if not isinstance(graph, Graph):
+            raise TypeError(f"graph must be a skvqgnn.Graph, got {type(graph).__name__}")
+        self.graph = graph
+        self.pairs = check_pairs(pairs, graph.n_nodes)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self.pairs),)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: Any) -> PairSet:
+        if isinstance(key, tuple):
+            if len(key) == 2 and key[1] is Ellipsis:
+                key = key[0]
+            else:
+                raise IndexError("a PairSet is 1-D: index it with one key")
+        if isinstance(key, numbers.Integral):
+            key = [key]
+        return PairSet(self.graph, self.pairs[_node_index(key, len(self.pairs))])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise TypeError(
+            "a PairSet is a view of node pairs of a graph and cannot become a NumPy array; pass "
+            "it to a skvqgnn estimator, or use .pairs for the (m, 2) node ids"
+        )
+
+    def __repr__(self) -> str:
+        return f"PairSet({len(self)} pairs of {self.graph!r})"

@@ -1,0 +1,227 @@
+"""Link-prediction benchmark of ``VQGNNLinkPredictor``: ROC AUC, Hits@50, fit time and memory.
+
+Every (dataset, backbone, mode, seed) fit runs in a fresh subprocess (this script with
+``--worker``), one after the other, so that each run's peak memory is its own; each run draws an
+85/5/10 edge split with its seed, fits on the training graph and scores the validation and test
+pairs. The results go to a marked section of a Markdown page (``--out``, by default the
+node-classification page ``doc/benchmarks.md``): the section between ``<!-- link-prediction:start
+-->`` and ``<!-- link-prediction:end -->`` is replaced, or appended when the page has none, and
+the rest of the page is left as it is. Raw per-run records go to ``--json``, from which
+``--from-json`` rebuilds the section without fitting anything.
+
+The plumbing (worker subprocesses, saved records, page header, the marked section) is that of
+``node_classification.py``, in ``_common.py``; as there, the parent process imports only the
+standard library, so that torch in the parent cannot inflate a run's peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from _common import (
+    BAR_POINTS,
+    DATASETS,
+    LINK_SECTION_END,
+    LINK_SECTION_START,
+    Record,
+    bar_row,
+    collect_records,
+    dataset_table,
+    delta_points,
+    fit_measured,
+    group_runs,
+    load_dataset,
+    mean_of,
+    mean_std,
+    parse_args,
+    provenance_lines,
+    read_page,
+    run_specs,
+    run_summary,
+    splice_section,
+    write_page,
+)
+
+MODE_LABELS = {"vq": "VQ, batch n/8", "full": "full graph"}
+VAL_PERCENT, TEST_PERCENT = 5, 10  # of the edges, held out; the rest trains
+HITS_K = 50
+HITS = f"test_hits{HITS_K}"  # record key of the test Hits@K
+METRIC_HEADER = [
+    "test ROC AUC",
+    f"test Hits@{HITS_K}",
+    "val ROC AUC",
+    "Δ ROC AUC vs full (points)",
+    f"Δ Hits@{HITS_K} vs full (points)",
+]
+BAR_BACKBONES = ("gcn", "sage")
+# metrics of the bars: record key -> label
+BAR_METRICS = {"test_roc_auc": "ROC AUC", HITS: f"Hits@{HITS_K}"}
+
+
+# --------------------------------------------------------------------------------------------
+# Worker: one fit in this process
+# --------------------------------------------------------------------------------------------
+
+
+def run_fit(spec: Record) -> Record:
+    """Load the data, split its edges, fit one link predictor and score it; runs inside the
+    worker process.
+
+    Parameters
+    ----------
+    spec : dict
+        ``dataset``, ``backbone``, ``mode``, ``seed`` (of the edge split and the estimator),
+        ``max_epochs`` (``None``: estimator default) and ``data_dir``.
+
+    Returns
+    -------
+    dict
+        The spec plus the sizes of the graph and of its training part, ROC AUC and Hits@50 on
+        the validation and test pairs, timings and memory peaks (MiB).
+    """
+    from skvqgnn import VQGNNLinkPredictor
+    from skvqgnn.metrics import hits_at_k, roc_auc
+    from skvqgnn.model_selection import edge_split
+
+    A, X, _, _ = load_dataset(spec["dataset"], Path(spec["data_dir"]))
+    train, val, test = edge_split(
+        A, val=VAL_PERCENT / 100, test=TEST_PERCENT / 100, random_state=spec["seed"]
+    )
+    lp, measured = fit_measured(VQGNNLinkPredictor, spec, A.shape[0], train.adjacency, X)
+    record = {
+        **spec,
+        **measured,
+        "n_edges": int(len(train.positives) + len(val.positives) + len(test.positives)),
+        "n_train_edges": int(len(train.positives)),
+    }
+    for name, split in (("val", val), ("test", test)):
+        scores = lp.decision_function(train.adjacency, X, split.pairs)
+        record[f"{name}_roc_auc"] = float(roc_auc(split.targets, scores))
+        record[f"{name}_hits{HITS_K}"] = float(hits_at_k(split.targets, scores, k=HITS_K))
+    return record
+
+
+def _summary(record: Record) -> str:
+    return run_summary(
+        record,
+        f"test ROC AUC {record['test_roc_auc']:.3f} Hits@{HITS_K} {record[HITS]:.3f}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _metric_cells(mode: str, runs: list[Record], full: list[Record] | None) -> list[str]:
+    return [
+        mean_std([r["test_roc_auc"] for r in runs]),
+        mean_std([r[HITS] for r in runs]),
+        mean_std([r["val_roc_auc"] for r in runs]),
+        *(
+            delta_points(mode, mean_of(runs, key), mean_of(full, key))
+            for key in ("test_roc_auc", HITS)
+        ),
+    ]
+
+
+def _bars(groups: dict[tuple[str, str, str], list[Record]]) -> list[str]:
+    lines = ["| bar | measured | threshold | result |", "|---|---|---|---|"]
+    for dataset in DATASETS:
+        for backbone in BAR_BACKBONES:
+            for key, metric in BAR_METRICS.items():
+                vq = mean_of(groups.get((dataset, backbone, "vq")), key)
+                full = mean_of(groups.get((dataset, backbone, "full")), key)
+                bar = f"{dataset} / {backbone}: VQ (n/8) ≥ full − {BAR_POINTS:g} point, {metric}"
+                lines.append(bar_row(bar, vq, full))
+    return lines
+
+
+def render(meta: Record, records: list[Record], regenerated: str | None = None) -> str:
+    """The page's link-prediction section, markers included: header, protocol, one table per
+    dataset and the bars."""
+    groups = group_runs(records)
+    train_percent = 100 - VAL_PERCENT - TEST_PERCENT
+    lines = [
+        LINK_SECTION_START,
+        f"## Link prediction ({train_percent}/{VAL_PERCENT}/{TEST_PERCENT} edge split)",
+        "",
+        "Written by `benchmarks/link_prediction.py`, which replaces only this section of the page; "
+        "`node_classification.py` carries it over when it rewrites the page.",
+        "",
+        *provenance_lines(meta, records, regenerated, "VQGNNLinkPredictor"),
+        "- Modes: *VQ, batch n/8* uses `batch_size = n_nodes // 8`; *full graph* is "
+        "`batch_size=None`, the same backbone trained on the exact full graph without codebooks.",
+        f"- Split: per seed, `edge_split(A, val={VAL_PERCENT / 100:g}, "
+        f"test={TEST_PERCENT / 100:g}, random_state=seed)` holds out {VAL_PERCENT} % and "
+        f"{TEST_PERCENT} % of the undirected edges as validation and test positives and pairs "
+        "each split with as many non-edges of the graph as negatives. The node labels are not "
+        "used.",
+        "- Training: `fit(train.adjacency, X)` on the training graph (the graph without the "
+        f"validation and test edges, in both directions): its edges, {train_percent} % of the "
+        "graph's, are the positives, and every epoch the estimator samples one negative per "
+        "endpoint of a positive pair, never a training edge (its defaults `n_negatives=1`, "
+        "`negative_sampling='exclude'`). The validation and test pairs are scored with "
+        "`decision_function(train.adjacency, X, pairs)`, so no message ever passes over a "
+        "held-out edge.",
+        f"- Metrics: ROC AUC of the scores over the split's pairs, and Hits@{HITS_K}, "
+        f"`hits_at_k(targets, scores, k={HITS_K})`: the fraction of positive pairs scored "
+        f"strictly above the {HITS_K}th-highest negative. Mean ± population standard deviation "
+        "over the seeds; Δ = 100 × (mean test metric of the row − mean test metric of the same "
+        "backbone's full-graph row). Fit time, epoch time (median over epochs of "
+        "`history_[i]['time']`), memory and epochs: medians over the seeds.",
+        "- Memory and time: peak RSS (`ru_maxrss`) of the run's fresh process right before and "
+        "right after `fit` (scoring not included), its increase and absolute value; with CUDA, "
+        "`torch.cuda.max_memory_allocated()` during `fit`. Fit time is the wall-clock time of "
+        "`fit`. Runs execute one at a time; timings on a shared machine are noisy.",
+        "",
+    ]
+    for dataset in DATASETS:
+        runs = [r for r in records if r["dataset"] == dataset]
+        if runs:
+            lines += [
+                f"### {dataset} ({runs[0]['n_nodes']} nodes, {runs[0]['n_edges']} edges, "
+                f"{runs[0]['n_train_edges']} for training)",
+                "",
+                *dataset_table(dataset, groups, MODE_LABELS, METRIC_HEADER, _metric_cells),
+                "",
+            ]
+    lines += [
+        "### Bars",
+        "",
+        "Checked automatically on the mean test metric over the seeds.",
+        "",
+        *_bars(groups),
+        LINK_SECTION_END,
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (or one worker fit, or regenerate the section from saved records) and
+    write the section into ``--out``, replacing its link-prediction section or appending one."""
+    args = parse_args(
+        argv,
+        __doc__.split("\n\n")[0],
+        modes=tuple(MODE_LABELS),
+        modes_help="default: both",
+        backbones=BAR_BACKBONES,
+    )
+    if args.worker is not None:
+        print(json.dumps(run_fit(json.loads(args.worker))))
+        return
+    specs = run_specs(args, lambda dataset: tuple(MODE_LABELS))
+    meta, records, regenerated = collect_records(args, __file__, specs, _summary)
+    write_page(args.out, splice_section(read_page(args.out), render(meta, records, regenerated)))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""VQGNNLinkPredictor: the API of the issue, no leakage, negatives, exactness, persistence."""
+
+import joblib
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from torch.nn import functional as F
+
+from skvqgnn import Graph, PairSet, VQGNNLinkPredictor
+from skvqgnn._base import GraphData
+from skvqgnn.datasets import load_cora
+from skvqgnn.link import LinkHead, _Incidences, _NegativeSampler
+from skvqgnn.metrics import hits_at_50_scorer, roc_auc
+from skvqgnn.model_selection import edge_split
+from skvqgnn.vq import AssignmentTable
+
+from .conftest import random_graph
+
+FAST = dict(max_epochs=20, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def cora_split():
+    A, X, _, _ = load_cora()
+    return (A, X, *edge_split(A, val=0.05, test=0.1, random_state=0))
+
+
+@pytest.fixture(scope="module")
+def split(csbm):
+    A, X, _, _ = csbm
+    train, val, test = edge_split(A, val=0.05, test=0.1, random_state=0)
+    return A, X, train, val, test
+
+
+def _edge_keys(A):
+    coo = sp.coo_array(A)
+    return set(zip(coo.row.tolist(), coo.col.tolist(), strict=True))
+
+
+def test_fit_and_score_pairs_of_held_out_edges(cora_split):
+    A, X, train, _, test = cora_split
+    n = A.shape[0]
+    lp = VQGNNLinkPredictor(batch_size=n // 8, **FAST).fit(train.adjacency, X)
+    proba = lp.predict_proba(train.adjacency, X, test.pairs)
+    assert proba.shape == (len(test), 2)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
+    scores = lp.decision_function(train.adjacency, X, test.pairs)
+    np.testing.assert_allclose(proba[:, 1], 1 / (1 + np.exp(-scores.astype(float))), rtol=1e-5)
+    np.testing.assert_array_equal(lp.predict(train.adjacency, X, test.pairs), scores >= 0)
+    # measured: 0.87 after 20 epochs (full-graph training: 0.86)
+    auc = roc_auc(test.targets, scores)
+    assert auc > 0.82
+    assert lp.score(train.adjacency, X, test.pairs, test.targets) == pytest.approx(auc)
+    assert lp.embed(train.adjacency, X).shape == (n, lp.embedding_dim)
+
+
+def test_vq_is_close_to_full_graph_training(cora_split):
+    A, X, train, _, test = cora_split
+    aucs = {}
+    for batch_size in (A.shape[0] // 8, None):
+        lp = VQGNNLinkPredictor(batch_size=batch_size, **FAST).fit(train.adjacency, X)
+        aucs[batch_size] = lp.score(train.adjacency, X, test.pairs, test.targets)
+    assert aucs[A.shape[0] // 8] > aucs[None] - 0.03, aucs
+
+
+def test_hadamard_decoder_trains(cora_split):
+    A, X, train, _, test = cora_split
+    lp = VQGNNLinkPredictor(decoder="hadamard", batch_size=A.shape[0] // 8, **FAST)
+    lp.fit(train.adjacency, X)
+    assert isinstance(lp.head_, LinkHead) and lp.head_.mlp is not None
+    assert lp.score(train.adjacency, X, test.pairs, test.targets) > 0.8
+
+
+def test_pairset_fit_passes_messages_over_training_positives_only(split, monkeypatch):
+    """Fails if a held-out pair reaches message passing at fit or at scoring time."""
+    A, X, train, _, test = split
+    G = Graph(A, X)  # the whole graph, held-out edges included
+    held = {tuple(p) for p in test.positives.tolist()}
+    held |= {(v, u) for u, v in held}
+    seen = []
+    original = GraphData.__init__
+
+    def spy(self, graph, backbone):
+        seen.append(_edge_keys(graph.A))
+        original(self, graph, backbone)
+
+    monkeypatch.setattr(GraphData, "__init__", spy)
+    lp = VQGNNLinkPredictor(batch_size=80, **FAST).fit(G.pairs(train.pairs), train.targets)
+    scores = lp.decision_function(G.pairs(test.pairs))
+    assert seen and all(not (edges & held) for edges in seen)
+    mp = _edge_keys(lp.message_passing_adjacency_)
+    assert mp == _edge_keys(train.adjacency) - {(i, i) for i in range(A.shape[0])}
+    # scoring the PairSet used the training graph, not G.A ...
+    direct = lp.decision_function(train.adjacency, X, test.pairs)
+    np.testing.assert_allclose(scores, direct, rtol=1e-5, atol=1e-5)
+    # ... and scoring over the whole graph (which holds the test links) would differ
+    leaky = lp.decision_function(A, X, test.pairs)
+    assert np.abs(leaky - scores).max() > 1e-3
+
+
+def test_cross_validation_over_pairs_cannot_leak(split):
+    A, X, train, _, _ = split
+    G = Graph(A, X)
+
+    def no_leak_auc(estimator, pairs, t):
+        mp = _edge_keys(estimator.message_passing_adjacency_)
+        for u, v in pairs.pairs[np.asarray(t) == 1].tolist():
+            assert (u, v) not in mp and (v, u) not in mp
+        return roc_auc(t, estimator.decision_function(pairs))
+
+    lp = VQGNNLinkPredictor(batch_size=80, max_epochs=5, random_state=0)
+    scores = cross_val_score(lp, G.pairs(train.pairs), train.targets, cv=3, scoring=no_leak_auc)
+    assert scores.shape == (3,) and np.all(scores > 0.5)
+
+
+def test_grid_search_with_hits_at_50(split):
+    A, X, train, _, test = split
+    G = Graph(train.adjacency, X)
+    search = GridSearchCV(
+        VQGNNLinkPredictor(batch_size=80, max_epochs=5, random_state=0),
+        {"n_codewords": [16, 64]},
+        scoring=hits_at_50_scorer,
+        cv=3,
+    )
+    search.fit(G.pairs(train.pairs), train.targets)
+    assert search.best_params_["n_codewords"] in (16, 64)
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    assert 0.0 <= search.score(G.pairs(test.pairs), test.targets) <= 1.0
+
+
+def test_joblib_round_trip_gives_identical_scores(split, tmp_path):
+    A, X, train, _, test = split
+    G = Graph(A, X)
+    lp = VQGNNLinkPredictor(batch_size=80, max_epochs=5, random_state=0)
+    lp.fit(G.pairs(train.pairs), train.targets)
+    before = lp.decision_function(G.pairs(test.pairs))
+    joblib.dump(lp, tmp_path / "lp.joblib")
+    loaded = joblib.load(tmp_path / "lp.joblib")
+    # a fresh Graph with the same content is recognised: scored over the stored training graph
+    after = loaded.decision_function(Graph(A, X).pairs(test.pairs))
+    np.testing.assert_array_equal(before, after)
+
+
+def test_inductive_scoring_on_a_new_graph(split):
+    """Pairs of an unseen graph: messages over that graph; with exact inference, relabelling
+    its nodes relabels nothing but the ids."""
+    A, X, train, _, _ = split
+    lp = VQGNNLinkPredictor(batch_size=80, max_epochs=5, random_state=0, inference="exact")
+    lp.fit(train.adjacency, X)
+    A2 = random_graph(50, 4.0, seed=3)
+    X2 = np.random.default_rng(3).normal(size=(50, X.shape[1]))
+    pairs = np.array([[0, 1], [2, 3], [4, 10], [7, 7]])
+    scores = lp.decision_function(A2, X2, pairs)
+    perm = np.random.default_rng(4).permutation(50)
+    inv = np.argsort(perm)  # node i of the new graph is node inv[i] of the permuted one
+    A3 = A2[perm][:, perm]
+    permuted = lp.decision_function(A3, X2[perm], inv[pairs])
+    np.testing.assert_allclose(scores, permuted, rtol=1e-4, atol=1e-5)
+    assert lp.set_params(inference="vq").decision_function(A2, X2, pairs).shape == (4,)
+
+
+def test_negatives_are_never_known_edges_nor_self_pairs():
+    n = 30
+    rng = np.random.default_rng(0)
+    A = random_graph(n, 8.0, seed=1)
+    pairs = np.stack(sp.triu(A, 1).nonzero(), 1).astype(np.int64)
+    keys = pairs[:, 0] * n + pairs[:, 1]
+    sampler = _NegativeSampler(n, keys)
+    anchors = rng.integers(n, size=5000)
+    batch = np.sort(rng.choice(n, 12, replace=False))
+    for candidates in (None, batch):
+        which, w = sampler.sample(anchors, rng, candidates)
+        a = anchors[which]
+        assert len(w) > 0.9 * len(anchors)
+        assert np.all(w != a)
+        assert not np.any(A[a, w]) and not np.any(A[w, a])
+        if candidates is not None:
+            assert np.all(np.isin(w, batch))
+    # "uniform" sampling does not consult the edges
+    which, w = _NegativeSampler(n, None).sample(anchors, rng)
+    assert len(w) == len(anchors) and np.any(A[anchors, w])
+
+
+def test_batch_loss_reaches_each_endpoint_once(monkeypatch):
+    """On a batch holding every node, the loss's gradient in the embeddings equals that of the
+    full-graph loss Σ_pairs BCE(⟨z_u, z_v⟩, t) (each pair seen from both endpoints, the partner
+    without gradient)."""
+    n, d = 20, 6
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(n, size=(40, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    t = rng.integers(0, 2, size=len(pairs))
+    lp = VQGNNLinkPredictor(n_negatives=0)
+    lp._incidences = _Incidences(pairs, t, n)
+    lp._position = np.full(n, -1, dtype=np.int64)
+    lp._head = LinkHead("dot", d, 0.0)
+    z = torch.randn(n, d, requires_grad=True)
+    loss, count = lp._loss(z, torch.arange(n))
+    assert count == 2 * len(pairs)
+    (grad,) = torch.autograd.grad(loss, z)
+    z_ref = z.detach().clone().requires_grad_(True)
+    scores = (z_ref[pairs[:, 0]] * z_ref[pairs[:, 1]]).sum(1)
+    ref = F.binary_cross_entropy_with_logits(
+        scores, torch.tensor(t, dtype=torch.float32), reduction="sum"
+    )
+    (expected,) = torch.autograd.grad(ref, z_ref)
+    torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_embeddings_are_exact_at_k_n_with_identity_assignment():
+    """VQ inference of the embeddings equals exact full-neighbour inference when every node is
+    its own codeword (k = n, r(j) = j, codewords = the true layer inputs)."""
+    n = 64
+    A = random_graph(n, 5.0, seed=2)
+    X = np.random.default_rng(2).normal(size=(n, 7))
+    lp = VQGNNLinkPredictor(n_codewords=n, batch_size=16, max_epochs=2, random_state=0)
+    lp.fit(A, X)
+    graph = Graph(A, X)
+    data = lp._graph_data(graph)
+    H1 = torch.from_numpy(lp._exact_layers(lp.model_, data, torch.device("cpu"), upto=1))
+    cb = lp.model_.codebooks[0]
+    cb.feature_sums.copy_(cb.split(H1).transpose(0, 1))
+    cb.counts.fill_(1.0)
+    table = AssignmentTable(n, cb.n_slices, n)
+    table.set(np.arange(n), np.repeat(np.arange(n)[:, None], cb.n_slices, axis=1))
+    lp.tables_ = [table]
+    vq = lp.embed(graph)
+    exact = lp.set_params(inference="exact").embed(graph)
+    np.testing.assert_allclose(vq, exact, rtol=1e-5, atol=1e-5)
+    # control: the stale codewords of training differ
+    lp.set_params(inference="vq")
+    cb.feature_sums.mul_(0.5)
+    assert np.abs(lp.embed(graph) - exact).max() > 1e-3
+
+
+@pytest.mark.parametrize("backbone", ["sage", "gin", "gat", "transformer"])
+def test_every_backbone_fits_and_scores(split, backbone):
+    A, X, train, _, test = split
+    lp = VQGNNLinkPredictor(backbone, batch_size=80, max_epochs=3, random_state=0)
+    lp.fit(train.adjacency, X)
+    scores = lp.decision_function(train.adjacency, X, test.pairs)
+    assert scores.shape == (len(test),) and np.all(np.isfinite(scores))
+    assert len(lp.model_.codebooks) == 1 and lp.n_iter_ == 3
+
+
+def test_early_stopping_holds_out_positive_pairs(split):
+    A, X, train, _, _ = split
+    lp = VQGNNLinkPredictor(
+        batch_size=80, max_epochs=30, early_stopping=True, n_iter_no_change=3, random_state=0
+    )
+    lp.fit(train.adjacency, X)
+    assert all("val_score" in h for h in lp.history_)
+    # the validation positives were removed from message passing
+    n_train = len(_edge_keys(train.adjacency))
+    assert len(_edge_keys(lp.message_passing_adjacency_)) < n_train
+    best = max(h["val_score"] for h in lp.history_)
+    assert lp.history_[-1]["val_score"] <= best
+
+
+def test_clone_params_and_reproducibility(split):
+    A, X, train, _, test = split
+    lp = VQGNNLinkPredictor(decoder="hadamard", n_negatives=2, batch_size=80, max_epochs=2)
+    assert clone(lp).get_params() == lp.get_params()
+    a = (
+        lp.set_params(random_state=1)
+        .fit(train.adjacency, X)
+        .decision_function(train.adjacency, X, test.pairs)
+    )
+    b = clone(lp).fit(train.adjacency, X).decision_function(train.adjacency, X, test.pairs)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_inputs_are_named(split):
+    A, X, train, _, _ = split
+    G = Graph(A, X)
+    P = G.pairs(train.pairs)
+    lp = VQGNNLinkPredictor(max_epochs=1)
+    with pytest.raises(ValueError, match="t must hold 0/1"):
+        lp.fit(P, np.full(len(P), 2))
+    with pytest.raises(ValueError, match="t has"):
+        lp.fit(P, train.targets[:-1])
+    with pytest.raises(TypeError, match="takes no targets"):
+        lp.fit(A, X, np.ones(3))
+    with pytest.raises(TypeError, match="NodeSet"):
+        lp.fit(G.nodes(), train.targets)
+    with pytest.raises(ValueError, match="no positive pair"):
+        lp.fit(P, np.zeros(len(P), dtype=int))
+    with pytest.raises(ValueError, match="n_negatives=0"):
+        VQGNNLinkPredictor(n_negatives=0).fit(A, X)
+    with pytest.raises(ValueError, match="decoder"):
+        VQGNNLinkPredictor(decoder="cosine").fit(A, X)
+    with pytest.raises(ValueError, match="pairs holds node ids outside"):
+        G.pairs([[0, A.shape[0]]])
+    with pytest.raises(ValueError, match=r"pairs must have shape \(m, 2\)"):
+        G.pairs([0, 1, 2])
+    with pytest.raises(TypeError, match="cannot become a NumPy array"):
+        np.asarray(P)
+    fitted = VQGNNLinkPredictor(max_epochs=1, batch_size=80).fit(train.adjacency, X)
+    with pytest.raises(TypeError, match="pass either a PairSet"):
+        fitted.decision_function(train.adjacency, X)
+    with pytest.raises(ValueError, match="features"):
+        fitted.decision_function(train.adjacency, X[:, :3], [[0, 1]])
+
+
+def test_pairset_views_behave_like_nodesets(split):
+    A, X, train, _, _ = split
+    P = Graph(A, X).pairs(train.pairs)
+    assert isinstance(P[:5], PairSet) and P[:5].shape == (5,)
+    np.testing.assert_array_equal(P[[3, 1]].pairs, train.pairs[[3, 1]])
+    np.testing.assert_array_equal(P[(np.array([2]), Ellipsis)].pairs, train.pairs[[2]])
+    assert P[2].graph is P.graph
