@@ -223,9 +223,10 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
         Widths of the hidden layers.
     embedding_dim : int, default=64
         Width of the node embeddings (the network's output).
-    decoder : {"dot", "hadamard"}, default="dot"
-        Pair score: ``⟨z_u, z_v⟩``, or an MLP on ``z_u ⊙ z_v`` (``embedding_dim → embedding_dim →
-        1``, ReLU, ``dropout``), as in the OGB link baselines.
+    decoder : {"dot", "hadamard"}, default="hadamard"
+        Pair score: an MLP on ``z_u ⊙ z_v`` (``embedding_dim → embedding_dim → 1``, ReLU,
+        ``dropout``), as in the OGB link baselines, or ``⟨z_u, z_v⟩``. On Cora (85/5/10 split,
+        200 epochs, batch n/8) the Hadamard MLP reached ROC AUC 0.94 and the dot product 0.87.
     n_negatives : int, default=1
         Negatives sampled per positive incidence (per endpoint of a positive pair inside a
         batch), partners drawn from the batch (the whole graph in full-graph mode). ``0`` is
@@ -238,9 +239,10 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
 backward_messages, grad_scale, ema_decay, dropout, max_epochs, warm_start, device, \
 sparse_backend, random_state, verbose
         As in ``VQGNNClassifier``.
-    learning_rate : float, default=0.01
-        Adam learning rate. Every node has a loss term here, unlike sparsely labelled node
-        classification, so the default is the usual full-graph one.
+    learning_rate : float, default=0.002
+        Adam learning rate. Mini-batch training takes ``n / batch_size`` steps per epoch; on Cora
+        at batch n/8, 0.01 over-trained (test ROC AUC 0.91 after 200 epochs against 0.94 at
+        0.002).
     weight_decay : float, default=0.0
         Adam's L2 penalty. A pair score is a product of two embeddings, so the penalty pulls
         toward the all-zero solution, whose gradient vanishes: with 5e-4 (the classifier's
@@ -296,7 +298,7 @@ sparse_backend, random_state, verbose
         *,
         hidden_layer_sizes: Any = (64,),
         embedding_dim: int = 64,
-        decoder: str = "dot",
+        decoder: str = "hadamard",
         n_negatives: int = 1,
         negative_sampling: str = "exclude",
         heads: int | None = None,
@@ -310,7 +312,7 @@ sparse_backend, random_state, verbose
         grad_scale: float = 1.0,
         ema_decay: float = 0.99,
         dropout: float = 0.5,
-        learning_rate: float = 0.01,
+        learning_rate: float = 0.002,
         weight_decay: float = 0.0,
         max_epochs: int = 200,
         early_stopping: bool = False,

@@ -50,28 +50,20 @@ def test_fit_and_score_pairs_of_held_out_edges(cora_split):
     scores = lp.decision_function(train.adjacency, X, test.pairs)
     np.testing.assert_allclose(proba[:, 1], 1 / (1 + np.exp(-scores.astype(float))), rtol=1e-5)
     np.testing.assert_array_equal(lp.predict(train.adjacency, X, test.pairs), scores >= 0)
-    # measured: 0.87 after 20 epochs (full-graph training: 0.86)
+    # measured: 0.917 after 20 epochs
     auc = roc_auc(test.targets, scores)
-    assert auc > 0.82
+    assert auc > 0.87
     assert lp.score(train.adjacency, X, test.pairs, test.targets) == pytest.approx(auc)
     assert lp.embed(train.adjacency, X).shape == (n, lp.embedding_dim)
 
 
-def test_vq_is_close_to_full_graph_training(cora_split):
+def test_dot_decoder_trains(cora_split):
     A, X, train, _, test = cora_split
-    aucs = {}
-    for batch_size in (A.shape[0] // 8, None):
-        lp = VQGNNLinkPredictor(batch_size=batch_size, **FAST).fit(train.adjacency, X)
-        aucs[batch_size] = lp.score(train.adjacency, X, test.pairs, test.targets)
-    assert aucs[A.shape[0] // 8] > aucs[None] - 0.03, aucs
-
-
-def test_hadamard_decoder_trains(cora_split):
-    A, X, train, _, test = cora_split
-    lp = VQGNNLinkPredictor(decoder="hadamard", batch_size=A.shape[0] // 8, **FAST)
+    lp = VQGNNLinkPredictor(decoder="dot", batch_size=A.shape[0] // 8, **FAST)
     lp.fit(train.adjacency, X)
-    assert isinstance(lp.head_, LinkHead) and lp.head_.mlp is not None
-    assert lp.score(train.adjacency, X, test.pairs, test.targets) > 0.8
+    assert isinstance(lp.head_, LinkHead) and lp.head_.mlp is None
+    # measured: 0.918 after 20 epochs
+    assert lp.score(train.adjacency, X, test.pairs, test.targets) > 0.87
 
 
 def test_pairset_fit_passes_messages_over_training_positives_only(split, monkeypatch):
