@@ -115,6 +115,61 @@ def attention_mask(A: sp.csr_array) -> sp.csr_array:
     return M
 
 
+def pair_keys(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Integer keys ``u * n + v`` of node pairs (m, 2); CSR order sorts them."""
+    return pairs[:, 0].astype(np.int64) * n + pairs[:, 1]
+
+
+def contains_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Boolean mask: which of ``keys`` occur in the sorted array ``sorted_keys``."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys
+
+
+def is_symmetric(A: sp.csr_array) -> bool:
+    """Whether ``A`` equals its transpose, weights included."""
+    return (A != A.T).nnz == 0
+
+
+def candidate_edges(A: sp.csr_array, undirected: bool) -> np.ndarray:
+    """Edges ``(u, v)`` of ``A`` other than self-loops, (m, 2) in CSR order; ``u < v`` only (one
+    pair per edge) when ``undirected``."""
+    coo = A.tocoo()
+    rows, cols = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    keep = rows < cols if undirected else rows != cols
+    return np.stack([rows[keep], cols[keep]], 1)
+
+
+def without_pairs(A: sp.csr_array, pairs: np.ndarray, undirected: bool) -> sp.csr_array:
+    """``A`` without the entries ``pairs`` (m, 2), and their reverses when ``undirected``; every
+    other entry keeps its weight."""
+    n = A.shape[0]
+    keys = pair_keys(pairs, n)
+    if undirected:
+        keys = np.concatenate([keys, (keys % n) * n + keys // n])
+    coo = A.tocoo()
+    rows, cols = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    keep = ~np.isin(rows * n + cols, keys)
+    out = sp.csr_array((coo.data[keep], (rows[keep], cols[keep])), shape=A.shape, dtype=A.dtype)
+    out.sort_indices()
+    return out
+
+
+def _hash_csr(h: Any, M: sp.csr_array) -> None:
+    for arr in (M.indptr, M.indices, M.data):
+        h.update(np.ascontiguousarray(arr).tobytes())
+
+
+def csr_digest(M: sp.csr_array) -> str:
+    """Content hash of a CSR matrix."""
+    h = hashlib.blake2b(digest_size=16)
+    _hash_csr(h, M)
+    h.update(repr(M.shape).encode())
+    return h.hexdigest()
+
+
 class Graph:
     """A validated graph: adjacency ``A`` (n × n) and node features ``X`` (n × f).
 
@@ -172,22 +227,17 @@ class Graph:
     @property
     def is_symmetric(self) -> bool:
         """Whether ``A`` equals its transpose (an undirected graph)."""
-        if "is_symmetric" not in self._cache:
-            diff = self.A - self.A.T
-            self._cache["is_symmetric"] = diff.count_nonzero() == 0
-        return self._cache["is_symmetric"]
+        return self.cached("is_symmetric", lambda: is_symmetric(self.A))
 
     @property
     def fingerprint(self) -> str:
         """Content hash of ``A`` and ``X``: a reloaded model recognises its training graph by it."""
         if "fingerprint" not in self._cache:
             h = hashlib.blake2b(digest_size=16)
-            for arr in (self.A.indptr, self.A.indices, self.A.data):
-                h.update(np.ascontiguousarray(arr).tobytes())
+            _hash_csr(h, self.A)
             if sp.issparse(self.X):
                 h.update(b"csr")
-                for arr in (self.X.indptr, self.X.indices, self.X.data):
-                    h.update(np.ascontiguousarray(arr).tobytes())
+                _hash_csr(h, self.X)
             else:
                 h.update(self.X.tobytes())
             h.update(repr((self.A.shape, self.X.shape)).encode())
@@ -254,7 +304,53 @@ def check_pairs(pairs: Any, n: int, name: str = "pairs") -> np.ndarray:
     return P
 
 
-class NodeSet:
+class _GraphView:
+    """What ``NodeSet`` and ``PairSet`` share: a 1-D sequence of items (``self._items``, first
+    axis) of one graph, indexed as scikit-learn indexes, never converted to an array."""
+
+    _what = "items"
+    _array_hint = ""
+
+    def __init__(self, graph: Graph):
+        if not isinstance(graph, Graph):
+            raise TypeError(f"graph must be a skvqgnn.Graph, got {type(graph).__name__}")
+        self.graph = graph
+
+    @property
+    def _items(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _view(self, items: np.ndarray) -> _GraphView:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self._items),)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, key: Any) -> _GraphView:
+        if isinstance(key, tuple):
+            if len(key) == 2 and key[1] is Ellipsis:
+                key = key[0]
+            else:
+                raise IndexError(f"a {type(self).__name__} is 1-D: index it with one key")
+        if isinstance(key, numbers.Integral):
+            key = [key]
+        return self._view(self._items[_node_index(key, len(self._items))])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise TypeError(
+            f"a {type(self).__name__} is a view of graph {self._what} and cannot become a NumPy "
+            f"array; pass it to a skvqgnn estimator, or use {self._array_hint}"
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} {self._what} of {self.graph!r})"
+
+
+class NodeSet(_GraphView):
     """A view of some nodes of a ``Graph``: the ``X`` that graph estimators take.
 
     Behaves as a 1-D sequence of length ``len(index)`` for scikit-learn: ``shape == (len,)``,
@@ -269,40 +365,22 @@ class NodeSet:
         Node ids into ``graph``.
     """
 
+    _what = "nodes"
+    _array_hint = ".index for node ids and .graph.X for features"
+
     def __init__(self, graph: Graph, index: np.ndarray):
-        if not isinstance(graph, Graph):
-            raise TypeError(f"graph must be a skvqgnn.Graph, got {type(graph).__name__}")
-        self.graph = graph
+        super().__init__(graph)
         self.index = np.asarray(index, dtype=np.int64)
 
     @property
-    def shape(self) -> tuple[int]:
-        return (len(self.index),)
+    def _items(self) -> np.ndarray:
+        return self.index
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, key: Any) -> NodeSet:
-        if isinstance(key, tuple):
-            if len(key) == 2 and key[1] is Ellipsis:
-                key = key[0]
-            else:
-                raise IndexError("a NodeSet is 1-D: index it with one key")
-        if isinstance(key, numbers.Integral):
-            key = [key]
-        return NodeSet(self.graph, self.index[_node_index(key, len(self.index))])
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        raise TypeError(
-            "a NodeSet is a view of graph nodes and cannot become a NumPy array; pass it to a "
-            "skvqgnn estimator, or use .index for node ids and .graph.X for features"
-        )
-
-    def __repr__(self) -> str:
-        return f"NodeSet({len(self)} nodes of {self.graph!r})"
+    def _view(self, items: np.ndarray) -> NodeSet:
+        return NodeSet(self.graph, items)
 
 
-class PairSet:
+class PairSet(_GraphView):
     """A view of node pairs ``(u, v)`` of a ``Graph``: the ``X`` of a link predictor.
 
     Behaves for scikit-learn as ``NodeSet`` does (``shape == (len,)``, indexing returns a view of
@@ -325,34 +403,16 @@ class PairSet:
     ((3,), [[1, 2], [0, 3]])
     """
 
+    _what = "node pairs"
+    _array_hint = ".pairs for the (m, 2) node ids"
+
     def __init__(self, graph: Graph, pairs: np.ndarray):
-        if not isinstance(graph, Graph):
-            raise TypeError(f"graph must be a skvqgnn.Graph, got {type(graph).__name__}")
-        self.graph = graph
+        super().__init__(graph)
         self.pairs = check_pairs(pairs, graph.n_nodes)
 
     @property
-    def shape(self) -> tuple[int]:
-        return (len(self.pairs),)
+    def _items(self) -> np.ndarray:
+        return self.pairs
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, key: Any) -> PairSet:
-        if isinstance(key, tuple):
-            if len(key) == 2 and key[1] is Ellipsis:
-                key = key[0]
-            else:
-                raise IndexError("a PairSet is 1-D: index it with one key")
-        if isinstance(key, numbers.Integral):
-            key = [key]
-        return PairSet(self.graph, self.pairs[_node_index(key, len(self.pairs))])
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        raise TypeError(
-            "a PairSet is a view of node pairs of a graph and cannot become a NumPy array; pass "
-            "it to a skvqgnn estimator, or use .pairs for the (m, 2) node ids"
-        )
-
-    def __repr__(self) -> str:
-        return f"PairSet({len(self)} pairs of {self.graph!r})"
+    def _view(self, items: np.ndarray) -> PairSet:
+        return PairSet(self.graph, items)

@@ -16,7 +16,14 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils import check_random_state
 
-from .graph import _as_csr_adjacency
+from .graph import (
+    _as_csr_adjacency,
+    candidate_edges,
+    contains_sorted,
+    is_symmetric,
+    pair_keys,
+    without_pairs,
+)
 
 __all__ = ["EdgeSplit", "edge_split"]
 
@@ -137,7 +144,7 @@ def edge_split(
         or not (np.isfinite(negative_ratio) and negative_ratio >= 0)
     ):
         raise ValueError(f"negative_ratio must be a finite number >= 0, got {negative_ratio!r}")
-    symmetric = (A != A.T).nnz == 0
+    symmetric = is_symmetric(A)
     if undirected is None:
         undirected = symmetric
     elif not isinstance(undirected, (bool, np.bool_)):
@@ -149,22 +156,15 @@ def edge_split(
         )
     rng = np.random.default_rng(check_random_state(random_state).randint(np.iinfo(np.int32).max))
     n = A.shape[0]
-    coo = A.tocoo()
-    rows, cols = coo.row.astype(np.int64), coo.col.astype(np.int64)
-    is_candidate = rows < cols if undirected else rows != cols
     # Row-major order of a CSR matrix with sorted indices: the keys u * n + v are sorted.
-    edge_keys = rows[is_candidate] * n + cols[is_candidate]  # (m,)
+    edge_keys = pair_keys(candidate_edges(A, undirected), n)  # (m,)
 
     m = len(edge_keys)
     n_val, n_test = int(round(val * m)), int(round(test * m))
     held_val, held_test, kept = np.split(rng.permutation(edge_keys), [n_val, n_val + n_test])
 
     held = np.concatenate([held_val, held_test])
-    if undirected:
-        held = np.concatenate([held, (held % n) * n + held // n])
-    keep = ~np.isin(rows * n + cols, held)
-    adjacency = sp.csr_array((coo.data[keep], (rows[keep], cols[keep])), shape=(n, n))
-    adjacency.sort_indices()
+    adjacency = without_pairs(A, np.stack(np.divmod(held, n), axis=1), undirected)
 
     positives = (kept, held_val, held_test)
     n_negatives = [int(round(negative_ratio * len(keys))) for keys in positives]
@@ -184,14 +184,6 @@ def _check_fraction(value: object, name: str) -> None:
         or not (0 <= value < 1)  # also rejects NaN
     ):
         raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
-
-
-def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Boolean mask: which of ``keys`` occur in the sorted array ``sorted_keys``."""
-    if len(sorted_keys) == 0:
-        return np.zeros(len(keys), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[pos] == keys
 
 
 def _sample_non_edges(
@@ -216,7 +208,7 @@ def _sample_non_edges(
         else:
             u, v = np.divmod(np.arange(n * n, dtype=np.int64), n)
         keys = (u * n + v)[u != v]
-        return rng.permutation(keys[~_contains(edge_keys, keys)])[:size]
+        return rng.permutation(keys[~contains_sorted(edge_keys, keys)])[:size]
 
     # Rejection sampling: draw pairs, drop self-pairs, edges and repeats. The distinct keys in
     # order of first appearance are a uniformly random sequence of non-edges.
@@ -229,7 +221,7 @@ def _sample_non_edges(
         if undirected:
             u, v = np.minimum(u, v), np.maximum(u, v)
         keys = (u * n + v)[u != v]
-        taken = np.concatenate([taken, keys[~_contains(edge_keys, keys)]])
+        taken = np.concatenate([taken, keys[~contains_sorted(edge_keys, keys)]])
         _, first = np.unique(taken, return_index=True)
         taken = taken[np.sort(first)][:size]
     return taken

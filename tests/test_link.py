@@ -176,10 +176,11 @@ def test_negatives_are_never_known_edges_nor_self_pairs():
     assert len(w) == len(anchors) and np.any(A[anchors, w])
 
 
-def test_batch_loss_reaches_each_endpoint_once(monkeypatch):
-    """On a batch holding every node, the loss's gradient in the embeddings equals that of the
-    full-graph loss Σ_pairs BCE(⟨z_u, z_v⟩, t) (each pair seen from both endpoints, the partner
-    without gradient)."""
+@pytest.mark.parametrize("whole_graph", [True, False])
+def test_batch_loss_reaches_each_endpoint_once(whole_graph):
+    """The loss's gradient in the batch embeddings equals that of Σ BCE(⟨z_u, z_v⟩, t) over the
+    pairs with both endpoints in the batch (each pair seen from both endpoints, the partner
+    without gradient); on a batch holding every node that is the full-graph loss."""
     n, d = 20, 6
     rng = np.random.default_rng(0)
     pairs = rng.integers(n, size=(40, 2))
@@ -189,17 +190,21 @@ def test_batch_loss_reaches_each_endpoint_once(monkeypatch):
     lp._incidences = _Incidences(pairs, t, n)
     lp._position = np.full(n, -1, dtype=np.int64)
     lp._head = LinkHead("dot", d, 0.0)
-    z = torch.randn(n, d, requires_grad=True)
-    loss, count = lp._loss(z, torch.arange(n))
-    assert count == 2 * len(pairs)
+    batch = np.arange(n) if whole_graph else np.sort(rng.choice(n, 12, replace=False))
+    z_all = torch.randn(n, d)
+    z = z_all[batch].clone().requires_grad_(True)
+    loss, count = lp._loss(z, torch.from_numpy(batch))
+    inside = np.isin(pairs, batch).all(1)
+    assert count == 2 * inside.sum() and (whole_graph or inside.sum() < len(pairs))
     (grad,) = torch.autograd.grad(loss, z)
-    z_ref = z.detach().clone().requires_grad_(True)
-    scores = (z_ref[pairs[:, 0]] * z_ref[pairs[:, 1]]).sum(1)
+    z_ref = z_all.clone().requires_grad_(True)
+    kept = pairs[inside]
+    scores = (z_ref[kept[:, 0]] * z_ref[kept[:, 1]]).sum(1)
     ref = F.binary_cross_entropy_with_logits(
-        scores, torch.tensor(t, dtype=torch.float32), reduction="sum"
+        scores, torch.tensor(t[inside], dtype=torch.float32), reduction="sum"
     )
     (expected,) = torch.autograd.grad(ref, z_ref)
-    torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, expected[batch], atol=1e-5, rtol=1e-5)
 
 
 def test_embeddings_are_exact_at_k_n_with_identity_assignment():
@@ -262,7 +267,11 @@ def test_clone_params_and_reproducibility(split):
         .decision_function(train.adjacency, X, test.pairs)
     )
     b = clone(lp).fit(train.adjacency, X).decision_function(train.adjacency, X, test.pairs)
-    np.testing.assert_array_equal(a, b)
+    # equal up to the summation order of multi-threaded CPU kernels (measured: 2.4e-7 apart
+    # with 2 threads, identical with 1)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    c = clone(lp).set_params(random_state=2).fit(train.adjacency, X)
+    assert np.abs(c.decision_function(train.adjacency, X, test.pairs) - a).max() > 1e-3
 
 
 def test_bad_inputs_are_named(split):
