@@ -107,7 +107,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     sparse_backend : {"auto", "torch", "torch_sparse"}, default="auto"
         Sparse kernels: ``torch.sparse``, or the optional ``torch-sparse`` package when installed.
     random_state : int, RandomState instance or None, default=None
-        Seeds batches, METIS, initialisation and dropout; CPU runs are bit-reproducible.
+        Seeds batches, METIS, initialisation and dropout. CPU runs are bit-reproducible with one
+        thread; with several, multi-threaded kernels may change the last bits of the outputs.
     verbose : int, default=0
         Show a progress bar over epochs.
 
