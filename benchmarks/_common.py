@@ -80,7 +80,7 @@ def _max_rss_mib() -> float:
 
 
 def fit_measured(
-    estimator_class: type, spec: Record, n_nodes: int, *fit_args: Any
+    estimator_class: type, spec: Record, n_nodes: int, *fit_args: Any, params: Record | None = None
 ) -> tuple[Any, Record]:
     """Build the estimator of a run, fit it on ``fit_args`` and measure the fit.
 
@@ -95,6 +95,8 @@ def fit_measured(
         Number of nodes of the graph, for the batch size.
     *fit_args
         Positional arguments of ``fit``.
+    params : dict, optional
+        Further estimator parameters (a backbone's training recipe), recorded as ``params``.
 
     Returns
     -------
@@ -109,15 +111,16 @@ def fit_measured(
     import torch
 
     cuda = torch.cuda.is_available()
-    params: Record = {
+    extra = dict(params or {})
+    settings: Record = {
         "backbone": spec["backbone"],
         "batch_size": batch_size_for(spec["mode"], n_nodes),
         "random_state": spec["seed"],
         "device": "cuda" if cuda else "cpu",
     }
     if spec["max_epochs"] is not None:
-        params["max_epochs"] = spec["max_epochs"]
-    estimator = estimator_class(**params)
+        settings["max_epochs"] = spec["max_epochs"]
+    estimator = estimator_class(**settings, **extra)
 
     gc.collect()
     if cuda:
@@ -129,8 +132,9 @@ def fit_measured(
     peak = _max_rss_mib()
 
     return estimator, {
+        "params": extra,
         "n_nodes": int(n_nodes),
-        "batch_size": params["batch_size"],
+        "batch_size": settings["batch_size"],
         "max_epochs": estimator.max_epochs,
         "epochs": int(estimator.n_iter_),
         "vq_error": [float(e) for e in estimator.vq_error_],

@@ -296,6 +296,7 @@ class BaseVQGNN(BaseEstimator):
         "grad_scale": [Interval(Real, 0, None, closed="left")],
         "ema_decay": [Interval(Real, 0, 1, closed="neither")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "attention_dropout": [Interval(Real, 0, 1, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -325,6 +326,7 @@ class BaseVQGNN(BaseEstimator):
         grad_scale: float = 1.0,
         ema_decay: float = 0.99,
         dropout: float = 0.5,
+        attention_dropout: float = 0.0,
         learning_rate: float = 0.002,
         weight_decay: float = 5e-4,
         max_epochs: int = 200,
@@ -350,6 +352,7 @@ class BaseVQGNN(BaseEstimator):
         self.grad_scale = grad_scale
         self.ema_decay = ema_decay
         self.dropout = dropout
+        self.attention_dropout = attention_dropout
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.max_epochs = max_epochs
@@ -433,6 +436,7 @@ class BaseVQGNN(BaseEstimator):
                 self.grad_scale,
                 self.dropout,
                 resolve_backend(self.sparse_backend),
+                self.attention_dropout,
             )
         except ValueError as exc:
             raise ValueError(f"{type(self).__name__}: {exc}") from None
@@ -486,6 +490,8 @@ class BaseVQGNN(BaseEstimator):
                     self._head.train()
                 stats = _EpochStats(len(tables))
                 for batch_nodes in sampler.epoch(rng):
+                    if not full_graph:
+                        batch_nodes = self._extend_batch(batch_nodes)
                     batch = make_batch(
                         data, batch_nodes, tables, self.n_codewords, device, blue, self._loss_mask
                     )
@@ -551,6 +557,10 @@ class BaseVQGNN(BaseEstimator):
         with np.errstate(invalid="ignore", divide="ignore"):
             self.vq_error_ = np.sqrt(vq_sq / vq_norm) if len(tables) else np.zeros(0)
         self._fit_seed_ = seed
+
+    def _extend_batch(self, nodes: np.ndarray) -> np.ndarray:
+        """Hook: the nodes of a training step, given the sampler's batch (mini-batch mode)."""
+        return nodes
 
     @torch.no_grad()
     def _initialise_codebooks(

@@ -218,6 +218,7 @@ def attend(
     edges: tuple[Tensor, Tensor] | None = None,
     log_count: Tensor | None = None,
     values: Tensor | None = None,
+    dropout: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Softmax aggregation ``M^h_i = Σ_j α^h_ij x_j`` of senders ``x_src`` into ``x_dst``.
 
@@ -228,7 +229,10 @@ def attend(
     term may stand for several nodes with the same features (a codeword): ``log_count`` ((E,), or
     (m,) for every pair) adds the log of that multiplicity to its score, which weighs it by its
     count in both numerator and denominator. Scores are shifted by their row maximum before
-    ``exp`` (max-subtraction), so no weight exceeds 1.
+    ``exp`` (max-subtraction), so no weight exceeds 1. ``dropout`` > 0 zeroes each weight
+    ``α^h_ij`` with that probability and rescales the others (attention dropout, as in GAT); a
+    codeword term is dropped or kept as a whole. The log normaliser is that of the weights
+    before dropout.
 
     Returns the messages (b, H, f) and the log normaliser of each row (b, H).
     """
@@ -241,6 +245,8 @@ def attend(
             s = s + log_count[None, :, None]
         lse = torch.logsumexp(s, dim=1)  # (b, H)
         alpha = torch.exp(s - lse.unsqueeze(1))
+        if dropout > 0:
+            alpha = F.dropout(alpha, dropout, True)
         if values is not None:
             return torch.einsum("bmh,mhd->bhd", alpha, values), lse
         return torch.einsum("bmh,mf->bhf", alpha, x_src), lse
@@ -256,6 +262,8 @@ def attend(
     den = torch.zeros(b, H, dtype=s.dtype, device=s.device).index_add(0, rows, w)
     den = den.clamp_min(torch.finfo(s.dtype).tiny)
     alpha = w / den[rows]
+    if dropout > 0:
+        alpha = F.dropout(alpha, dropout, True)
     # gather and scatter-add: (torch.sparse.mm's gradient for its sparse values is dense)
     if values is None:
         terms = alpha.unsqueeze(-1) * x_src[cols].unsqueeze(1)  # (E, H, f)
@@ -573,6 +581,9 @@ class VQGNN(nn.Module):
     n_codewords, codeword_dim, decay, grad_scale : codebook settings (see ``ProductCodebook``);
         ``codeword_dim=None`` quantises whole vectors (one slice per layer).
     dropout : float
+        Dropout on each layer's input.
+    attention_dropout : float
+        Dropout on the attention weights of learnable convolutions (``attend``).
     """
 
     def __init__(
@@ -586,10 +597,12 @@ class VQGNN(nn.Module):
         grad_scale: float,
         dropout: float,
         sparse_backend: str = "torch",
+        attention_dropout: float = 0.0,
     ):
         super().__init__()
         self.kinds = list(kinds)
         self.dropout = dropout
+        self.attention_dropout = attention_dropout
         self.sparse_backend = sparse_backend
         n_layers = len(dims) - 1
         self.layers = nn.ModuleList(
@@ -735,14 +748,17 @@ class VQGNN(nn.Module):
             log_count = None
             if x_src is not x:
                 log_count = torch.cat([x.new_zeros(b), groups.log_count])
-            return attend(conv, x, x_src, None, log_count)
+            return attend(conv, x, x_src, None, log_count, dropout=self._attention_p())
         rows, cols = batch.intra[s]
         log_count = None
         if x_src is not x:
             log_count = torch.cat([x.new_zeros(len(rows)), groups.log_count])
             rows = torch.cat([rows, groups.rows])
             cols = torch.cat([cols, groups.cols + b])
-        return attend(conv, x, x_src, (rows, cols), log_count)
+        return attend(conv, x, x_src, (rows, cols), log_count, dropout=self._attention_p())
+
+    def _attention_p(self) -> float:
+        return self.attention_dropout if self.training else 0.0
 
     def input_messages(self, batch: Batch) -> list[Tensor | None]:
         """The first layer's messages: precomputed for fixed convolutions, exact attention over
@@ -766,8 +782,9 @@ class VQGNN(nn.Module):
         ``x`` (dense, or sparse COO), over projected values when the convolution has them."""
         conv = self._attention(0, s)
         if not hasattr(conv, "value"):
-            return attend(conv, b, x.to_dense() if x.is_sparse else x, edges)[0]
-        return attend(conv, b, x, edges, values=conv.value(x))[0]
+            dense = x.to_dense() if x.is_sparse else x
+            return attend(conv, b, dense, edges, dropout=self._attention_p())[0]
+        return attend(conv, b, x, edges, values=conv.value(x), dropout=self._attention_p())[0]
 
     def forward(self, batch: Batch, blue: bool = False) -> tuple[Tensor, list[LayerTrace]]:
         """Logits of the batch rows, and per VQ layer the trace a training step needs.

@@ -1,9 +1,11 @@
 """``VQGNNLinkPredictor``: link prediction from VQ-GNN node embeddings.
 
 Training pairs are stored as *incidences*: a pair ``(u, v)`` with target ``t`` is seen once from
-``u`` (anchor ``u``, partner ``v``) and once from ``v``. A training step over a node batch scores
-the incidences whose two endpoints are both in the batch, plus ``n_negatives`` sampled negatives
-``(anchor, w)`` per positive incidence with ``w`` drawn from the batch; the loss of an incidence
+``u`` (anchor ``u``, partner ``v``) and once from ``v``. A training step adds ``negative_nodes``
+nodes drawn uniformly from the whole graph to the sampler's node batch, and scores the
+incidences whose two endpoints are both in that extended batch, plus ``n_negatives`` sampled
+negatives ``(anchor, w)`` per positive incidence with ``w`` among the drawn nodes, so that the
+negatives are uniform over the graph like an edge split's test negatives; the loss of an incidence
 reaches the anchor's embedding only (the partner's is read without gradient). Each endpoint of a
 pair inside the batch therefore receives the pair's gradient once, and with symmetric decoders
 the embedding gradients equal those of full-graph training on ``Σ_pairs ℓ(z_u, z_v)``. The
@@ -17,6 +19,13 @@ Positives inside the batch always met an exact partner and negatives nearly alwa
 whose staleness after each step the model chased. With the cluster sampler, the METIS parts
 are regrouped every epoch, so pairs that cross parts are trained in the epochs where their parts
 share a batch.
+
+Why the drawn nodes: negatives taken from the batch itself are, with the cluster sampler, nodes
+of the same few METIS parts, while test negatives are uniform pairs, mostly far apart, which the
+model then never saw. The drawn nodes are ordinary batch rows (exact messages among the batch,
+codewords from outside), so their embeddings are as good as the batch's; they cost up to twice
+the rows per step. On Cora (sage, seed 0, batch n/8, 200 epochs) test ROC AUC / Hits@50 went from
+0.937 / 0.824 with partners from the batch to 0.949 / 0.875.
 """
 
 from __future__ import annotations
@@ -185,9 +194,10 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
     over the positive pairs only, so cross-validation over pairs never leaks a held-out link into
     message passing.
 
-    A training step computes the embeddings of a node batch with VQ-GNN message passing and scores
-    the training pairs inside the batch, with ``n_negatives`` negatives per positive drawn from
-    the batch; each endpoint receives a pair's gradient once (see the module docstring for why
+    A training step computes the embeddings of a node batch, extended by ``negative_nodes``
+    uniformly drawn nodes, with VQ-GNN message passing and scores the training pairs inside it,
+    with ``n_negatives`` negatives per positive whose partners are the drawn nodes; each endpoint
+    receives a pair's gradient once (see the module docstring for why
     pairs leaving the batch are not scored). With the cluster sampler the METIS parts are
     regrouped every epoch, so pairs across parts are trained when their parts meet. The memory of
     a step does not grow with the graph.
@@ -207,15 +217,23 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
         Hadamard MLP (no weight decay) and 0.867 with the dot product (weight decay 5e-4).
     n_negatives : int, default=1
         Negatives sampled per positive incidence (per endpoint of a positive pair inside a
-        batch), partners drawn from the batch (the whole graph in full-graph mode). ``0`` is
-        allowed when the targets given to ``fit`` contain negatives.
+        batch), partners drawn among the ``negative_nodes`` (the whole graph in full-graph mode).
+        ``0`` is allowed when the targets given to ``fit`` contain negatives.
+    negative_nodes : int or "batch_size", default="batch_size"
+        Nodes drawn uniformly (with replacement) from the whole graph at every mini-batch step
+        and added to the batch as extra rows; the negative partners are drawn among them, so
+        negatives are uniform over the graph. ``"batch_size"`` draws as many as the batch has
+        nodes; ``0`` takes the partners from the batch itself (with the cluster sampler: nodes of
+        the same few METIS parts). Not used in full-graph mode. On Cora (sage, seed 0, batch
+        n/8, 200 epochs) test ROC AUC / Hits@50 was 0.949 / 0.875 with ``"batch_size"``, 0.950 /
+        0.830 with 64 and 0.937 / 0.824 with 0.
     negative_sampling : {"exclude", "uniform"}, default="exclude"
         ``"uniform"``: partners drawn uniformly from the batch's other nodes. ``"exclude"``:
         also never a known positive pair of the training data (in either direction); after 10
         rejected draws a negative is skipped.
     heads, n_codewords, codeword_dim, batch_size, sampler, parts_per_batch, inference, \
-backward_messages, grad_scale, ema_decay, dropout, max_epochs, warm_start, device, \
-sparse_backend, random_state, verbose
+backward_messages, grad_scale, ema_decay, dropout, attention_dropout, max_epochs, warm_start, \
+device, sparse_backend, random_state, verbose
         As in ``VQGNNClassifier``.
     learning_rate : float, default=0.002
         Adam learning rate. Mini-batch training takes ``n / batch_size`` steps per epoch. On Cora
@@ -268,6 +286,7 @@ sparse_backend, random_state, verbose
         "decoder": [StrOptions({"dot", "hadamard"})],
         "n_negatives": [Interval(Integral, 0, None, closed="left")],
         "negative_sampling": [StrOptions({"exclude", "uniform"})],
+        "negative_nodes": [Interval(Integral, 0, None, closed="left"), StrOptions({"batch_size"})],
     }
 
     def __init__(
@@ -279,6 +298,7 @@ sparse_backend, random_state, verbose
         decoder: str = "hadamard",
         n_negatives: int = 1,
         negative_sampling: str = "exclude",
+        negative_nodes: int | str = "batch_size",
         heads: int | None = None,
         n_codewords: int = 256,
         codeword_dim: int | str = "auto",
@@ -290,6 +310,7 @@ sparse_backend, random_state, verbose
         grad_scale: float = 1.0,
         ema_decay: float = 0.99,
         dropout: float = 0.5,
+        attention_dropout: float = 0.0,
         learning_rate: float = 0.002,
         weight_decay: float = 0.0,
         max_epochs: int = 200,
@@ -316,6 +337,7 @@ sparse_backend, random_state, verbose
             grad_scale=grad_scale,
             ema_decay=ema_decay,
             dropout=dropout,
+            attention_dropout=attention_dropout,
             learning_rate=learning_rate,
             weight_decay=weight_decay,
             max_epochs=max_epochs,
@@ -332,13 +354,30 @@ sparse_backend, random_state, verbose
         self.decoder = decoder
         self.n_negatives = n_negatives
         self.negative_sampling = negative_sampling
+        self.negative_nodes = negative_nodes
 
     # -- training hooks --------------------------------------------------------------------------
     def _make_head(self) -> LinkHead:
         return LinkHead(self.decoder, self.embedding_dim, self.dropout)
 
+    def _extend_batch(self, nodes: np.ndarray) -> np.ndarray:
+        """Add ``negative_nodes`` uniformly drawn nodes to the batch as negative partners."""
+        size = self._pool_size(len(nodes))
+        if size == 0:
+            self._pool = None
+            return nodes
+        pool = self._rng.integers(len(self._position), size=size)
+        self._pool = pool
+        return np.concatenate([nodes, np.setdiff1d(pool, nodes)])
+
+    def _pool_size(self, batch_size: int) -> int:
+        if self.negative_nodes == "batch_size":
+            return batch_size
+        return int(self.negative_nodes)
+
     def _loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:
         batch = nodes.cpu().numpy()
+        pool = batch if self._pool is None else self._pool
         local, partners, targets = self._incidences.of(batch)
         position = self._position
         position[batch] = np.arange(len(batch))
@@ -349,7 +388,7 @@ sparse_backend, random_state, verbose
             positive = np.flatnonzero(targets == 1)
             pieces = [(local, where, targets)]
             for _ in range(self.n_negatives):
-                which, w = self._negatives.sample(batch[local[positive]], self._rng, batch)
+                which, w = self._negatives.sample(batch[local[positive]], self._rng, pool)
                 anchors = local[positive[which]]
                 pieces.append((anchors, position[w], np.zeros(len(w), np.float32)))
         finally:
@@ -483,6 +522,7 @@ sparse_backend, random_state, verbose
 
         self._incidences = _Incidences(pairs, targets, n)
         self._rng = sampler_rng
+        self._pool = None
         self._position = np.full(n, -1, dtype=np.int64)
         anchors = np.bincount(np.concatenate([pairs[:, 0], pairs[:, 1]]), minlength=n)
         self._loss_mask = anchors > 0
@@ -498,6 +538,7 @@ sparse_backend, random_state, verbose
                 "_incidences",
                 "_negatives",
                 "_rng",
+                "_pool",
                 "_position",
                 "_loss_mask",
                 "_val_pairs",

@@ -234,6 +234,7 @@ def test_clone_and_params_are_stored_as_given():
         ({"backbone": "gat", "hidden_layer_sizes": (10,), "heads": 3}, ValueError, "heads"),
         ({"backbone": "transformer", "codeword_dim": 4}, ValueError, "codeword_dim"),
         ({"codeword_dim": "whole"}, InvalidParameterError, "codeword_dim"),
+        ({"backbone": "gat", "attention_dropout": 1.0}, InvalidParameterError, "attention_dropout"),
     ],
 )
 def test_bad_parameters_are_named(csbm, params, error, match):

@@ -19,6 +19,7 @@ from skvqgnn.layers import (
     Attention,
     AttentionConvolution,
     Backbone,
+    attend,
 )
 from skvqgnn.vq import AssignmentTable
 
@@ -295,3 +296,28 @@ def test_first_layer_is_exact(backbone):
             expected = rows[s].to_dense() if rows[s].is_sparse else rows[s]
         g = got[s].to_dense() if got[s].is_sparse else got[s]
         torch.testing.assert_close(g, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("global_", [False, True])
+def test_attention_dropout_drops_whole_terms_and_is_unbiased(global_):
+    """``attend(dropout=p)`` zeroes each attention weight with probability p and rescales the
+    rest: on average it gives the undropped messages; ``p=0`` changes nothing."""
+    torch.manual_seed(0)
+    conv = BACKBONES["gat"]().layer(6, 8, first=False, last=False).attention[0]
+    if global_:
+        conv = BACKBONES["transformer"]().layer(6, 8, first=False, last=False).attention[0]
+    x = torch.randn(30, 6)
+    edges = None
+    if not global_:
+        rows = torch.arange(10).repeat_interleave(5)
+        cols = torch.randint(30, (50,))
+        edges = (rows, cols)
+    M, lse = attend(conv, 10, x, edges)
+    M0, lse0 = attend(conv, 10, x, edges, dropout=0.0)
+    torch.testing.assert_close(M0, M)
+    draws = [attend(conv, 10, x, edges, dropout=0.5) for _ in range(2000)]
+    # the log normaliser is the undropped one; single draws differ, their mean does not
+    torch.testing.assert_close(draws[0][1], lse)
+    assert (draws[0][0] - M).abs().max() > 1e-2
+    mean = torch.stack([d[0] for d in draws]).mean(0)
+    assert (mean - M).abs().max() < 0.1 * M.abs().max()

@@ -189,6 +189,7 @@ def test_batch_loss_reaches_each_endpoint_once(whole_graph):
     lp = VQGNNLinkPredictor(n_negatives=0)
     lp._incidences = _Incidences(pairs, t, n)
     lp._position = np.full(n, -1, dtype=np.int64)
+    lp._pool = None
     lp._head = LinkHead("dot", d, 0.0)
     batch = np.arange(n) if whole_graph else np.sort(rng.choice(n, 12, replace=False))
     z_all = torch.randn(n, d)
@@ -205,6 +206,51 @@ def test_batch_loss_reaches_each_endpoint_once(whole_graph):
     )
     (expected,) = torch.autograd.grad(ref, z_ref)
     torch.testing.assert_close(grad, expected[batch], atol=1e-5, rtol=1e-5)
+
+
+def test_negative_partners_are_drawn_uniformly_from_the_whole_graph():
+    """``negative_nodes`` uniform draws join the batch, and every sampled negative partner is
+    one of them; with ``negative_nodes=0`` the partners stay inside the sampler's batch."""
+    n, d = 60, 4
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(n, size=(200, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    t = np.ones(len(pairs), dtype=np.int64)
+    batch = np.arange(10)  # one "region" of the graph
+    for size in (0, 8):
+        lp = VQGNNLinkPredictor(n_negatives=1, negative_nodes=size)
+        lp._incidences = _Incidences(pairs, t, n)
+        lp._negatives = _NegativeSampler(n, None)
+        lp._rng = np.random.default_rng(1)
+        lp._position = np.full(n, -1, dtype=np.int64)
+        lp._head = LinkHead("dot", d, 0.0)
+        drawn, partners = [], []
+        sample = lp._negatives.sample
+
+        def spy(anchors, rng, candidates=None, sample=sample, out=partners):
+            which, w = sample(anchors, rng, candidates)
+            out.append(w)
+            return which, w
+
+        lp._negatives.sample = spy
+        for _ in range(300):
+            nodes = lp._extend_batch(batch)
+            assert np.array_equal(nodes[: len(batch)], batch)
+            assert len(np.unique(nodes)) == len(nodes)
+            if size:
+                assert len(lp._pool) == size and np.all(np.isin(lp._pool, nodes))
+                drawn.append(lp._pool)
+            lp._loss(torch.randn(len(nodes), d), torch.from_numpy(nodes))
+        partners = np.concatenate(partners)
+        assert len(partners) > 0
+        if size == 0:
+            assert np.all(np.isin(partners, batch))
+            continue
+        assert np.all(np.isin(partners, np.concatenate(drawn)))
+        # partners reach outside the batch, spread over the whole graph
+        counts = np.bincount(np.concatenate(drawn), minlength=n)
+        assert counts.min() > 0 and np.isin(partners, batch, invert=True).mean() > 0.7
+        assert counts.max() < 3 * counts.mean()
 
 
 def test_embeddings_are_exact_at_k_n_with_identity_assignment():
