@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .graph import Graph, NodeSet
 from .layers import BACKBONES, VQGNN, Backbone, Batch, Groups, attend, attend_chunked, kind_of
+from .persistence import PICKLE_VERSION_KEY, check_version, package_version
 from .samplers import ClusterSampler, NodeSampler, RandomNodeSampler
 from .sketch import (
     BatchEdges,
@@ -364,6 +365,17 @@ class BaseVQGNN(BaseEstimator):
         self.sparse_backend = sparse_backend
         self.random_state = random_state
         self.verbose = verbose
+
+    # -- pickling --------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """scikit-learn's state plus the skvqgnn version, checked by ``__setstate__``."""
+        return {**super().__getstate__(), PICKLE_VERSION_KEY: package_version()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Warn with ``InconsistentVersionWarning`` if pickled by another skvqgnn version."""
+        state = dict(state)
+        check_version(type(self).__name__, state.pop(PICKLE_VERSION_KEY, None))
+        super().__setstate__(state)
 
     # -- subclass hooks --------------------------------------------------------------------------
     def _loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:
