@@ -1,8 +1,9 @@
-"""Plumbing shared by the benchmark scripts ``node_classification.py`` and ``link_prediction.py``.
+"""Plumbing shared by the benchmark scripts ``node_classification.py``, ``link_prediction.py`` and
+``inductive.py``.
 
 Data loading, one measured fit inside a worker process, the driver that runs every fit in a fresh
 subprocess, saved records, the command line, the page's provenance lines and bar rows, and the
-marked link-prediction section that both scripts keep in the same page.
+marked sections (link prediction, inductive prediction) that the scripts keep in the same page.
 
 Like the scripts' parent processes, this module imports only the standard library at import
 time; numpy, torch and skvqgnn are imported inside the functions that run in a worker.
@@ -16,6 +17,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import statistics
@@ -33,8 +35,10 @@ DEFAULT_OUT = REPO_ROOT / "doc" / "benchmarks.md"
 DATASETS = ("cora", "citeseer", "twitch-en")
 BACKBONES = ("gcn", "sage", "gin", "gat", "transformer")
 BAR_POINTS = 1.0  # VQ (n/8) may trail full-graph training by at most this many points
-LINK_SECTION_START = "<!-- link-prediction:start -->"
-LINK_SECTION_END = "<!-- link-prediction:end -->"
+SECTION_START = re.compile(r"<!-- ([a-z0-9-]+):start -->")  # a marked section's first line
+LINK_SECTION = "link-prediction"
+LINK_SECTION_START = f"<!-- {LINK_SECTION}:start -->"
+LINK_SECTION_END = f"<!-- {LINK_SECTION}:end -->"
 
 Record = dict[str, Any]
 
@@ -311,11 +315,13 @@ def parse_args(
     modes: tuple[str, ...],
     modes_help: str,
     backbones: tuple[str, ...] = BACKBONES,
+    datasets: tuple[str, ...] = DATASETS,
 ) -> argparse.Namespace:
     """Parse a benchmark script's command line: ``--modes`` chooses among ``modes`` and defaults
-    to ``None`` (every mode), ``--backbones`` among `BACKBONES` and defaults to ``backbones``."""
+    to ``None`` (every mode), ``--backbones`` among `BACKBONES` and defaults to ``backbones``,
+    ``--datasets`` among `DATASETS` and defaults to ``datasets``."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(datasets))
     parser.add_argument("--backbones", nargs="+", choices=BACKBONES, default=list(backbones))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--modes", nargs="+", choices=modes, default=None, help=modes_help)
@@ -473,56 +479,97 @@ def provenance_lines(
         f"- Device: {devices}",
         f"- Seeds: {', '.join(map(str, meta['seeds']))}; max_epochs = "
         f"{', '.join(map(str, max_epochs))} ({epochs_note}); every other parameter of "
-        f"`{estimator}` at its default.",
+        f"`{estimator}` at its default"
+        + (
+            ", except the recipes below (`params` of each record)."
+            if any(r.get("params") for r in records)
+            else "."
+        ),
     ]
 
 
 # --------------------------------------------------------------------------------------------
-# The link-prediction section of the page
+# Marked sections of the page
 # --------------------------------------------------------------------------------------------
 
 
-def marked_section(page: str) -> str | None:
-    """The link-prediction section of ``page``, from `LINK_SECTION_START` to
-    `LINK_SECTION_END` (markers included); ``None`` when the page has none.
+def section_markers(name: str) -> tuple[str, str]:
+    """Start and end markers of the page section ``name``: ``<!-- name:start -->`` and
+    ``<!-- name:end -->``."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def marked_section(page: str, name: str = LINK_SECTION) -> str | None:
+    """The section ``name`` of ``page`` (by default the link-prediction one), from its start to
+    its end marker (`section_markers`, included); ``None`` when the page has none.
 
     Raises
     ------
     ValueError
-        If the page has a start marker without an end marker after it.
+        If the page has the start marker without an end marker after it.
     """
-    start = page.find(LINK_SECTION_START)
+    start_marker, end_marker = section_markers(name)
+    start = page.find(start_marker)
     if start < 0:
         return None
-    end = page.find(LINK_SECTION_END, start)
+    end = page.find(end_marker, start)
     if end < 0:
-        raise ValueError(f"{LINK_SECTION_START} without {LINK_SECTION_END} after it")
-    return page[start : end + len(LINK_SECTION_END)]
+        raise ValueError(f"{start_marker} without {end_marker} after it")
+    return page[start : end + len(end_marker)]
+
+
+def marked_sections(page: str) -> list[str]:
+    """Every marked section of ``page``, in page order (`marked_section`)."""
+    sections: list[str] = []
+    found = SECTION_START.search(page)
+    while found is not None:
+        section = marked_section(page[found.start() :], found.group(1))
+        sections.append(section)
+        found = SECTION_START.search(page, found.start() + len(section))
+    return sections
 
 
 def splice_section(page: str, section: str | None) -> str:
-    """Put a link-prediction section into a page.
+    """Put a marked section into a page.
 
     Parameters
     ----------
     page : str
-        A Markdown page, possibly empty, possibly with a marked section (`marked_section`).
+        A Markdown page, possibly empty, possibly with marked sections (`marked_section`).
     section : str or None
-        The new section, markers included; ``None`` leaves the page as it is.
+        The new section, markers included: its first line names it (``<!-- name:start -->``).
+        ``None`` leaves the page as it is.
 
     Returns
     -------
     str
-        ``page`` with its marked section replaced by ``section`` in place, or, when it has
-        none, with ``section`` appended after a blank line; ending with a newline.
+        ``page`` with its section of the same name replaced by ``section`` in place, or, when it
+        has none, with ``section`` appended after a blank line; ending with a newline.
+
+    Raises
+    ------
+    ValueError
+        If ``section`` does not start with a start marker, or the page's section of that name
+        has no end marker.
     """
     if section is None:
         return page
-    old = marked_section(page)
+    name = SECTION_START.match(section)
+    if name is None:
+        raise ValueError("a marked section starts with its start marker, <!-- name:start -->")
+    old = marked_section(page, name.group(1))
     if old is not None:
         return page.replace(old, section, 1)
     head = page.rstrip("\n")
     return f"{head}\n\n{section}\n" if head else f"{section}\n"
+
+
+def carry_sections(page: str, old_page: str) -> str:
+    """``page`` with every marked section of ``old_page`` spliced in (`splice_section`), in the
+    old page's order: how a script that rewrites the page keeps the other scripts' sections."""
+    for section in marked_sections(old_page):
+        page = splice_section(page, section)
+    return page
 
 
 def read_page(path: Path) -> str:

@@ -4,8 +4,9 @@ Every (dataset, backbone, mode, seed) fit runs in a fresh subprocess (this scrip
 ``--worker``), one after the other, so that each run's peak memory is its own. The results go to
 a Markdown page (``--out``) and, optionally, to raw per-run records (``--json``) from which
 ``--from-json`` rebuilds the page without fitting anything. The page is rewritten wholesale,
-except for the link-prediction section that ``link_prediction.py`` keeps in it: that section of
-the old page is carried over, unchanged, to the end of the new one.
+except for the marked sections that other scripts keep in it (``link_prediction.py``,
+``inductive.py``): those sections of the old page are carried over, unchanged and in their
+order, to the end of the new one.
 
 The parent process imports only the standard library: Linux carries a process's peak RSS over
 fork/exec into its child's ``ru_maxrss``, so a parent holding torch would inflate every run's
@@ -23,13 +24,13 @@ from _common import (
     DATASETS,
     Record,
     bar_row,
+    carry_sections,
     collect_records,
     dataset_table,
     delta_points,
     fit_measured,
     group_runs,
     load_dataset,
-    marked_section,
     mean_of,
     mean_std,
     parse_args,
@@ -37,7 +38,6 @@ from _common import (
     read_page,
     run_specs,
     run_summary,
-    splice_section,
     write_page,
 )
 
@@ -219,8 +219,8 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark (or one worker fit, or regenerate the page) and write the outputs.
 
-    A link-prediction section (``link_prediction.py``) of the page being replaced is carried
-    over unchanged to the end of the new page.
+    The marked sections of the page being replaced (``link_prediction.py``, ``inductive.py``)
+    are carried over unchanged to the end of the new page.
     """
     args = parse_args(
         argv,
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         args, __file__, run_specs(args, dataset_modes), _summary
     )
     page = render(meta, records, regenerated)
-    write_page(args.out, splice_section(page, marked_section(read_page(args.out))))
+    write_page(args.out, carry_sections(page, read_page(args.out)))
     print(f"wrote {args.out}", file=sys.stderr)
 
 

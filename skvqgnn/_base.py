@@ -437,6 +437,12 @@ class BaseVQGNN(BaseEstimator):
         codeword_dim = self.codeword_dim
         if codeword_dim == "auto":
             codeword_dim = None if "global" in kinds else 4
+        elif len(dims) > 2 and codeword_dim > min(dims[1:-1]):
+            raise ValueError(
+                f"codeword_dim={codeword_dim} is wider than the narrowest quantised layer input "
+                f"({min(dims[1:-1])} features, hidden_layer_sizes={self.hidden_layer_sizes!r}); "
+                f"use codeword_dim <= {min(dims[1:-1])}, or 'auto'"
+            )
         try:
             return VQGNN(
                 self._backbone(),
@@ -460,6 +466,12 @@ class BaseVQGNN(BaseEstimator):
         data = self._graph_data(graph)
         sampler = self._sampler_for(graph, seed)
         full_graph = self._effective_batch_size(graph.n_nodes) >= graph.n_nodes
+        if not full_graph and self.n_codewords > graph.n_nodes:
+            raise ValueError(
+                f"n_codewords={self.n_codewords} exceeds the {graph.n_nodes} nodes of the graph: "
+                "a codebook cannot use more codewords than there are nodes; use n_codewords <= "
+                f"{graph.n_nodes} (or batch_size=None for full-graph training)"
+            )
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import ClassifierMixin, _fit_context
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, f1_score
 from sklearn.utils import check_random_state
 from torch import Tensor
 from torch.nn import functional as F
@@ -19,14 +20,24 @@ __all__ = ["VQGNNClassifier"]
 
 
 def _check_labels(y: Any, n: int, name: str = "y") -> np.ndarray:
+    """``y`` as int64: (n,) class labels or, multi-label, an (n, n_labels) 0/1 indicator; -1
+    marks an unlabelled node (or, in an indicator, an unknown entry)."""
+    if sp.issparse(y):
+        y = y.toarray()
     y = np.asarray(y)
+    if y.ndim == 2:
+        return _check_indicator(y, n, name)
     if y.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one label per node), got shape {y.shape}")
+        raise ValueError(
+            f"{name} must be 1-D (one label per node) or a 2-D (n_nodes, n_labels) 0/1 "
+            f"indicator, got shape {y.shape}"
+        )
     if len(y) != n:
         raise ValueError(f"{name} has {len(y)} entries but {n} nodes were given")
     if not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
         raise ValueError(
-            f"{name} must hold integer class labels (-1 = unlabelled), got dtype {y.dtype}"
+            f"{name} must hold integer class labels (-1 = unlabelled), got dtype {y.dtype}; "
+            "encode other labels with sklearn.preprocessing.LabelEncoder"
         )
     if np.issubdtype(y.dtype, np.floating):
         if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
@@ -35,6 +46,21 @@ def _check_labels(y: Any, n: int, name: str = "y") -> np.ndarray:
     if np.any(y < -1):
         raise ValueError(f"{name} holds labels < -1; use -1 for unlabelled nodes")
     return y
+
+
+def _check_indicator(y: np.ndarray, n: int, name: str) -> np.ndarray:
+    if y.shape[0] != n:
+        raise ValueError(f"{name} has {y.shape[0]} rows but {n} nodes were given")
+    if y.shape[1] == 0:
+        raise ValueError(f"{name} is a multi-label indicator with no label column")
+    if y.dtype != bool and not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{name} must be a 0/1 indicator (-1 = unknown), got dtype {y.dtype}")
+    if not np.all(np.isin(y, (-1, 0, 1))):
+        raise ValueError(
+            f"{name} is a 2-D multi-label indicator, so its entries must be 0 or 1 (-1 = "
+            "unknown), got other values"
+        )
+    return y.astype(np.int64)
 
 
 class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
@@ -61,9 +87,12 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         divisible by it; the output layer has one head) and ``"transformer"``. ``None``: 8 for
         GAT, 1 for the transformer. Other backbones do not use it.
     n_codewords : int, default=256
-        Codewords ``k`` per codebook slice.
+        Codewords ``k`` per codebook slice; at most the number of nodes of the training graph
+        in mini-batch mode (``fit`` raises a ValueError otherwise).
     codeword_dim : int or "auto", default="auto"
-        Width ``D`` of a product-VQ slice; layer inputs are cut into ``ceil(f / D)`` slices.
+        Width ``D`` of a product-VQ slice; layer inputs are cut into ``ceil(f / D)`` slices, the
+        last one zero-padded when ``D`` does not divide ``f``. At most the narrowest hidden
+        width.
         ``"auto"``: 4, or whole-vector codewords for the transformer, whose global attention
         weighs each codeword by the number of nodes it stands for and so needs one codeword per
         node rather than one per slice.
@@ -103,8 +132,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     max_epochs : int, default=200
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the labelled nodes (drawn afresh at every fit), stop
-        after ``n_iter_no_change`` epochs without improvement of their accuracy and keep the best
-        epoch's model.
+        after ``n_iter_no_change`` epochs without improvement of their accuracy (multi-label:
+        micro-averaged F1) and keep the best epoch's model.
     validation_fraction : float, default=0.1
     n_iter_no_change : int, default=20
     warm_start : bool, default=False
@@ -123,10 +152,13 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
-        Class labels (without -1).
+        Class labels (without -1); multi-label: the label columns ``0 .. n_labels - 1``.
+    multilabel_ : bool
+        Whether ``y`` was a 2-D indicator: then the output layer has one sigmoid unit per label
+        and the loss is the binary cross-entropy over the known entries.
     n_features_in_ : int
-    transduction_ : ndarray of shape (n_nodes,)
-        Predicted label of every node of the training graph.
+    transduction_ : ndarray of shape (n_nodes,) or (n_nodes, n_labels)
+        Predicted label (multi-label: indicator row) of every node of the training graph.
     history_ : list of dict
         Per epoch: ``loss``, ``time``, ``val_score`` (with early stopping) and, per VQ layer,
         ``vq_error``, ``assignments_changed``, ``codewords_reseeded``, ``codeword_shift``,
@@ -164,10 +196,29 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         count = int(mask.sum())
         if count == 0:
             return logits.sum() * 0.0, 0
+        if self.multilabel_:
+            loss = F.binary_cross_entropy_with_logits(
+                logits[mask], targets[mask].to(logits.dtype), reduction="sum"
+            )
+            return loss, count
         return F.cross_entropy(logits[mask], targets[mask], reduction="sum"), count
 
     def _val_score(self, logits: Tensor, nodes: np.ndarray) -> float:
+        if self.multilabel_:
+            known = self._val_labels >= 0
+            predicted = (logits.numpy() > 0).astype(np.int64)
+            return f1_score(self._val_labels[known], predicted[known], average="micro")
         return accuracy_score(self._val_labels, logits.argmax(1).numpy())
+
+    def _labels_of(self, logits: Tensor) -> np.ndarray:
+        if self.multilabel_:
+            return (logits.numpy() > 0).astype(np.int64)
+        return self.classes_[logits.argmax(1).numpy()]
+
+    def __sklearn_tags__(self):  # noqa: D105
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, A: Any, X: Any = None, y: Any = None) -> VQGNNClassifier:
@@ -180,8 +231,9 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             node of the view, and every other node of the graph is unlabelled).
         X : array-like or sparse matrix of shape (n_nodes, n_features)
             Node features (when ``A`` is an adjacency).
-        y : array-like of shape (n_nodes,)
-            Integer class labels, ``-1`` for unlabelled nodes.
+        y : array-like of shape (n_nodes,) or (n_nodes, n_labels)
+            Integer class labels, ``-1`` for unlabelled nodes; or a multi-label 0/1 indicator
+            (dense or sparse), ``-1`` for an unknown entry (a row of -1: unlabelled node).
 
         Returns
         -------
@@ -194,9 +246,10 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             raise TypeError("fit needs the labels y")
         graph = nodes.graph
         y_view = _check_labels(y, len(nodes))
-        labels = np.full(graph.n_nodes, -1, dtype=np.int64)
+        multilabel = y_view.ndim == 2
+        labels = np.full((graph.n_nodes, *y_view.shape[1:]), -1, dtype=np.int64)
         labels[nodes.index] = y_view
-        labelled = np.flatnonzero(labels >= 0)
+        labelled = np.flatnonzero((labels >= 0).reshape(graph.n_nodes, -1).any(1))
         if len(labelled) == 0:
             raise ValueError("y has no labelled node: every entry is -1")
         self._hidden_sizes()
@@ -211,49 +264,62 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
                     f"train on ({len(labelled)} labelled)"
                 )
             val_nodes = np.sort(rs.choice(labelled, n_val, replace=False))
-        classes = np.unique(labels[labelled])
+        if multilabel:
+            classes = np.arange(labels.shape[1])
+        else:
+            classes = np.unique(labels[labelled])
         if (
             self.warm_start
             and hasattr(self, "classes_")
-            and not np.array_equal(classes, self.classes_)
+            and (multilabel != self.multilabel_ or not np.array_equal(classes, self.classes_))
         ):
-            raise ValueError("warm_start=True needs the same classes as the previous fit")
-        if len(classes) < 2:
+            raise ValueError(
+                "warm_start=True needs the same classes (or label columns) as the previous fit"
+            )
+        if not multilabel and len(classes) < 2:
             raise ValueError(f"y must contain at least 2 classes, got {classes.tolist()}")
         self.classes_ = classes
+        self.multilabel_ = multilabel
         self.n_features_in_ = graph.n_features
-        encoded = np.full(graph.n_nodes, -1, dtype=np.int64)
-        encoded[labelled] = np.searchsorted(classes, labels[labelled])
+        if multilabel:
+            encoded = labels.copy()
+        else:
+            encoded = np.full(graph.n_nodes, -1, dtype=np.int64)
+            encoded[labelled] = np.searchsorted(classes, labels[labelled])
         self._val_labels = encoded[val_nodes]
         encoded[val_nodes] = -1
         self._targets = torch.from_numpy(encoded)
-        self._loss_mask = encoded >= 0
+        self._loss_mask = (encoded >= 0).reshape(graph.n_nodes, -1).any(1)
         self._n_outputs = len(classes)
         self._n_targets = int((encoded >= 0).sum())
         with torch.random.fork_rng(devices=[]):
             self._fit_graph(nodes, val_nodes, seed)
         del self._targets, self._val_labels, self._loss_mask
-        self.transduction_ = self.classes_[self._decision(graph.nodes()).argmax(1).numpy()]
+        self.transduction_ = self._labels_of(self._decision(graph.nodes()))
         return self
 
     def decision_function(self, A: Any, X: Any = None) -> np.ndarray:
-        """Logits (n, n_classes) for ``predict(A, X)`` or ``predict(nodes)``."""
+        """Logits (n, n_classes), or (n, n_labels) multi-label, for ``(A, X)`` or ``nodes``."""
         nodes, _ = resolve_graph(A, X)
         return self._decision(nodes).numpy()
 
     def predict_proba(self, A: Any, X: Any = None) -> np.ndarray:
-        """Class probabilities, shape (n_nodes_or_view, n_classes)."""
-        nodes, _ = resolve_graph(A, X)
-        return torch.softmax(self._decision(nodes), dim=1).numpy()
-
-    def predict(self, A: Any, X: Any = None) -> np.ndarray:
-        """Class of every node of ``(A, X)``, or of the nodes of a ``NodeSet``."""
+        """Class probabilities (n, n_classes), softmax; multi-label: per-label probabilities
+        (n, n_labels), sigmoid."""
         nodes, _ = resolve_graph(A, X)
         logits = self._decision(nodes)
-        return self.classes_[logits.argmax(1).numpy()]
+        if self.multilabel_:
+            return torch.sigmoid(logits).numpy()
+        return torch.softmax(logits, dim=1).numpy()
+
+    def predict(self, A: Any, X: Any = None) -> np.ndarray:
+        """Class of every node of ``(A, X)``, or of the nodes of a ``NodeSet``; multi-label: the
+        (n, n_labels) 0/1 indicator of the labels whose probability exceeds 0.5."""
+        nodes, _ = resolve_graph(A, X)
+        return self._labels_of(self._decision(nodes))
 
     def score(self, A: Any, X: Any = None, y: Any = None) -> float:
-        """Accuracy: ``score(nodes, y)`` or ``score(A, X, y)``."""
+        """Accuracy (multi-label: subset accuracy): ``score(nodes, y)`` or ``score(A, X, y)``."""
         if isinstance(A, NodeSet) and y is None:
             y = X
             X = None

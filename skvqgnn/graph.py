@@ -21,6 +21,8 @@ __all__ = ["Graph", "NodeSet", "PairSet", "gcn_norm", "mean_norm"]
 
 def _as_csr_adjacency(A: Any) -> sp.csr_array:
     if sp.issparse(A):
+        if A.ndim != 2:
+            raise ValueError(f"A must be 2-D (n_nodes, n_nodes), got a sparse {A.ndim}-D array")
         A = sp.csr_array(A, dtype=np.float32, copy=True)
     else:
         try:

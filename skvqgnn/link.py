@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.special import expit
 from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -596,7 +597,7 @@ device, sparse_backend, random_state, verbose
 
     def predict_proba(self, A: Any, X: Any = None, pairs: Any = None) -> np.ndarray:
         """Probabilities of no link / link, shape (m, 2)."""
-        p = 1.0 / (1.0 + np.exp(-self.decision_function(A, X, pairs).astype(np.float64)))
+        p = expit(self.decision_function(A, X, pairs).astype(np.float64))
         return np.stack([1.0 - p, p], 1)
 
     def predict(self, A: Any, X: Any = None, pairs: Any = None) -> np.ndarray:
