@@ -227,7 +227,9 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
         nodes; ``0`` takes the partners from the batch itself (with the cluster sampler: nodes of
         the same few METIS parts). Not used in full-graph mode. On Cora (sage, seed 0, batch
         n/8, 200 epochs) test ROC AUC / Hits@50 was 0.949 / 0.875 with ``"batch_size"``, 0.950 /
-        0.830 with 64 and 0.937 / 0.824 with 0.
+        0.830 with 64 and 0.937 / 0.824 with 0. It helped on cora and citeseer (gcn and sage)
+        and twitch-en sage, but not twitch-en gcn (3 seeds: 0.842 / 0.255 against 0.864 /
+        0.299 with 0); see ``doc/link_prediction.md``.
     negative_sampling : {"exclude", "uniform"}, default="exclude"
         ``"uniform"``: partners drawn uniformly from the batch's other nodes. ``"exclude"``:
         also never a known positive pair of the training data (in either direction); after 10
