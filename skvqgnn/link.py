@@ -365,18 +365,13 @@ device, sparse_backend, random_state, verbose
 
     def _extend_batch(self, nodes: np.ndarray) -> np.ndarray:
         """Add ``negative_nodes`` uniformly drawn nodes to the batch as negative partners."""
-        size = self._pool_size(len(nodes))
+        size = len(nodes) if self.negative_nodes == "batch_size" else int(self.negative_nodes)
         if size == 0:
             self._pool = None
             return nodes
         pool = self._rng.integers(len(self._position), size=size)
         self._pool = pool
         return np.concatenate([nodes, np.setdiff1d(pool, nodes)])
-
-    def _pool_size(self, batch_size: int) -> int:
-        if self.negative_nodes == "batch_size":
-            return batch_size
-        return int(self.negative_nodes)
 
     def _loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:
         batch = nodes.cpu().numpy()
