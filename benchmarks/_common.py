@@ -316,13 +316,15 @@ def parse_args(
     modes_help: str,
     backbones: tuple[str, ...] = BACKBONES,
     datasets: tuple[str, ...] = DATASETS,
+    backbone_choices: tuple[str, ...] = BACKBONES,
 ) -> argparse.Namespace:
     """Parse a benchmark script's command line: ``--modes`` chooses among ``modes`` and defaults
-    to ``None`` (every mode), ``--backbones`` among `BACKBONES` and defaults to ``backbones``,
-    ``--datasets`` among `DATASETS` and defaults to ``datasets``."""
+    to ``None`` (every mode), ``--backbones`` among ``backbone_choices`` (by default
+    `BACKBONES`) and defaults to ``backbones``, ``--datasets`` among `DATASETS` and defaults to
+    ``datasets``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(datasets))
-    parser.add_argument("--backbones", nargs="+", choices=BACKBONES, default=list(backbones))
+    parser.add_argument("--backbones", nargs="+", choices=backbone_choices, default=list(backbones))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--modes", nargs="+", choices=modes, default=None, help=modes_help)
     parser.add_argument(

@@ -4,6 +4,7 @@ from .classifier import VQGNNClassifier
 from .graph import Graph, NodeSet, PairSet
 from .link import VQGNNLinkPredictor
 
+#: The installed version of skvqgnn, a string such as ``"0.1.0"``.
 __version__ = "0.1.0"
 
 __all__ = ["Graph", "NodeSet", "PairSet", "VQGNNClassifier", "VQGNNLinkPredictor", "__version__"]

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ._base import BaseVQGNN, resolve_graph
-from .graph import NodeSet
+from .graph import Graph, NodeSet
 
 __all__ = ["VQGNNClassifier"]
 
@@ -191,7 +191,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     _n_targets: int
 
     def _loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:
-        targets = self._targets[nodes]
+        # the targets stay on the host; the batch's node ids may be on the training device
+        targets = self._targets[nodes.cpu()].to(logits.device)
         mask = targets >= 0
         count = int(mask.sum())
         if count == 0:
@@ -299,13 +300,43 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         return self
 
     def decision_function(self, A: Any, X: Any = None) -> np.ndarray:
-        """Logits (n, n_classes), or (n, n_labels) multi-label, for ``(A, X)`` or ``nodes``."""
+        """Logits (n, n_classes), or (n, n_labels) multi-label, for ``(A, X)`` or ``nodes``.
+
+        Parameters
+        ----------
+        A : sparse matrix of shape (n_nodes, n_nodes), Graph, or NodeSet
+            Adjacency of the graph to predict on (the training graph, the training graph with
+            new nodes, or another graph), or a ``Graph`` or ``NodeSet`` view (then ``X`` is
+            not given, and the rows are the view's nodes).
+        X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
+            Node features, when ``A`` is an adjacency.
+
+        Returns
+        -------
+        ndarray of shape (n, n_classes) or (n, n_labels)
+            One row per node of the graph, or of the view.
+        """
         nodes, _ = resolve_graph(A, X)
         return self._decision(nodes).numpy()
 
     def predict_proba(self, A: Any, X: Any = None) -> np.ndarray:
         """Class probabilities (n, n_classes), softmax; multi-label: per-label probabilities
-        (n, n_labels), sigmoid."""
+        (n, n_labels), sigmoid.
+
+        Parameters
+        ----------
+        A : sparse matrix of shape (n_nodes, n_nodes), Graph, or NodeSet
+            Adjacency of the graph to predict on (the training graph, the training graph with
+            new nodes, or another graph), or a ``Graph`` or ``NodeSet`` view (then ``X`` is
+            not given, and the rows are the view's nodes).
+        X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
+            Node features, when ``A`` is an adjacency.
+
+        Returns
+        -------
+        ndarray of shape (n, n_classes) or (n, n_labels)
+            Columns in the order of ``classes_``.
+        """
         nodes, _ = resolve_graph(A, X)
         logits = self._decision(nodes)
         if self.multilabel_:
@@ -314,13 +345,44 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
 
     def predict(self, A: Any, X: Any = None) -> np.ndarray:
         """Class of every node of ``(A, X)``, or of the nodes of a ``NodeSet``; multi-label: the
-        (n, n_labels) 0/1 indicator of the labels whose probability exceeds 0.5."""
+        (n, n_labels) 0/1 indicator of the labels whose probability exceeds 0.5.
+
+        Parameters
+        ----------
+        A : sparse matrix of shape (n_nodes, n_nodes), Graph, or NodeSet
+            Adjacency of the graph to predict on (the training graph, the training graph with
+            new nodes, or another graph), or a ``Graph`` or ``NodeSet`` view (then ``X`` is
+            not given, and the rows are the view's nodes).
+        X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
+            Node features, when ``A`` is an adjacency.
+
+        Returns
+        -------
+        ndarray of shape (n,) or (n, n_labels)
+            Labels from ``classes_``, or the multi-label indicator.
+        """
         nodes, _ = resolve_graph(A, X)
         return self._labels_of(self._decision(nodes))
 
     def score(self, A: Any, X: Any = None, y: Any = None) -> float:
-        """Accuracy (multi-label: subset accuracy): ``score(nodes, y)`` or ``score(A, X, y)``."""
-        if isinstance(A, NodeSet) and y is None:
+        """Accuracy (multi-label: subset accuracy): ``score(nodes, y)`` or ``score(A, X, y)``.
+
+        Parameters
+        ----------
+        A : sparse matrix of shape (n_nodes, n_nodes), Graph, or NodeSet
+            Adjacency, or a ``Graph`` or ``NodeSet`` (then the second argument is ``y``).
+        X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
+            Node features, when ``A`` is an adjacency.
+        y : array-like of shape (n,) or (n, n_labels), default=None
+            True labels of the nodes scored (every node of ``(A, X)``, or the view's nodes).
+
+        Returns
+        -------
+        float
+            The fraction of nodes whose predicted label (multi-label: whole indicator row)
+            equals ``y``.
+        """
+        if isinstance(A, (NodeSet, Graph)) and y is None:
             y = X
             X = None
         return accuracy_score(y, self.predict(A, X))

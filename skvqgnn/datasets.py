@@ -87,7 +87,7 @@ class NodeSplit:
 class NodeDataset(NamedTuple):
     """A node-classification dataset; unpacks as ``A, X, y, split = dataset``.
 
-    Attributes
+    Parameters
     ----------
     A : scipy.sparse.csr_array of shape (n_nodes, n_nodes), dtype float32
         Symmetric adjacency matrix with entries 0/1, no self-loops, no duplicate entries and

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Graph", "NodeSet", "PairSet", "gcn_norm", "mean_norm"]
+__all__ = ["Graph", "NodeSet", "PairSet", "attention_mask", "gcn_norm", "mean_norm"]
 
 
 def _as_csr_adjacency(A: Any) -> sp.csr_array:
@@ -84,6 +84,16 @@ def gcn_norm(A: sp.csr_array) -> sp.csr_array:
     Nodes that already carry a self-loop keep its weight (as PyTorch Geometric's ``gcn_norm``);
     ``D̃`` holds the row sums of ``A + I``. Row ``i`` aggregates from the columns ``j`` with
     ``A[i, j] != 0``.
+
+    Parameters
+    ----------
+    A : csr_array of shape (n_nodes, n_nodes)
+        Adjacency with non-negative weights.
+
+    Returns
+    -------
+    csr_array of shape (n_nodes, n_nodes), dtype float32
+        The normalised convolution, with sorted indices.
     """
     n = A.shape[0]
     missing = (A.diagonal() == 0).astype(np.float32)
@@ -97,7 +107,18 @@ def gcn_norm(A: sp.csr_array) -> sp.csr_array:
 
 
 def mean_norm(A: sp.csr_array) -> sp.csr_array:
-    """Mean aggregation ``D^-1 A`` (GraphSAGE-mean); rows of isolated nodes are zero."""
+    """Mean aggregation ``D^-1 A`` (GraphSAGE-mean); rows of isolated nodes are zero.
+
+    Parameters
+    ----------
+    A : csr_array of shape (n_nodes, n_nodes)
+        Adjacency with non-negative weights.
+
+    Returns
+    -------
+    csr_array of shape (n_nodes, n_nodes), dtype float32
+        ``A`` with each row divided by its sum, with sorted indices.
+    """
     deg = np.asarray(A.sum(axis=1)).ravel()
     inv = np.where(deg > 0, 1.0 / np.maximum(deg, 1e-30), 0.0).astype(np.float32)
     C = (sp.diags_array(inv, format="csr") @ A).tocsr()
@@ -106,7 +127,21 @@ def mean_norm(A: sp.csr_array) -> sp.csr_array:
 
 
 def attention_mask(A: sp.csr_array) -> sp.csr_array:
-    """The pattern of ``A + I`` with unit entries: row ``i`` lists ``N(i) ∪ {i}``."""
+    """The pattern of ``A + I`` with unit entries: row ``i`` lists ``N(i) ∪ {i}``.
+
+    The mask of an attention convolution (GAT): explicit zeros of ``A`` are dropped, and every
+    node attends to itself.
+
+    Parameters
+    ----------
+    A : sparse array of shape (n_nodes, n_nodes)
+        Adjacency; row ``i`` holds the senders of node ``i``.
+
+    Returns
+    -------
+    sparse csr_array of shape (n_nodes, n_nodes)
+        float32, every stored entry 1, indices sorted.
+    """
     n = A.shape[0]
     pattern = sp.csr_array(A, dtype=np.float32, copy=True)
     pattern.eliminate_zeros()
@@ -210,20 +245,45 @@ class Graph:
 
     @property
     def n_nodes(self) -> int:
+        """Number of nodes (rows of ``A``)."""
         return self.A.shape[0]
 
     @property
     def n_features(self) -> int:
+        """Number of feature columns of ``X``."""
         return self.X.shape[1]
 
     def nodes(self, index: Any = None) -> NodeSet:
-        """A ``NodeSet`` view of the nodes ``index`` (all nodes when ``None``)."""
+        """A ``NodeSet`` view of the nodes ``index`` (all nodes when ``None``).
+
+        Parameters
+        ----------
+        index : array-like of int or bool, slice or None, default=None
+            Node ids (negative ids count from the end), a boolean mask of shape (n_nodes,), or a
+            slice.
+
+        Returns
+        -------
+        NodeSet
+            A view of this graph; the graph is not copied.
+        """
         if index is None:
             return NodeSet(self, np.arange(self.n_nodes))
         return NodeSet(self, _node_index(index, self.n_nodes))
 
     def pairs(self, pairs: Any) -> PairSet:
-        """A ``PairSet`` view of node pairs ``pairs`` (m, 2): candidate links ``(u, v)``."""
+        """A ``PairSet`` view of node pairs ``pairs`` (m, 2): candidate links ``(u, v)``.
+
+        Parameters
+        ----------
+        pairs : array-like of int of shape (n_pairs, 2)
+            Node ids ``(u, v)`` in ``[0, n_nodes)``.
+
+        Returns
+        -------
+        PairSet
+            A view of this graph; the graph is not copied.
+        """
         return PairSet(self, check_pairs(pairs, self.n_nodes))
 
     @property
@@ -247,7 +307,19 @@ class Graph:
         return self._cache["fingerprint"]
 
     def cached(self, key: Any, build: Any) -> Any:
-        """Return ``self._cache[key]``, computing it with ``build()`` the first time."""
+        """Return ``self._cache[key]``, computing it with ``build()`` the first time.
+
+        Estimators keep what they derive from the graph here (convolution matrices, the first
+        layer's aggregated features, the METIS partition), so fits on views of the same
+        ``Graph`` compute it once. The cache is not pickled.
+
+        Parameters
+        ----------
+        key : hashable
+            Cache key.
+        build : callable
+            Called without arguments to compute the value when ``key`` is not cached.
+        """
         if key not in self._cache:
             self._cache[key] = build()
         return self._cache[key]

@@ -59,7 +59,20 @@ __all__ = [
 
 
 class LinearCombination(nn.Module):
-    """``Z = Σ_s M^(s) W^(s) + b``: one linear map per convolution, one shared bias."""
+    """``Z = Σ_s M^(s) W^(s) + b``: one linear map per convolution, one shared bias.
+
+    The default layer of a ``Backbone``. Its ``forward`` takes the list of messages, one
+    (b, in_features) tensor (dense or sparse COO) per convolution.
+
+    Parameters
+    ----------
+    in_features : int
+        Width of the layer input (and of each message).
+    out_features : int
+        Width of the layer output.
+    n_convolutions : int
+        Number of convolutions, hence of messages and linear maps.
+    """
 
     def __init__(self, in_features: int, out_features: int, n_convolutions: int):
         super().__init__()
@@ -106,15 +119,22 @@ def sparse_dropout(x: Tensor, p: float, training: bool) -> Tensor:
 class Attention:
     """A learnable convolution in a backbone's list: softmax attention over ``mask``.
 
-    ``mask`` is the CSR pattern of allowed (receiver, sender) pairs, self-loops included; ``None``
-    stands for every pair of nodes (global attention). The scores come from the layer's
-    ``attention`` modules (one ``AttentionConvolution`` per ``Attention``, in order).
+    The scores come from the layer's ``attention`` modules (one ``AttentionConvolution`` per
+    ``Attention``, in order).
+
+    Parameters
+    ----------
+    mask : csr_array of shape (n_nodes, n_nodes) or None, default=None
+        The pattern of allowed (receiver, sender) pairs, self-loops included (for example
+        ``skvqgnn.graph.attention_mask(A)``); ``None`` stands for every pair of nodes (global
+        attention).
     """
 
     mask: sp.csr_array | None = None
 
     @property
     def is_global(self) -> bool:
+        """Whether this is global attention (``mask is None``)."""
         return self.mask is None
 
 
@@ -142,16 +162,68 @@ class AttentionConvolution(nn.Module):
     heads: int = 1
 
     def query(self, x: Tensor) -> Tensor:
+        """Per-head queries of the receivers.
+
+        Parameters
+        ----------
+        x : Tensor of shape (m, f)
+            Receiver representations: dense, except in the first layer of a convolution that
+            defines ``value``, which gets the raw features as they are (sparse COO if sparse).
+
+        Returns
+        -------
+        Tensor of shape (m, H, d)
+        """
         raise NotImplementedError
 
     def key(self, x: Tensor) -> Tensor:
+        """Per-head keys of the senders.
+
+        Parameters
+        ----------
+        x : Tensor of shape (m, f)
+            Sender representations: dense, except in the first layer of a convolution that
+            defines ``value``, which gets the raw features as they are (sparse COO if sparse).
+
+        Returns
+        -------
+        Tensor of shape (m, H, d)
+        """
         raise NotImplementedError
 
     def score(self, q: Tensor, k: Tensor) -> Tensor:
+        """Attention scores ``e`` (before the softmax) of (receiver, sender) pairs.
+
+        Parameters
+        ----------
+        q : Tensor of shape (..., H, d)
+            Queries, broadcastable against ``k``.
+        k : Tensor of shape (..., H, d)
+            Keys.
+
+        Returns
+        -------
+        Tensor of shape (..., H)
+        """
         raise NotImplementedError
 
     def dense_score(self, q: Tensor, k: Tensor) -> Tensor:
-        """Scores of every pair: q (b, H, d), k (m, H, d) -> (b, m, H)."""
+        """Scores of every pair: q (b, H, d), k (m, H, d) -> (b, m, H).
+
+        Override it with a faster all-pairs product (global attention uses it); the default
+        broadcasts ``score``.
+
+        Parameters
+        ----------
+        q : Tensor of shape (b, H, d)
+            Queries of the receivers.
+        k : Tensor of shape (m, H, d)
+            Keys of the senders.
+
+        Returns
+        -------
+        Tensor of shape (b, m, H)
+        """
         return self.score(q.unsqueeze(1), k.unsqueeze(0))
 
 
@@ -346,9 +418,41 @@ class Backbone:
     n_convolutions: int = 1
 
     def convolutions(self, A: sp.csr_array) -> list[sp.csr_array | Attention | None]:
+        """What each layer aggregates with, computed once from the full graph.
+
+        Parameters
+        ----------
+        A : csr_array of shape (n_nodes, n_nodes)
+            The validated adjacency (float32, sorted indices); row ``i`` lists the nodes ``i``
+            receives messages from.
+
+        Returns
+        -------
+        list
+            One entry per convolution: ``None`` (identity), a CSR matrix ``C^(s)`` (fixed) or an
+            ``Attention`` (learnable).
+        """
         raise NotImplementedError
 
     def layer(self, in_features: int, out_features: int, *, first: bool, last: bool) -> nn.Module:
+        """The module of one layer: list of messages -> (b, out_features).
+
+        Parameters
+        ----------
+        in_features : int
+            Width of the layer input.
+        out_features : int
+            Width of the layer output.
+        first : bool
+            Whether it is the first layer (which aggregates the raw features).
+        last : bool
+            Whether it is the output layer.
+
+        Returns
+        -------
+        torch.nn.Module
+            ``LinearCombination`` over ``n_convolutions`` messages by default.
+        """
         return LinearCombination(in_features, out_features, self.n_convolutions)
 
     def __repr__(self) -> str:
@@ -437,6 +541,13 @@ class GAT(Backbone):
 
     Hidden layers concatenate ``heads`` heads; the output layer averages ``output_heads``.
     Edge weights of ``A`` are ignored: attention decides the weights.
+
+    Parameters
+    ----------
+    heads : int, default=8
+        Attention heads of the hidden layers; their widths must be divisible by it.
+    output_heads : int, default=1
+        Attention heads of the output layer, averaged.
     """
 
     name = "gat"
@@ -481,6 +592,11 @@ class Transformer(Backbone):
     The first layer aggregates the raw input features, which have no codebook, so its global
     attention is left out (it would need every node's features): global attention acts in every
     layer after the first.
+
+    Parameters
+    ----------
+    heads : int, default=1
+        Heads of the global attention.
     """
 
     name = "transformer"

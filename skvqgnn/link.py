@@ -231,9 +231,10 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
         and twitch-en sage, but not twitch-en gcn (3 seeds: 0.842 / 0.255 against 0.864 /
         0.299 with 0); see ``doc/link_prediction.md``.
     negative_sampling : {"exclude", "uniform"}, default="exclude"
-        ``"uniform"``: partners drawn uniformly from the batch's other nodes. ``"exclude"``:
-        also never a known positive pair of the training data (in either direction); after 10
-        rejected draws a negative is skipped.
+        ``"uniform"``: partners drawn uniformly among the ``negative_nodes`` (among the batch
+        itself when that is 0, the whole graph in full-graph mode), never the anchor itself.
+        ``"exclude"``: also never a known positive pair of the training data (in either
+        direction); after 10 rejected draws a negative is skipped.
     heads, n_codewords, codeword_dim, batch_size, sampler, parts_per_batch, inference, \
 backward_messages, grad_scale, ema_decay, dropout, attention_dropout, max_epochs, warm_start, \
 device, sparse_backend, random_state, verbose
@@ -588,17 +589,63 @@ device, sparse_backend, random_state, verbose
         A ``PairSet`` of the graph the model was fitted on with ``fit(pairs, t)`` is scored with
         message passing over the training positives only; any other graph (``(A, X)``, or a
         ``PairSet`` of another graph) passes messages over its own adjacency.
+
+        Parameters
+        ----------
+        A : sparse matrix of shape (n_nodes, n_nodes), or PairSet
+            Adjacency to pass messages over, or a ``PairSet`` (then ``X`` and ``pairs`` are not
+            given).
+        X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
+            Node features, when ``A`` is an adjacency.
+        pairs : array-like of int of shape (m, 2), default=None
+            Node pairs ``(u, v)`` to score, when ``A`` is an adjacency.
+
+        Returns
+        -------
+        ndarray of shape (m,)
+            One logit per pair; higher means more likely a link.
         """
         graph, P = self._resolve_pairs(A, X, pairs)
         return self._scores(graph, P)
 
     def predict_proba(self, A: Any, X: Any = None, pairs: Any = None) -> np.ndarray:
-        """Probabilities of no link / link, shape (m, 2)."""
+        """Probabilities of no link / link, shape (m, 2).
+
+        Parameters
+        ----------
+        A : sparse matrix of shape (n_nodes, n_nodes), or PairSet
+            Adjacency to pass messages over, or a ``PairSet`` (then ``X`` and ``pairs`` are not
+            given).
+        X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
+            Node features, when ``A`` is an adjacency.
+        pairs : array-like of int of shape (m, 2), default=None
+            Node pairs ``(u, v)`` to score, when ``A`` is an adjacency.
+
+        Returns
+        -------
+        ndarray of shape (m, 2)
+            Column 0: no link, column 1: link (the sigmoid of ``decision_function``).
+        """
         p = expit(self.decision_function(A, X, pairs).astype(np.float64))
         return np.stack([1.0 - p, p], 1)
 
     def predict(self, A: Any, X: Any = None, pairs: Any = None) -> np.ndarray:
-        """1 where the link probability is at least 0.5, else 0; shape (m,)."""
+        """1 where the link probability is at least 0.5, else 0; shape (m,).
+
+        Parameters
+        ----------
+        A : sparse matrix of shape (n_nodes, n_nodes), or PairSet
+            Adjacency to pass messages over, or a ``PairSet`` (then ``X`` and ``pairs`` are not
+            given).
+        X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
+            Node features, when ``A`` is an adjacency.
+        pairs : array-like of int of shape (m, 2), default=None
+            Node pairs ``(u, v)`` to score, when ``A`` is an adjacency.
+
+        Returns
+        -------
+        ndarray of shape (m,), dtype int64
+        """
         return (self.decision_function(A, X, pairs) >= 0).astype(np.int64)
 
     def score(self, A: Any, X: Any = None, pairs: Any = None, t: Any = None) -> float:
@@ -606,6 +653,23 @@ device, sparse_backend, random_state, verbose
 
         ROC AUC, not accuracy: it does not depend on a threshold or on the ratio of negatives
         to positives. ``skvqgnn.metrics`` has Hits@K and MRR scorers for ``GridSearchCV``.
+
+        Parameters
+        ----------
+        A : sparse matrix of shape (n_nodes, n_nodes), or PairSet
+            Adjacency to pass messages over, or a ``PairSet`` (then the second argument is
+            ``t``).
+        X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
+            Node features, when ``A`` is an adjacency.
+        pairs : array-like of int of shape (m, 2), default=None
+            Node pairs ``(u, v)`` to score, when ``A`` is an adjacency.
+        t : array-like of shape (m,), default=None
+            0/1 targets of the pairs (1 = link); both values must occur.
+
+        Returns
+        -------
+        float
+            ROC AUC in [0, 1].
         """
         if isinstance(A, PairSet):
             if t is None:
@@ -617,6 +681,19 @@ device, sparse_backend, random_state, verbose
 
     def embed(self, A: Any, X: Any = None) -> np.ndarray:
         """Node embeddings ``z`` (n_nodes_or_view, embedding_dim) of ``(A, X)`` or a NodeSet,
-        with message passing over that graph."""
+        with message passing over that graph.
+
+        Parameters
+        ----------
+        A : sparse matrix of shape (n_nodes, n_nodes), Graph, or NodeSet
+            Adjacency, or a ``Graph`` or ``NodeSet`` view (then ``X`` is not given).
+        X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
+            Node features, when ``A`` is an adjacency.
+
+        Returns
+        -------
+        ndarray of shape (n, embedding_dim)
+            One row per node of the graph, or of the view.
+        """
         nodes, _ = resolve_graph(A, X)
         return self._decision(nodes).numpy()

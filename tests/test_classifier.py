@@ -123,6 +123,9 @@ def test_nodeset_fit_predict_score(csbm):
     assert clf.score(test, y[split.test_idx]) > 0.8
     # predictions for a view equal those rows of the whole-graph predictions
     np.testing.assert_array_equal(pred, clf.predict(A, X)[split.test_idx])
+    # a Graph scores every node, like (A, X)
+    assert clf.score(G, y) == pytest.approx(clf.score(A, X, y))
+    assert clf.score(G, y) == pytest.approx(_acc(clf.predict(A, X), y, ...))
 
 
 def test_cross_validation_and_grid_search_over_nodes(csbm):
