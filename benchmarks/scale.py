@@ -1022,6 +1022,9 @@ def render(
 def plot(meta: Record, records: list[Record], plots: tuple[Path, Path]) -> None:
     """Write the memory plot (per-step peak and inference peak against n, log-log) and the time
     plot (epoch time against n and against the average degree, log-log, with fitted slopes)."""
+    if not any(r["fits"] for r in records):
+        print("no configuration fitted: no plots written", file=sys.stderr)
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -334,3 +334,13 @@ def test_from_json_rebuilds_the_section_and_the_plots(tmp_path):
     again = page.read_text()
     assert again.count(scale.SECTION_START) == 1
     assert "| 30.0 MiB | 1.2 × 20.0 = 24.0 MiB | **FAIL** |" in again
+
+
+def test_no_plot_when_nothing_fitted(tmp_path):
+    records = [
+        {"n_nodes": 4_000_000, "avg_degree": 10.0, "mode": mode, "fits": False, "reason": "x"}
+        for mode in ("vq", "full")
+    ]
+    plots = (tmp_path / "memory.png", tmp_path / "time.png")
+    scale.plot({}, records, plots)
+    assert not plots[0].exists() and not plots[1].exists()
