@@ -309,6 +309,29 @@ def collect_records(
     return meta, run_workers(script, specs, summary, args.json, meta), None
 
 
+def run_section_script(
+    args: argparse.Namespace,
+    script: str,
+    modes: Callable[[str], tuple[str, ...]],
+    run_fit: Callable[[Record], Record],
+    summary: Callable[[Record], str],
+    render: Callable[[Record, list[Record], str | None], str],
+) -> None:
+    """The command line of a script that owns one marked section of the page.
+
+    As a worker (``--worker SPEC``): run one fit and print its record as JSON. Otherwise: run
+    every spec in its own worker (or, with ``--from-json``, merge saved records), then replace
+    the script's section of ``--out`` (appending it if absent) with ``render``'s output.
+    """
+    if args.worker is not None:
+        print(json.dumps(run_fit(json.loads(args.worker))))
+        return
+    specs = run_specs(args, modes)
+    meta, records, regenerated = collect_records(args, script, specs, summary)
+    write_page(args.out, splice_section(read_page(args.out), render(meta, records, regenerated)))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
 def parse_args(
     argv: list[str] | None,
     description: str,

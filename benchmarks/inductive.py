@@ -20,9 +20,7 @@ standard library.
 
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,18 +28,14 @@ from typing import Any
 from _common import (
     DATASETS,
     Record,
-    collect_records,
     fit_measured,
     load_dataset,
     mean_std,
     parse_args,
     provenance_lines,
-    read_page,
-    run_specs,
+    run_section_script,
     run_summary,
     section_markers,
-    splice_section,
-    write_page,
 )
 from node_classification import RECIPES
 
@@ -347,13 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         backbones=DEFAULT_BACKBONES,
         datasets=("twitch-en",),
     )
-    if args.worker is not None:
-        print(json.dumps(run_fit(json.loads(args.worker))))
-        return
-    specs = run_specs(args, lambda dataset: MODES)
-    meta, records, regenerated = collect_records(args, __file__, specs, _summary)
-    write_page(args.out, splice_section(read_page(args.out), render(meta, records, regenerated)))
-    print(f"wrote {args.out}", file=sys.stderr)
+    run_section_script(args, __file__, lambda dataset: MODES, run_fit, _summary, render)
 
 
 if __name__ == "__main__":

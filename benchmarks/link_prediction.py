@@ -16,8 +16,6 @@ standard library, so that torch in the parent cannot inflate a run's peak RSS.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 from _common import (
@@ -27,7 +25,6 @@ from _common import (
     LINK_SECTION_START,
     Record,
     bar_row,
-    collect_records,
     dataset_table,
     delta_points,
     fit_measured,
@@ -37,11 +34,8 @@ from _common import (
     mean_std,
     parse_args,
     provenance_lines,
-    read_page,
-    run_specs,
+    run_section_script,
     run_summary,
-    splice_section,
-    write_page,
 )
 
 MODE_LABELS = {"vq": "VQ, batch n/8", "full": "full graph"}
@@ -214,13 +208,9 @@ def main(argv: list[str] | None = None) -> None:
         modes_help="default: both",
         backbones=BAR_BACKBONES,
     )
-    if args.worker is not None:
-        print(json.dumps(run_fit(json.loads(args.worker))))
-        return
-    specs = run_specs(args, lambda dataset: tuple(MODE_LABELS))
-    meta, records, regenerated = collect_records(args, __file__, specs, _summary)
-    write_page(args.out, splice_section(read_page(args.out), render(meta, records, regenerated)))
-    print(f"wrote {args.out}", file=sys.stderr)
+    run_section_script(
+        args, __file__, lambda dataset: tuple(MODE_LABELS), run_fit, _summary, render
+    )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,8 @@ benchmark-only dependency (the ``bench`` extra); skvqgnn itself never imports it
 from __future__ import annotations
 
 import gc
-import json
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -43,17 +41,13 @@ from _common import (
     Record,
     _max_rss_mib,
     bar_row,
-    collect_records,
     load_dataset,
     mean_of,
     mean_std,
     parse_args,
     provenance_lines,
-    read_page,
-    run_specs,
+    run_section_script,
     section_markers,
-    splice_section,
-    write_page,
 )
 
 SECTION = "peers"
@@ -862,13 +856,9 @@ def main(argv: list[str] | None = None) -> None:
         backbones=PEER_BACKBONES,
         backbone_choices=PEER_BACKBONES,
     )
-    if args.worker is not None:
-        print(json.dumps(run_fit(json.loads(args.worker))))
-        return
-    specs = run_specs(args, lambda dataset: tuple(METHOD_LABELS))
-    meta, records, regenerated = collect_records(args, __file__, specs, _summary)
-    write_page(args.out, splice_section(read_page(args.out), render(meta, records, regenerated)))
-    print(f"wrote {args.out}", file=sys.stderr)
+    run_section_script(
+        args, __file__, lambda dataset: tuple(METHOD_LABELS), run_fit, _summary, render
+    )
 
 
 if __name__ == "__main__":
