@@ -1,8 +1,9 @@
 """``VQGNNLinkPredictor``: link prediction from VQ-GNN node embeddings.
 
 Training pairs are stored as *incidences*: a pair ``(u, v)`` with target ``t`` is seen once from
-``u`` (anchor ``u``, partner ``v``) and once from ``v``. A training step adds ``negative_nodes``
-nodes drawn uniformly from the whole graph to the sampler's node batch, and scores the
+``u`` (anchor ``u``, partner ``v``) and once from ``v``. A training step adds to the sampler's
+node batch ``partner_nodes`` positive partners of batch nodes from outside it (none by default) and
+``negative_nodes`` nodes drawn uniformly from the whole graph, and scores the
 incidences whose two endpoints are both in that extended batch, plus ``n_negatives`` sampled
 negatives ``(anchor, w)`` per positive incidence with ``w`` among the drawn nodes, so that the
 negatives are uniform over the graph like an edge split's test negatives; the loss of an incidence
@@ -19,6 +20,15 @@ Positives inside the batch always met an exact partner and negatives nearly alwa
 whose staleness after each step the model chased. With the cluster sampler, the METIS parts
 are regrouped every epoch, so pairs that cross parts are trained in the epochs where their parts
 share a batch.
+
+Why the partner nodes (``partner_nodes``, off by default): with the cluster sampler a batch
+holds a few METIS parts, and on a graph with hubs many edges cross parts (on twitch-en half of
+the training edges had their endpoints in different batches of an epoch, against 7-17 % on cora
+and citeseer). Without the partners those pairs are trained only in the epochs where their parts
+meet. The partners are drawn by incidence (a node adjacent to several batch nodes brings several
+pairs) and are ordinary batch rows that anchor pairs like the others. They helped gcn on
+twitch-en and did harm elsewhere, sage on twitch-en most; ``doc/link_prediction.md`` has the
+measurements.
 
 Why the drawn nodes: negatives taken from the batch itself are, with the cluster sampler, nodes
 of the same few METIS parts, while test negatives are uniform pairs, mostly far apart, which the
@@ -195,8 +205,9 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
     over the positive pairs only, so cross-validation over pairs never leaks a held-out link into
     message passing.
 
-    A training step computes the embeddings of a node batch, extended by ``negative_nodes``
-    uniformly drawn nodes, with VQ-GNN message passing and scores the training pairs inside it,
+    A training step computes the embeddings of a node batch, extended by ``partner_nodes``
+    positive partners of its nodes and ``negative_nodes`` uniformly drawn nodes, with VQ-GNN
+    message passing and scores the training pairs inside it,
     with ``n_negatives`` negatives per positive whose partners are the drawn nodes; each endpoint
     receives a pair's gradient once (see the module docstring for why
     pairs leaving the batch are not scored). With the cluster sampler the METIS parts are
@@ -229,7 +240,19 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
         n/8, 200 epochs) test ROC AUC / Hits@50 was 0.949 / 0.875 with ``"batch_size"``, 0.950 /
         0.830 with 64 and 0.937 / 0.824 with 0. It helped on cora and citeseer (gcn and sage)
         and twitch-en sage, but not twitch-en gcn (3 seeds: 0.842 / 0.255 against 0.864 /
-        0.299 with 0); see ``doc/link_prediction.md``.
+        0.299 with 0; ``partner_nodes`` is what twitch-en gcn needs); see
+        ``doc/link_prediction.md``.
+    partner_nodes : int or "batch_size", default=0
+        Positive partners of batch nodes from outside the batch added as extra rows at every
+        mini-batch step, so that positive pairs crossing the batch's border are trained: that
+        many draws (with replacement) among the positive incidences that leave the batch, whose
+        outside endpoints join it (a node adjacent to several batch nodes is likelier).
+        ``"batch_size"`` draws as many as the batch has nodes; ``0`` trains only the pairs
+        inside the batch. Not used in full-graph mode. Worth a try when
+        ``crossing_fraction_`` is large; choose it on validation pairs. On twitch-en (50 % of
+        the pairs crossing, batch n/8, 3 seeds) test ROC AUC / Hits@50 of gcn went from
+        0.842 / 0.255 to 0.860 / 0.320 with ``"batch_size"`` (full graph: 0.864 / 0.324), while
+        sage did worse with it; see ``doc/link_prediction.md``.
     negative_sampling : {"exclude", "uniform"}, default="exclude"
         ``"uniform"``: partners drawn uniformly among the ``negative_nodes`` (among the batch
         itself when that is 0, the whole graph in full-graph mode), never the anchor itself.
@@ -267,6 +290,9 @@ device, sparse_backend, random_state, verbose
         The network with its codebooks (on the CPU).
     head_ : LinkHead
         The pair decoder.
+    crossing_fraction_ : float
+        Share of the positive training pairs whose endpoints fell in different batches of one
+        epoch of the sampler (0 in full-graph mode).
     message_passing_adjacency_ : csr_array or None
         After ``fit(pairs, t)`` (or with early stopping), the graph messages were passed over:
         the positive training pairs (both directions when the graph is undirected). Pairs of the
@@ -291,6 +317,7 @@ device, sparse_backend, random_state, verbose
         "n_negatives": [Interval(Integral, 0, None, closed="left")],
         "negative_sampling": [StrOptions({"exclude", "uniform"})],
         "negative_nodes": [Interval(Integral, 0, None, closed="left"), StrOptions({"batch_size"})],
+        "partner_nodes": [Interval(Integral, 0, None, closed="left"), StrOptions({"batch_size"})],
     }
 
     def __init__(
@@ -303,6 +330,7 @@ device, sparse_backend, random_state, verbose
         n_negatives: int = 1,
         negative_sampling: str = "exclude",
         negative_nodes: int | str = "batch_size",
+        partner_nodes: int | str = 0,
         heads: int | None = None,
         n_codewords: int = 256,
         codeword_dim: int | str = "auto",
@@ -359,20 +387,47 @@ device, sparse_backend, random_state, verbose
         self.n_negatives = n_negatives
         self.negative_sampling = negative_sampling
         self.negative_nodes = negative_nodes
+        self.partner_nodes = partner_nodes
 
     # -- training hooks --------------------------------------------------------------------------
     def _make_head(self) -> LinkHead:
         return LinkHead(self.decoder, self.embedding_dim, self.dropout)
 
     def _extend_batch(self, nodes: np.ndarray) -> np.ndarray:
-        """Add ``negative_nodes`` uniformly drawn nodes to the batch as negative partners."""
+        """Add ``partner_nodes`` positive partners from outside the batch, then
+        ``negative_nodes`` uniformly drawn nodes as negative partners, to the batch."""
+        extra = [nodes]
+        size = len(nodes) if self.partner_nodes == "batch_size" else int(self.partner_nodes)
+        if size:
+            _, partners, targets = self._incidences.of(nodes)
+            outside = np.ones(len(self._position), dtype=bool)
+            outside[nodes] = False
+            partners = partners[(targets == 1) & outside[partners]]
+            if len(partners):
+                # by incidence: a partner of several batch nodes brings several pairs
+                drawn = partners[self._rng.integers(len(partners), size=size)]
+                extra.append(np.unique(drawn))
         size = len(nodes) if self.negative_nodes == "batch_size" else int(self.negative_nodes)
-        if size == 0:
-            self._pool = None
+        self._pool = None
+        if size:
+            self._pool = self._rng.integers(len(self._position), size=size)
+            extra.append(self._pool)
+        if len(extra) == 1:
             return nodes
-        pool = self._rng.integers(len(self._position), size=size)
-        self._pool = pool
-        return np.concatenate([nodes, np.setdiff1d(pool, nodes)])
+        added = np.unique(np.concatenate(extra[1:]))
+        return np.concatenate([nodes, added[~np.isin(added, nodes)]])
+
+    def _crossing_fraction(self, graph: Graph, positives: np.ndarray, seed: int) -> float:
+        """Share of the positive pairs whose endpoints fall in different batches of an epoch
+        (0 in full-graph mode)."""
+        n = graph.n_nodes
+        if len(positives) == 0 or self._effective_batch_size(n) >= n:
+            return 0.0
+        which = np.empty(n, dtype=np.int64)
+        sampler = self._sampler_for(graph, seed)
+        for i, batch in enumerate(sampler.epoch(np.random.default_rng(seed))):
+            which[batch] = i
+        return float(np.mean(which[positives[:, 0]] != which[positives[:, 1]]))
 
     def _loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:
         batch = nodes.cpu().numpy()
@@ -529,6 +584,7 @@ device, sparse_backend, random_state, verbose
         self._n_targets = self._incidences.total + self.n_negatives * self._incidences.n_positive
         self.classes_ = np.array([0, 1])
         self.n_features_in_ = graph.n_features
+        self.crossing_fraction_ = self._crossing_fraction(mp_graph, pairs[targets == 1], seed)
         try:
             with torch.random.fork_rng(devices=[]):
                 self._fit_graph(mp_graph.nodes(), val_nodes, seed)

@@ -302,6 +302,13 @@ CASES = [
         InvalidParameterError,
         "decoder",
     ),
+    Case(
+        "partner_nodes",
+        "-1",
+        lambda: VQGNNLinkPredictor(partner_nodes=-1, **FAST).fit(A, X),
+        InvalidParameterError,
+        "partner_nodes",
+    ),
 ]
 
 

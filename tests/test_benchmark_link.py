@@ -111,23 +111,53 @@ def test_link_section_tables_and_bars(tmp_path):
     ]
     assert _cells(page, "| gcn | full")[6:8] == ["(reference)", "(reference)"]
     assert _cells(page, "| sage | VQ")[6:8] == ["n/a", "n/a"]
-    # measured, threshold, result
+    # VQ row, measured, threshold, result
     assert _cells(page, "| cora / gcn: VQ (n/8) ≥ full − 1 point, ROC AUC")[1:] == [
+        "VQ, batch n/8",
         "0.900",
         "0.905 − 0.010 = 0.895",
         "**PASS**",
     ]
     assert _cells(page, "| cora / gcn: VQ (n/8) ≥ full − 1 point, Hits@50")[1:] == [
+        "VQ, batch n/8",
         "0.500",
         "0.520 − 0.010 = 0.510",
         "**FAIL**",
     ]
-    assert _cells(page, "| cora / sage: VQ (n/8) ≥ full − 1 point, ROC AUC")[3] == "NOT RUN"
-    assert _cells(page, "| twitch-en / gcn: VQ (n/8) ≥ full − 1 point, Hits@50")[3] == "NOT RUN"
+    assert _cells(page, "| cora / sage: VQ (n/8) ≥ full − 1 point, ROC AUC")[4] == "NOT RUN"
+    assert _cells(page, "| twitch-en / gcn: VQ (n/8) ≥ full − 1 point, Hits@50")[1:] == [
+        "none",
+        "–",
+        "–",
+        "NOT RUN",
+    ]
 
     # a second run replaces the section instead of adding one
     link_prediction.main(["--from-json", str(saved), "--out", str(out)])
     assert out.read_text().count(LINK_SECTION_START) == 1
+
+
+def test_bars_take_the_vq_mode_of_best_validation_auc(tmp_path):
+    """The partners row enters the bars only when its validation ROC AUC is higher, whatever its
+    test metrics."""
+    full = _record("gcn", "full", test_roc_auc=0.90, test_hits50=0.50, val_roc_auc=0.9)
+    plain = _record("gcn", "vq", test_roc_auc=0.85, test_hits50=0.40, val_roc_auc=0.86)
+    for val, test, chosen, result in (
+        (0.87, 0.95, "VQ, batch n/8, partners", "**PASS**"),
+        (0.85, 0.95, "VQ, batch n/8", "**FAIL**"),
+        (0.86, 0.95, "VQ, batch n/8", "**FAIL**"),  # a tie keeps the default
+    ):
+        partners = _record(
+            "gcn", "vq-partners", test_roc_auc=test, test_hits50=0.6, val_roc_auc=val
+        )
+        saved = _save(tmp_path / "lp.json", [plain, partners, full])
+        out = tmp_path / "page.md"
+        out.write_text("# Page\n")
+        link_prediction.main(["--from-json", str(saved), "--out", str(out)])
+        page = out.read_text()
+        cells = _cells(page, "| cora / gcn: VQ (n/8) ≥ full − 1 point, ROC AUC")
+        assert cells[1] == chosen and cells[4] == result
+        assert _cells(page, "| gcn | VQ, batch n/8, partners |")[3] == "0.950 ± 0.000"
 
 
 def test_node_classification_carries_the_link_section_over(tmp_path):

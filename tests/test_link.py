@@ -1,5 +1,8 @@
 """VQGNNLinkPredictor: the API of the issue, no leakage, negatives, exactness, persistence."""
 
+import collections
+from unittest import mock
+
 import joblib
 import numpy as np
 import pytest
@@ -218,7 +221,7 @@ def test_negative_partners_are_drawn_uniformly_from_the_whole_graph():
     t = np.ones(len(pairs), dtype=np.int64)
     batch = np.arange(10)  # one "region" of the graph
     for size in (0, 8):
-        lp = VQGNNLinkPredictor(n_negatives=1, negative_nodes=size)
+        lp = VQGNNLinkPredictor(n_negatives=1, negative_nodes=size, partner_nodes=0)
         lp._incidences = _Incidences(pairs, t, n)
         lp._negatives = _NegativeSampler(n, None)
         lp._rng = np.random.default_rng(1)
@@ -251,6 +254,95 @@ def test_negative_partners_are_drawn_uniformly_from_the_whole_graph():
         counts = np.bincount(np.concatenate(drawn), minlength=n)
         assert counts.min() > 0 and np.isin(partners, batch, invert=True).mean() > 0.7
         assert counts.max() < 3 * counts.mean()
+
+
+def test_positive_partners_from_outside_the_batch_join_it():
+    """``partner_nodes`` adds positive partners of batch nodes from outside the batch, drawn by
+    incidence, so that pairs crossing the batch's border are trained; never a node that is only
+    a negative pair's partner, and none with ``partner_nodes=0``."""
+    n = 40
+    batch = np.arange(10)
+    inner = np.array([[0, 1], [2, 3]])
+    crossing = np.array([[0, 20], [1, 20], [2, 20], [3, 21], [4, 22], [5, 23]])
+    negative = np.array([[6, 30], [7, 31]])
+    far = np.array([[35, 36]])  # no endpoint in the batch
+    pairs = np.concatenate([inner, crossing, negative, far])
+    t = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1])
+    for size, expected in ((0, set()), (2, None), ("batch_size", {20, 21, 22, 23})):
+        lp = VQGNNLinkPredictor(negative_nodes=0, partner_nodes=size)
+        lp._incidences = _Incidences(pairs, t, n)
+        lp._rng = np.random.default_rng(0)
+        lp._position = np.full(n, -1, dtype=np.int64)
+        seen = collections.Counter()
+        for _ in range(400):
+            nodes = lp._extend_batch(batch)
+            assert np.array_equal(nodes[: len(batch)], batch)
+            assert len(np.unique(nodes)) == len(nodes)
+            added = set(nodes[len(batch) :].tolist())
+            assert added <= {20, 21, 22, 23}
+            if size == 0:
+                assert added == expected
+            elif size == 2:
+                assert 1 <= len(added) <= 2
+            seen.update(added)
+        if size == "batch_size":
+            assert set(seen) == expected
+        if size == 2:
+            # by incidence: node 20 has three of the six crossing incidences
+            assert seen[20] > 1.5 * max(seen[21], seen[22], seen[23])
+
+
+def test_crossing_fraction_is_the_share_of_positive_pairs_split_by_an_epoch():
+    """``crossing_fraction_``: the share of positive pairs whose endpoints fall in different
+    batches of an epoch: most pairs with small random batches, one pair of 871 for two cliques
+    that are one METIS part each, none in full-graph mode."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4)).astype(np.float32)
+    fast = dict(max_epochs=1, random_state=0, hidden_layer_sizes=(8,), embedding_dim=8)
+    A = random_graph(60, 6.0, seed=0)
+    lp = VQGNNLinkPredictor(batch_size=10, sampler="random", n_codewords=8, **fast).fit(A, X)
+    assert 0.7 < lp.crossing_fraction_ < 0.95  # about 5/6 with batches of 1/6 of the nodes
+    clique = np.ones((30, 30)) - np.eye(30)
+    B = sp.lil_array(sp.block_diag([clique, clique]))
+    B[0, 30] = B[30, 0] = 1
+    B = sp.csr_array(B)
+    lp = VQGNNLinkPredictor(batch_size=30, parts_per_batch=1, n_codewords=8, **fast).fit(B, X)
+    assert lp.crossing_fraction_ == pytest.approx(1 / 871)
+    assert VQGNNLinkPredictor(batch_size=None, **fast).fit(A, X).crossing_fraction_ == 0.0
+
+
+def test_partner_nodes_train_the_crossing_pairs():
+    """With ``partner_nodes`` the crossing pairs are scored in training: the pairs scored in an
+    epoch cover most positive pairs, against about the in-batch share without."""
+    A = random_graph(80, 5.0, seed=3)
+    X = np.random.default_rng(0).normal(size=(80, 4)).astype(np.float32)
+    covered = {}
+    for partners in (0, "batch_size"):
+        lp = VQGNNLinkPredictor(
+            batch_size=10,
+            sampler="random",
+            partner_nodes=partners,
+            negative_nodes=0,
+            max_epochs=1,
+            random_state=0,
+            hidden_layer_sizes=(8,),
+            embedding_dim=8,
+            n_codewords=8,
+        )
+        seen = []
+        loss = VQGNNLinkPredictor._loss
+
+        def spy(self, logits, nodes, seen=seen, loss=loss):
+            batch = nodes.numpy()
+            _, partners, targets = self._incidences.of(batch)
+            seen.append(int(((targets == 1) & np.isin(partners, batch)).sum()))
+            return loss(self, logits, nodes)
+
+        with mock.patch.object(VQGNNLinkPredictor, "_loss", spy):
+            lp.fit(A, X)
+        covered[partners] = sum(seen) / (2 * sp.triu(A, 1).nnz)
+    assert covered[0] < 0.25  # about b / n = 1/8 of the pairs fall inside a random batch
+    assert covered["batch_size"] > 0.5
 
 
 def test_embeddings_are_exact_at_k_n_with_identity_assignment():

@@ -268,6 +268,7 @@ def link_problems(draw: Any, backbone: str) -> tuple[Any, Any, np.ndarray, dict]
         n_negatives=draw(st.integers(1, 2)),
         negative_sampling=draw(st.sampled_from(["exclude", "uniform"])),
         negative_nodes=draw(st.one_of(st.just("batch_size"), st.integers(0, n))),
+        partner_nodes=draw(st.one_of(st.just("batch_size"), st.integers(0, n))),
     )
     node = st.integers(0, n - 1)
     pairs = np.asarray(draw(st.lists(st.tuples(node, node), max_size=12)), dtype=np.int64)
