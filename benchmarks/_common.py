@@ -506,7 +506,7 @@ def provenance_lines(
         f"{', '.join(map(str, max_epochs))} ({epochs_note}); every other parameter of "
         f"`{estimator}` at its default"
         + (
-            ", except the recipes below (`params` of each record)."
+            ", except the `params` of each record, given on this page with its mode or recipe."
             if any(r.get("params") for r in records)
             else "."
         ),
