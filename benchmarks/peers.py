@@ -57,9 +57,14 @@ METHOD_LABELS = {
     "cluster-gcn": "Cluster-GCN (PyG, METIS batches)",
     "random-node": "random-node subgraphs (PyG `RandomNodeLoader`)",
     "vq": "VQ-GNN (skvqgnn, batch n/8)",
+    "vq-k1024": "VQ-GNN (skvqgnn, batch n/8, 1024 codewords)",
     "full": "skvqgnn full graph",
 }
 PYG_METHODS = ("pyg-full", "cluster-gcn", "random-node")
+# VQ-GNN with its defaults, and with n_codewords=1024: the bars take the one of best mean
+# validation accuracy, as a grid search over n_codewords would
+VQ_METHODS = ("vq", "vq-k1024")
+METHOD_PARAMS = {"vq-k1024": {"n_codewords": 1024}}
 PEER_BACKBONES = ("gcn", "sage")
 N_BATCHES = 8  # steps of an epoch for the mini-batch methods: n // 8 nodes each
 DEVICE = "cpu"  # every method on the same device
@@ -431,8 +436,9 @@ def fit_with_clock(clf: Any, clock: TrainingClock, *fit_args: Any) -> Any:
 
 
 def train_skvqgnn(method: str, backbone: str, dataset: Any, seed: int, settings: Record) -> Record:
-    """Fit and measure ``VQGNNClassifier`` (``"vq"``: ``batch_size = n // 8``; ``"full"``:
-    ``batch_size=None``) with its defaults, in this process.
+    """Fit and measure ``VQGNNClassifier`` (``"vq"``: ``batch_size = n // 8``; ``"vq-k1024"``:
+    the same with ``n_codewords=1024``; ``"full"``: ``batch_size=None``) with its defaults
+    otherwise, in this process.
 
     The estimator's own training loop runs unchanged; its epochs are counted by a
     `TrainingClock` standing in for its progress bar, which evaluates the live model
@@ -442,7 +448,7 @@ def train_skvqgnn(method: str, backbone: str, dataset: Any, seed: int, settings:
     Returns
     -------
     dict
-        As `train_pyg`, plus for ``"vq"`` the median time, test accuracy and agreement of
+        As `train_pyg`, plus for VQ-GNN the median time, test accuracy and agreement of
         exact inference (``inference="exact"``) next to the default VQ inference.
     """
     import numpy as np
@@ -451,13 +457,14 @@ def train_skvqgnn(method: str, backbone: str, dataset: Any, seed: int, settings:
 
     A, X, y, split = dataset
     n = A.shape[0]
-    batch_size = n // N_BATCHES if method == "vq" else None
+    batch_size = n // N_BATCHES if method in VQ_METHODS else None
     clf = _probed_classifier(
         backbone=backbone,
         batch_size=batch_size,
         random_state=seed,
         max_epochs=settings["max_epochs"],
         device=DEVICE,
+        **METHOD_PARAMS.get(method, {}),
     )
     labels = np.where(split.train_mask, y, -1)
     evaluated = np.flatnonzero(split.val_mask | split.test_mask)
@@ -481,14 +488,15 @@ def train_skvqgnn(method: str, backbone: str, dataset: Any, seed: int, settings:
         **_rss(baseline, peak),
     }
     # VQ-GNN: its default VQ inference and exact inference of the same model; full graph: exact
-    timed = {"inference_time_s": "vq", "exact_time_s": "exact"} if method == "vq" else {}
+    vq = method in VQ_METHODS
+    timed = {"inference_time_s": "vq", "exact_time_s": "exact"} if vq else {}
     predictions = {}
     for key, inference in (timed or {"inference_time_s": "exact"}).items():
         clf.set_params(inference=inference)
         predictions[inference] = clf.predict(Graph(A, X))  # untimed: code paths loaded once
         graphs = [Graph(A, X) for _ in range(INFERENCE_REPEATS)]  # fresh, their caches empty
         record[key] = _median_time(clf.predict, graphs)
-    if method == "vq":
+    if vq:
         record["exact_test_acc"] = accuracies(predictions["exact"], y, split)[1]
         record["agreement"] = float(np.mean(predictions["vq"] == predictions["exact"]))
     return record
@@ -719,14 +727,28 @@ def ratio_table(records: list[Record], dataset: str, backbones: list[str]) -> li
     return lines
 
 
+def chosen_vq_method(records: list[Record], dataset: str, backbone: str) -> str | None:
+    """The VQ-GNN method of a dataset and backbone with the best mean validation accuracy
+    (the default ``"vq"`` on a tie); ``None`` without VQ-GNN runs."""
+    scored = [
+        (mean_of(runs, "val_acc"), -i, method)
+        for i, method in enumerate(VQ_METHODS)
+        if (runs := _runs(records, dataset, backbone, method))
+    ]
+    return max(scored)[2] if scored else None
+
+
 def _bars(records: list[Record], datasets: list[str], backbones: list[str]) -> list[str]:
-    lines = ["| bar | measured | threshold | result |", "|---|---|---|---|"]
+    lines = ["| bar | VQ-GNN row | measured | threshold | result |", "|---|---|---|---|---|"]
     for dataset in datasets:
         for backbone in backbones:
-            vq = mean_of(_runs(records, dataset, backbone, "vq"), "test_acc")
+            method = chosen_vq_method(records, dataset, backbone)
+            vq = mean_of(_runs(records, dataset, backbone, method), "test_acc") if method else None
             pyg = mean_of(_runs(records, dataset, backbone, "pyg-full"), "test_acc")
             bar = f"{dataset} / {backbone}: VQ-GNN ≥ PyG full graph − {BAR_POINTS:g} point"
-            lines.append(bar_row(bar, vq, pyg))
+            cells = bar_row(bar, vq, pyg).split(" | ")
+            label = METHOD_LABELS[method] if method else "none"
+            lines.append(" | ".join([cells[0], label, *cells[1:]]))
     return lines
 
 
@@ -832,7 +854,10 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
     lines += [
         "### Bars",
         "",
-        "Checked automatically on the mean test accuracy over the seeds.",
+        "Checked automatically on the mean test accuracy over the seeds. Of the two VQ-GNN "
+        "rows, a dataset and backbone's bar uses the one of higher mean validation accuracy "
+        "(the validation nodes choose `n_codewords`, 256 or 1024; the test nodes play no part "
+        "in the choice).",
         "",
         *_bars(records, datasets, backbones),
         SECTION_END,
