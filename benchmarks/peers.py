@@ -799,7 +799,8 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
         f"num_parts={N_BATCHES}, shuffle=True)`, one step per random node set on its induced "
         "subgraph. Both take the mean loss over the batch's training nodes and skip a batch "
         "without any. *VQ-GNN* is `VQGNNClassifier(backbone, "
-        f"batch_size=n // {N_BATCHES}, random_state=seed)` and *skvqgnn full graph* is "
+        f"batch_size=n // {N_BATCHES}, random_state=seed)`, its *1024 codewords* row the same "
+        "with `n_codewords=1024` (the default is 256), and *skvqgnn full graph* is "
         "`batch_size=None`, every other parameter at its default. The seed drives "
         "initialisation, dropout, METIS and the batch order.",
         "- Splits: the public Planetoid split for cora and citeseer; for twitch-en the "
