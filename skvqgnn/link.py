@@ -400,9 +400,12 @@ device, sparse_backend, random_state, verbose
         size = len(nodes) if self.partner_nodes == "batch_size" else int(self.partner_nodes)
         if size:
             _, partners, targets = self._incidences.of(nodes)
-            outside = np.ones(len(self._position), dtype=bool)
-            outside[nodes] = False
-            partners = partners[(targets == 1) & outside[partners]]
+            position = self._position  # -1 outside the batch; reset below (O(batch) a step)
+            position[nodes] = 0
+            try:
+                partners = partners[(targets == 1) & (position[partners] < 0)]
+            finally:
+                position[nodes] = -1
             if len(partners):
                 # by incidence: a partner of several batch nodes brings several pairs
                 drawn = partners[self._rng.integers(len(partners), size=size)]
