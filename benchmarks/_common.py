@@ -468,17 +468,25 @@ def dataset_table(
     return lines
 
 
-def bar_row(bar: str, vq: float | None, full: float | None) -> str:
+def bar_row(bar: str, vq: float | None, full: float | None, row: str | None = None) -> str:
     """Bars table row checking ``vq ≥ full − BAR_POINTS / 100``; NOT RUN when either is
-    missing."""
+    missing. ``row``: a cell after the bar's name saying which row was measured."""
+    head = f"| {bar} | " + ("" if row is None else f"{row} | ")
     if vq is None or full is None:
-        return f"| {bar} | – | – | NOT RUN |"
+        return f"{head}– | – | NOT RUN |"
     threshold = full - BAR_POINTS / 100
     result = "PASS" if vq >= threshold else "FAIL"
     return (
-        f"| {bar} | {vq:.3f} | {full:.3f} − {BAR_POINTS / 100:.3f} = {threshold:.3f} "
-        f"| **{result}** |"
+        f"{head}{vq:.3f} | {full:.3f} − {BAR_POINTS / 100:.3f} = {threshold:.3f} | **{result}** |"
     )
+
+
+def best_on_validation(candidates: list[tuple[str, list[Record] | None]], key: str) -> str | None:
+    """The mode, among ``(mode, runs)`` candidates in order of preference, whose runs have the
+    highest mean ``key`` (a validation score); the earlier one on a tie, ``None`` when no
+    candidate has runs. The test scores play no part."""
+    scored = [(mean_of(runs, key), -i, mode) for i, (mode, runs) in enumerate(candidates) if runs]
+    return max(scored)[2] if scored else None
 
 
 def provenance_lines(

@@ -25,6 +25,7 @@ from _common import (
     LINK_SECTION_START,
     Record,
     bar_row,
+    best_on_validation,
     dataset_table,
     delta_points,
     fit_measured,
@@ -136,29 +137,19 @@ def _metric_cells(mode: str, runs: list[Record], full: list[Record] | None) -> l
     ]
 
 
-def chosen_vq_mode(groups: dict[tuple[str, str, str], list[Record]], dataset: str, backbone: str):
-    """The VQ mode of a dataset and backbone with the best mean validation ROC AUC (``"vq"`` on
-    a tie or when only it has runs); ``None`` without VQ runs."""
-    scored = [
-        (mean_of(groups[key], "val_roc_auc"), -i, mode)
-        for i, mode in enumerate(VQ_MODES)
-        if (key := (dataset, backbone, mode)) in groups
-    ]
-    return max(scored)[2] if scored else None
-
-
 def _bars(groups: dict[tuple[str, str, str], list[Record]]) -> list[str]:
     lines = ["| bar | VQ row | measured | threshold | result |", "|---|---|---|---|---|"]
     for dataset in DATASETS:
         for backbone in BAR_BACKBONES:
-            mode = chosen_vq_mode(groups, dataset, backbone)
+            mode = best_on_validation(
+                [(m, groups.get((dataset, backbone, m))) for m in VQ_MODES], "val_roc_auc"
+            )
             label = MODE_LABELS.get(mode, "none")
             for key, metric in BAR_METRICS.items():
                 vq = mean_of(groups.get((dataset, backbone, mode)), key)
                 full = mean_of(groups.get((dataset, backbone, "full")), key)
                 bar = f"{dataset} / {backbone}: VQ (n/8) ≥ full − {BAR_POINTS:g} point, {metric}"
-                cells = bar_row(bar, vq, full).split(" | ")
-                lines.append(" | ".join([cells[0], label, *cells[1:]]))
+                lines.append(bar_row(bar, vq, full, row=label))
     return lines
 
 

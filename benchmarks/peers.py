@@ -41,6 +41,7 @@ from _common import (
     Record,
     _max_rss_mib,
     bar_row,
+    best_on_validation,
     load_dataset,
     mean_of,
     mean_std,
@@ -730,12 +731,8 @@ def ratio_table(records: list[Record], dataset: str, backbones: list[str]) -> li
 def chosen_vq_method(records: list[Record], dataset: str, backbone: str) -> str | None:
     """The VQ-GNN method of a dataset and backbone with the best mean validation accuracy
     (the default ``"vq"`` on a tie); ``None`` without VQ-GNN runs."""
-    scored = [
-        (mean_of(runs, "val_acc"), -i, method)
-        for i, method in enumerate(VQ_METHODS)
-        if (runs := _runs(records, dataset, backbone, method))
-    ]
-    return max(scored)[2] if scored else None
+    candidates = [(m, _runs(records, dataset, backbone, m)) for m in VQ_METHODS]
+    return best_on_validation(candidates, "val_acc")
 
 
 def _bars(records: list[Record], datasets: list[str], backbones: list[str]) -> list[str]:
@@ -746,9 +743,8 @@ def _bars(records: list[Record], datasets: list[str], backbones: list[str]) -> l
             vq = mean_of(_runs(records, dataset, backbone, method), "test_acc") if method else None
             pyg = mean_of(_runs(records, dataset, backbone, "pyg-full"), "test_acc")
             bar = f"{dataset} / {backbone}: VQ-GNN ≥ PyG full graph − {BAR_POINTS:g} point"
-            cells = bar_row(bar, vq, pyg).split(" | ")
             label = METHOD_LABELS[method] if method else "none"
-            lines.append(" | ".join([cells[0], label, *cells[1:]]))
+            lines.append(bar_row(bar, vq, pyg, row=label))
     return lines
 
 
