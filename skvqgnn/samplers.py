@@ -62,11 +62,18 @@ def metis_partition(A: sp.csr_array, n_parts: int, seed: int) -> np.ndarray:
     S.sort_indices()
     if S.nnz == 0:  # no edges: balanced arbitrary parts
         return np.arange(n, dtype=np.int64) % n_parts
-    result = pymetis.part_graph(
-        n_parts,
-        pymetis.CSRAdjacency(S.indptr.astype(np.int64), S.indices.astype(np.int64)),
-        options=pymetis.Options(seed=int(seed)),
-    )
+    try:
+        result = pymetis.part_graph(
+            n_parts,
+            pymetis.CSRAdjacency(S.indptr.astype(np.int64), S.indices.astype(np.int64)),
+            options=pymetis.Options(seed=int(seed)),
+        )
+    except RuntimeError as exc:  # pymetis gives no message of its own for METIS's failures
+        raise RuntimeError(
+            f"METIS could not partition the graph ({n:,} nodes, {S.nnz:,} adjacency entries), "
+            f"most likely out of memory: pymetis raised {exc!r}, which is how an allocation "
+            "failure inside METIS surfaces. sampler='random' needs no partition"
+        ) from exc
     return np.asarray(result[1], dtype=np.int64)
 
 

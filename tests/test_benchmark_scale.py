@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pymetis
 import pytest
+
+from skvqgnn.samplers import metis_partition
+
+from .conftest import random_graph
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -162,6 +167,19 @@ def test_out_of_memory_inside_a_stage_is_a_record_other_errors_are_raised(monkey
     record = scale.run_config({"n_nodes": 10})
     assert record["fits"] is False and record["failed_stage"] == "fit"
     assert "can't allocate memory" in record["reason"]
+
+    def metis(spec, record):
+        record["failed_stage"] = "fit"
+        metis_partition(random_graph(50, 4, seed=0), 4, 0)
+
+    def no_memory(*args, **kwargs):  # what pymetis raises when METIS cannot allocate
+        raise RuntimeError("Caught an unknown exception!")
+
+    monkeypatch.setattr(pymetis, "part_graph", no_memory)
+    monkeypatch.setattr(scale, "measure", metis)
+    record = scale.run_config({"n_nodes": 10})
+    assert record["fits"] is False and record["failed_stage"] == "fit"
+    assert record["reason"].startswith("RuntimeError: METIS could not partition the graph")
 
     def broken(spec, record):
         raise RuntimeError("shape mismatch")

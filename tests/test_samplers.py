@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from skvqgnn.datasets import make_csbm
 from skvqgnn.samplers import ClusterSampler, RandomNodeSampler, metis_partition
@@ -50,3 +51,17 @@ def test_metis_is_deterministic_for_a_seed_and_handles_edge_cases():
     assert np.array_equal(metis_partition(A[:3][:, :3], 5, 0), np.arange(3))
     empty = random_graph(10, 0, seed=0)
     assert len(np.unique(metis_partition(empty, 2, 0))) == 2
+
+
+def test_a_metis_failure_names_the_graph_and_the_way_out(monkeypatch):
+    import pymetis
+
+    def fail(*args, **kwargs):  # what pymetis raises when METIS cannot allocate (RLIMIT_AS)
+        raise RuntimeError("Caught an unknown exception!")
+
+    monkeypatch.setattr(pymetis, "part_graph", fail)
+    A = random_graph(200, 5, seed=1)
+    with pytest.raises(RuntimeError, match=r"200 nodes, .*most likely out of memory") as info:
+        metis_partition(A, 4, 0)
+    assert "sampler='random'" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)
