@@ -27,8 +27,8 @@ the training edges had their endpoints in different batches of an epoch, against
 and citeseer). Without the partners those pairs are trained only in the epochs where their parts
 meet. The partners are drawn by incidence (a node adjacent to several batch nodes brings several
 pairs) and are ordinary batch rows that anchor pairs like the others. They helped gcn on
-twitch-en and did harm elsewhere, sage on twitch-en most; ``doc/link_prediction.md`` has the
-measurements.
+twitch-en and citeseer, made little difference to gcn on cora and did harm with sage, on
+twitch-en most; ``doc/link_prediction.md`` has the measurements.
 
 Why the drawn nodes: negatives taken from the batch itself are, with the cluster sampler, nodes
 of the same few METIS parts, while test negatives are uniform pairs, mostly far apart, which the
