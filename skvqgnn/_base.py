@@ -35,7 +35,7 @@ from .sketch import (
     group_by_codes,
     resolve_backend,
     split_batch_edges,
-    to_torch_sparse,
+    to_torch_sketch,
 )
 from .vq import AssignmentTable, ProductCodebook
 
@@ -184,7 +184,7 @@ def make_batch(
     intra: list = []
     for e, kind in zip(edges, data.kinds, strict=True):
         if kind == "fixed":
-            intra.append(to_torch_sparse(e.intra(), device))
+            intra.append(e.intra_tensor(device))
         elif kind == "attention":
             intra.append((_long(e.in_rows, device), _long(e.in_cols, device)))
         else:
@@ -220,9 +220,9 @@ def make_batch(
                 te = te.keep_out(receivers)
             sketch = tsketch = fwd = back = None
             if kind == "fixed":
-                sketch = to_torch_sparse(codeword_sketch(e, codes, n_codewords), device)
+                sketch = to_torch_sketch(codeword_sketch(e, codes, n_codewords), device)
                 if te is not None:
-                    tsketch = to_torch_sparse(codeword_sketch(te, codes, n_codewords), device)
+                    tsketch = to_torch_sketch(codeword_sketch(te, codes, n_codewords), device)
             elif kind == "attention":
                 fwd = _groups(e.out_rows, e.out_nodes, codes, device)
                 if te is not None:

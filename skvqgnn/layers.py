@@ -654,7 +654,7 @@ class Batch:
         ``None`` for a learnable convolution, which aggregates ``raw`` instead
     intra : per convolution, ``C_in`` as sparse (b, b) for a fixed one, (rows, cols) of the mask
         inside the batch for a masked attention, ``None`` otherwise
-    sketches : per VQ layer, per convolution, the codeword sketch (b·P, P·k) or ``None``
+    sketches : per VQ layer, per convolution, the codeword sketch (P·b, P·k) or ``None``
     transposed : like ``sketches`` for the transposed sketch; empty when not training
     raw : input features of the batch rows then of their out-of-batch neighbours under the
         attention masks (exact: the first layer has no codebook); ``None`` without attention
@@ -785,10 +785,10 @@ class VQGNN(nn.Module):
         return self.layers[i].attention[sum(k in ("attention", "global") for k in self.kinds[:s])]
 
     def _out_of_batch(self, sketch: Tensor | None, words: Tensor, cb: ProductCodebook) -> Tensor:
-        """Sketch (b·P, P·k) times stacked codewords (P, k, D) -> (b, f)."""
+        """Sketch (P·b, P·k) times stacked codewords (P, k, D) -> (b, f)."""
         P, k, D = words.shape
         out = spmm(sketch, words.reshape(P * k, D), self.sparse_backend)
-        return cb.merge(out.reshape(-1, P, D))
+        return cb.merge(out.reshape(P, -1, D).transpose(0, 1))
 
     def blue_messages(self, batch: Batch, level: int, x: Tensor) -> Tensor | None:
         """Eq. 7's out-of-batch gradient for the input ``x`` (b, f) of VQ layer ``level``."""

@@ -5,8 +5,8 @@ For a batch ``B`` of ``b`` nodes and a convolution ``C`` (host CSR, full graph):
 * ``C_in = C[B][:, B]`` (b × b): intra-batch messages, exact.
 * the codeword sketch ``C̃_out R`` of the out-of-batch messages: for row ``i``, slice ``p`` and
   codeword ``v``, the sum of ``C_ij`` over out-of-batch senders ``j`` with ``r_p(j) = v``. Stored as
-  one sparse matrix of shape (b·P, P·k) so that a single product with the stacked codewords
-  (P·k, D) gives every slice's out-of-batch messages at once.
+  one sparse matrix of shape (P·b, P·k), slice-major, so that a single product with the stacked
+  codewords (P·k, D) gives every slice's out-of-batch messages at once.
 * the transposed sketch ``(Cᵀ)_out R``: for batch sender ``j`` and codeword ``v`` the sum of
   ``C_ij`` over out-of-batch receivers ``i`` with ``r_p(i) = v``; it carries the gradient
   codewords back to the batch (the "blue" messages of Eq. 7).
@@ -17,6 +17,7 @@ is counted twice, and intra-batch messages carry exactly ``C_ij``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
     "codeword_sketch",
     "group_by_codes",
     "to_torch_sparse",
+    "to_torch_sketch",
     "spmm",
 ]
 
@@ -64,6 +66,24 @@ class BatchEdges:
         """``C_in`` as a (b, b) CSR matrix."""
         return sp.csr_array((self.in_vals, (self.in_rows, self.in_cols)), shape=(self.b, self.b))
 
+    def intra_tensor(self, device: torch.device) -> Tensor:
+        """``C_in`` as a coalesced torch COO tensor (b, b) on ``device``.
+
+        The entries are already in coalesced order when the batch is sorted by node id (rows of
+        a canonical CSR, columns mapped monotonically), as every sampler's batches are; others
+        go through scipy to be sorted and summed.
+        """
+        key = self.in_rows * self.b + self.in_cols
+        if len(key) > 1 and np.any(key[1:] <= key[:-1]):
+            return to_torch_sparse(self.intra(), device)
+        return torch.sparse_coo_tensor(
+            torch.from_numpy(np.vstack([self.in_rows, self.in_cols]).astype(np.int64)),
+            torch.from_numpy(np.asarray(self.in_vals, dtype=np.float32)),
+            (self.b, self.b),
+            is_coalesced=True,
+            check_invariants=False,
+        ).to(device)
+
 
 def gather_rows(C: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """COO entries (local row, column, value) of ``C[rows]`` without building a sub-matrix."""
@@ -93,17 +113,50 @@ def split_batch_edges(C: sp.csr_array, batch: np.ndarray, position: np.ndarray) 
 
 
 def codeword_sketch(edges: BatchEdges, codes: np.ndarray, n_codewords: int) -> sp.csr_array:
-    """The (b·P, P·k) sketch of the out-of-batch entries of ``edges`` under ``codes`` (n, P)."""
+    """The (P·b, P·k) sketch of the out-of-batch entries of ``edges`` under ``codes`` (n, P).
+
+    Slice-major: row ``p·b + i`` is batch row ``i`` in slice ``p``, column ``p·k + v`` codeword
+    ``v`` of slice ``p``. Built in O(E·P) without sorting: a row holds one entry per out-of-batch
+    entry of its batch row, so two senders with the same codeword are two entries of one column.
+    The CSR matrix is therefore not canonical (duplicates, unsorted columns); a product sums the
+    duplicates, which is the sketch's definition. ``to_torch_sketch`` makes it what the device's
+    sparse kernel accepts.
+    """
     P = codes.shape[1]
-    k = n_codewords
-    slices = np.arange(P, dtype=np.int64)
-    node_codes = codes[edges.out_nodes].astype(np.int64)  # (E, P)
-    rows = (edges.out_rows[:, None] * P + slices).ravel()
-    cols = (node_codes + slices * k).ravel()
-    vals = np.repeat(edges.out_vals, P)
-    sketch = sp.csr_array((vals, (rows, cols)), shape=(edges.b * P, P * k))  # sums duplicates
-    sketch.sort_indices()
-    return sketch
+    b = edges.b
+    rows, nodes, vals = edges.out_rows, edges.out_nodes, edges.out_vals
+    if len(rows) > 1 and np.any(rows[1:] < rows[:-1]):
+        order = np.argsort(rows, kind="stable")
+        rows, nodes, vals = rows[order], nodes[order], vals[order]
+    offsets = np.arange(P, dtype=np.int64)[:, None] * n_codewords
+    indices = np.empty((P, len(rows)), dtype=np.int64)
+    np.add(codes[nodes].T, offsets, out=indices)  # slice p's block: its codes in entry order
+    indptr = np.zeros(P * b + 1, dtype=np.int64)
+    np.cumsum(np.tile(np.bincount(rows, minlength=b), P), out=indptr[1:])
+    data = np.tile(np.asarray(vals, dtype=np.float32), P)
+    return sp.csr_array((data, indices.ravel(), indptr), shape=(P * b, P * n_codewords))
+
+
+def to_torch_sketch(S: sp.csr_array, device: torch.device) -> Tensor:
+    """A (possibly non-canonical) sketch as a torch sparse tensor for ``device``'s kernel.
+
+    On the CPU a CSR tensor as built: torch's CSR product sums duplicate entries and does not
+    need sorted columns. Elsewhere (cuSPARSE assumes canonical CSR) the duplicates are summed
+    and the columns sorted on the host first, and the tensor is a coalesced COO one.
+    """
+    if device.type == "cpu":
+        with warnings.catch_warnings():  # torch warns once that CSR support is "in beta"
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(S.indptr),
+                torch.from_numpy(S.indices),
+                torch.from_numpy(S.data),
+                S.shape,
+                check_invariants=False,
+            )
+    S = S.copy()
+    S.sum_duplicates()
+    return to_torch_sparse(S, device)
 
 
 def group_by_codes(
@@ -162,8 +215,12 @@ def resolve_backend(backend: str) -> str:
 
 
 def spmm(M: Tensor, x: Tensor, backend: str = "torch") -> Tensor:
-    """Sparse (COO) times dense, differentiable in ``x``; ``backend`` picks the kernel."""
-    if backend == "torch_sparse":
+    """Sparse times dense, differentiable in ``x``; ``backend`` picks the kernel for COO ``M``.
+
+    A CSR ``M`` (a CPU codeword sketch) always goes to torch's CSR kernel, which sums the
+    sketch's duplicate entries.
+    """
+    if backend == "torch_sparse" and M.layout == torch.sparse_coo:
         from torch_sparse import SparseTensor, matmul
 
         idx = M.indices()

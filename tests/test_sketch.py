@@ -1,7 +1,10 @@
+from dataclasses import replace
+
 import numpy as np
 import scipy.sparse as sp
+import torch
 
-from skvqgnn.sketch import codeword_sketch, gather_rows, split_batch_edges
+from skvqgnn.sketch import codeword_sketch, gather_rows, split_batch_edges, to_torch_sketch
 
 from .conftest import random_graph
 
@@ -45,7 +48,7 @@ def test_codeword_sketch_sums_out_of_batch_weights_per_codeword():
         for p in range(P):
             for v in range(k):
                 senders = outside[codes[outside, p] == v]
-                assert np.isclose(S[i * P + p, p * k + v], dense[node, senders].sum())
+                assert np.isclose(S[p * len(batch) + i, p * k + v], dense[node, senders].sum())
     # in-batch neighbours never enter the sketch (no double counting)
     total_out = sum(dense[np.ix_(batch, outside)].sum(1))
     assert np.isclose(S.sum() / P, total_out)
@@ -62,3 +65,54 @@ def test_transposed_sketch_uses_receivers():
         for v in range(k):
             receivers = outside[codes[outside, 0] == v]
             assert np.isclose(T[j, v], dense[receivers, node].sum())
+
+
+def test_sketch_does_not_depend_on_the_order_of_out_of_batch_entries():
+    C, batch, position = _setup()
+    n, P, k = C.shape[0], 3, 2
+    codes = np.random.default_rng(3).integers(0, k, size=(n, P))
+    edges = split_batch_edges(C, batch, position)
+    order = np.random.default_rng(0).permutation(len(edges.out_rows))
+    shuffled = replace(
+        edges,
+        out_rows=edges.out_rows[order],
+        out_nodes=edges.out_nodes[order],
+        out_vals=edges.out_vals[order],
+    )
+    assert np.any(np.diff(shuffled.out_rows) < 0)
+    np.testing.assert_allclose(
+        codeword_sketch(shuffled, codes, k).toarray(),
+        codeword_sketch(edges, codes, k).toarray(),
+        rtol=1e-6,
+    )
+
+
+def test_torch_sketch_product_sums_duplicate_entries():
+    # k = 2 codewords and 6 neighbours per node: most rows hold the same column several times
+    C, batch, position = _setup()
+    n, P, k, D = C.shape[0], 2, 2, 3
+    codes = np.random.default_rng(4).integers(0, k, size=(n, P))
+    S = codeword_sketch(split_batch_edges(C, batch, position), codes, k)
+    S_canonical = S.copy()
+    S_canonical.sum_duplicates()
+    assert S_canonical.nnz < S.nnz  # the test exercises duplicates
+    words = np.random.default_rng(5).standard_normal((P * k, D)).astype(np.float32)
+    T = to_torch_sketch(S, torch.device("cpu"))
+    out = torch.sparse.mm(T, torch.from_numpy(words)).numpy()
+    np.testing.assert_allclose(out, S.toarray() @ words, rtol=1e-5, atol=1e-6)
+
+
+def test_intra_tensor_is_C_in_for_sorted_and_unsorted_batches():
+    C, _, _ = _setup()
+    n = C.shape[0]
+    unsorted = np.random.default_rng(6).permutation(n)[:15]
+    for nodes in (np.sort(unsorted), unsorted):
+        position = np.full(n, -1)
+        position[nodes] = np.arange(len(nodes))
+        edges = split_batch_edges(C, nodes, position)
+        T = edges.intra_tensor(torch.device("cpu"))
+        assert T.is_coalesced()
+        # a coalesced COO tensor must have its indices sorted (row, column) and unique
+        keys = (T.indices()[0] * len(nodes) + T.indices()[1]).numpy()
+        assert np.all(np.diff(keys) > 0)
+        np.testing.assert_array_equal(T.to_dense().numpy(), C.toarray()[np.ix_(nodes, nodes)])
