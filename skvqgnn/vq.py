@@ -19,7 +19,10 @@ from torch import Tensor, nn
 
 __all__ = ["ProductCodebook", "AssignmentTable", "kmeans"]
 
-_CHUNK = 1 << 24  # elements of a (P, rows, k) distance block computed at once
+# elements of a (P, rows, k) distance block computed at once: on the CPU a block that stays in
+# the cache (1 MiB) is about 1.5x faster than one large one; on a GPU fewer launches win
+_CHUNK = {"cpu": 1 << 18}
+_CHUNK_DEFAULT = 1 << 24
 
 
 def n_slices(n_features: int, codeword_dim: int) -> int:
@@ -43,7 +46,7 @@ def _nearest(x: Tensor, codewords: Tensor) -> Tensor:
     k = codewords.shape[1]
     c_sq = (codewords * codewords).sum(-1)  # (P, k)
     out = torch.empty(P, m, dtype=torch.long, device=x.device)
-    step = max(1, _CHUNK // max(1, P * k))
+    step = max(1, _CHUNK.get(x.device.type, _CHUNK_DEFAULT) // max(1, P * k))
     for start in range(0, m, step):
         xs = x[:, start : start + step]  # (P, s, E)
         dist = torch.baddbmm(c_sq.unsqueeze(1), xs, codewords.transpose(1, 2), alpha=-2.0)
