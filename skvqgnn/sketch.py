@@ -118,9 +118,11 @@ def codeword_sketch(edges: BatchEdges, codes: np.ndarray, n_codewords: int) -> s
     Slice-major: row ``p·b + i`` is batch row ``i`` in slice ``p``, column ``p·k + v`` codeword
     ``v`` of slice ``p``. Built in O(E·P) without sorting: a row holds one entry per out-of-batch
     entry of its batch row, so two senders with the same codeword are two entries of one column.
-    The CSR matrix is therefore not canonical (duplicates, unsorted columns); a product sums the
-    duplicates, which is the sketch's definition. ``to_torch_sketch`` makes it what the device's
-    sparse kernel accepts.
+    The CSR matrix is then not canonical (duplicates, unsorted columns); a product sums the
+    duplicates, which is the sketch's definition. Only when the batch has more out-of-batch
+    entries than ``b·k`` are the duplicates summed (a sort), so the sketch never holds more than
+    ``P·b·k`` entries, whatever the degree. ``to_torch_sketch`` makes it what the device's sparse
+    kernel accepts.
     """
     P = codes.shape[1]
     b = edges.b
@@ -134,7 +136,10 @@ def codeword_sketch(edges: BatchEdges, codes: np.ndarray, n_codewords: int) -> s
     indptr = np.zeros(P * b + 1, dtype=np.int64)
     np.cumsum(np.tile(np.bincount(rows, minlength=b), P), out=indptr[1:])
     data = np.tile(np.asarray(vals, dtype=np.float32), P)
-    return sp.csr_array((data, indices.ravel(), indptr), shape=(P * b, P * n_codewords))
+    sketch = sp.csr_array((data, indices.ravel(), indptr), shape=(P * b, P * n_codewords))
+    if len(rows) > b * n_codewords:
+        sketch.sum_duplicates()
+    return sketch
 
 
 def to_torch_sketch(S: sp.csr_array, device: torch.device) -> Tensor:

@@ -88,9 +88,9 @@ def test_sketch_does_not_depend_on_the_order_of_out_of_batch_entries():
 
 
 def test_torch_sketch_product_sums_duplicate_entries():
-    # k = 2 codewords and 6 neighbours per node: most rows hold the same column several times
+    # 8 codewords and about 6 out-of-batch neighbours per row: some rows hold a column twice
     C, batch, position = _setup()
-    n, P, k, D = C.shape[0], 2, 2, 3
+    n, P, k, D = C.shape[0], 2, 8, 3
     codes = np.random.default_rng(4).integers(0, k, size=(n, P))
     S = codeword_sketch(split_batch_edges(C, batch, position), codes, k)
     S_canonical = S.copy()
@@ -116,3 +116,18 @@ def test_intra_tensor_is_C_in_for_sorted_and_unsorted_batches():
         keys = (T.indices()[0] * len(nodes) + T.indices()[1]).numpy()
         assert np.all(np.diff(keys) > 0)
         np.testing.assert_array_equal(T.to_dense().numpy(), C.toarray()[np.ix_(nodes, nodes)])
+
+
+def test_sketch_never_holds_more_than_P_b_k_entries():
+    # k = 1: every out-of-batch sender of a row shares the row's only codeword per slice
+    C, batch, position = _setup()
+    n, P, k = C.shape[0], 3, 1
+    codes = np.zeros((n, P), dtype=np.int64)
+    edges = split_batch_edges(C, batch, position)
+    assert len(edges.out_rows) > len(batch) * k
+    S = codeword_sketch(edges, codes, k)
+    assert S.nnz <= P * len(batch) * k
+    dense = C.toarray()
+    outside = np.setdiff1d(np.arange(n), batch)
+    expected = np.tile(dense[np.ix_(batch, outside)].sum(1), P)
+    np.testing.assert_allclose(S.toarray().sum(1), expected, rtol=1e-5)
