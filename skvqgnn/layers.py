@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .graph import attention_mask, gcn_norm, mean_norm
-from .sketch import spmm
+from .sketch import SketchBags, sketch_product, spmm
 from .vq import ProductCodebook
 
 __all__ = [
@@ -654,7 +654,8 @@ class Batch:
         ``None`` for a learnable convolution, which aggregates ``raw`` instead
     intra : per convolution, ``C_in`` as sparse (b, b) for a fixed one, (rows, cols) of the mask
         inside the batch for a masked attention, ``None`` otherwise
-    sketches : per VQ layer, per convolution, the codeword sketch (P·b, P·k) or ``None``
+    sketches : per VQ layer, per convolution, the codeword sketch (P·b, P·k) as ``SketchBags``, or
+        ``None``
     transposed : like ``sketches`` for the transposed sketch; empty when not training
     raw : input features of the batch rows then of their out-of-batch neighbours under the
         attention masks (exact: the first layer has no codebook); ``None`` without attention
@@ -665,8 +666,8 @@ class Batch:
     nodes: Tensor
     inputs: list[Tensor | None]
     intra: list
-    sketches: list[list[Tensor | None]]
-    transposed: list[list[Tensor | None]] = field(default_factory=list)
+    sketches: list[list[SketchBags | None]]
+    transposed: list[list[SketchBags | None]] = field(default_factory=list)
     raw: Tensor | None = None
     input_edges: list = field(default_factory=list)
     senders: list[list[Groups | None]] = field(default_factory=list)
@@ -784,10 +785,10 @@ class VQGNN(nn.Module):
     def _attention(self, i: int, s: int) -> AttentionConvolution:
         return self.layers[i].attention[sum(k in ("attention", "global") for k in self.kinds[:s])]
 
-    def _out_of_batch(self, sketch: Tensor | None, words: Tensor, cb: ProductCodebook) -> Tensor:
+    def _out_of_batch(self, sketch: SketchBags, words: Tensor, cb: ProductCodebook) -> Tensor:
         """Sketch (P·b, P·k) times stacked codewords (P, k, D) -> (b, f)."""
         P, k, D = words.shape
-        out = spmm(sketch, words.reshape(P * k, D), self.sparse_backend)
+        out = sketch_product(sketch, words.reshape(P * k, D))
         return cb.merge(out.reshape(P, -1, D).transpose(0, 1))
 
     def blue_messages(self, batch: Batch, level: int, x: Tensor) -> Tensor | None:
@@ -836,7 +837,7 @@ class VQGNN(nn.Module):
             elif kind == "fixed":
                 m = spmm(batch.intra[s], x, self.sparse_backend)
                 sketch = batch.sketches[level][s] if batch.sketches else None
-                if sketch is not None and sketch._nnz() > 0:
+                if sketch is not None and sketch.nnz > 0:
                     m = m + self._out_of_batch(sketch, words, cb)
             else:
                 groups = batch.senders[level][s] if batch.senders else None

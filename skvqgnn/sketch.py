@@ -17,12 +17,12 @@ is counted twice, and intra-batch messages carry exactly ``C_ij``.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -32,6 +32,8 @@ __all__ = [
     "group_by_codes",
     "to_torch_sparse",
     "to_torch_sketch",
+    "SketchBags",
+    "sketch_product",
     "spmm",
 ]
 
@@ -118,11 +120,10 @@ def codeword_sketch(edges: BatchEdges, codes: np.ndarray, n_codewords: int) -> s
     Slice-major: row ``p·b + i`` is batch row ``i`` in slice ``p``, column ``p·k + v`` codeword
     ``v`` of slice ``p``. Built in O(E·P) without sorting: a row holds one entry per out-of-batch
     entry of its batch row, so two senders with the same codeword are two entries of one column.
-    The CSR matrix is then not canonical (duplicates, unsorted columns); a product sums the
-    duplicates, which is the sketch's definition. Only when the batch has more out-of-batch
-    entries than ``b·k`` are the duplicates summed (a sort), so the sketch never holds more than
-    ``P·b·k`` entries, whatever the degree. ``to_torch_sketch`` makes it what the device's sparse
-    kernel accepts.
+    The CSR matrix is then not canonical (duplicates, unsorted columns), which SciPy allows and
+    sums in every product. Only when the batch has more out-of-batch entries than ``b·k`` are
+    the duplicates summed (a sort), so the sketch never holds more than ``P·b·k`` entries,
+    whatever the degree. ``to_torch_sketch`` carries it to the device as weighted bags.
     """
     P = codes.shape[1]
     b = edges.b
@@ -142,26 +143,47 @@ def codeword_sketch(edges: BatchEdges, codes: np.ndarray, n_codewords: int) -> s
     return sketch
 
 
-def to_torch_sketch(S: sp.csr_array, device: torch.device) -> Tensor:
-    """A (possibly non-canonical) sketch as a torch sparse tensor for ``device``'s kernel.
+@dataclass(frozen=True)
+class SketchBags:
+    """A codeword sketch on the device as weighted bags: row ``r`` is the bag
+    ``indices[offsets[r]:offsets[r + 1]]`` (columns, with repeats) weighted by ``weights``.
 
-    On the CPU a CSR tensor as built: torch's CSR product sums duplicate entries and does not
-    need sorted columns. Elsewhere (cuSPARSE assumes canonical CSR) the duplicates are summed
-    and the columns sorted on the host first, and the tensor is a coalesced COO one.
+    Unlike a torch CSR tensor, whose invariants demand sorted and distinct columns in a row,
+    bags may repeat a column, so the sketch needs no sort; ``sketch_product`` sums the repeats.
     """
-    if device.type == "cpu":
-        with warnings.catch_warnings():  # torch warns once that CSR support is "in beta"
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(
-                torch.from_numpy(S.indptr),
-                torch.from_numpy(S.indices),
-                torch.from_numpy(S.data),
-                S.shape,
-                check_invariants=False,
-            )
-    S = S.copy()
-    S.sum_duplicates()
-    return to_torch_sparse(S, device)
+
+    indices: Tensor
+    offsets: Tensor
+    weights: Tensor
+    shape: tuple[int, int]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.shape[0])
+
+
+def to_torch_sketch(S: sp.csr_array, device: torch.device) -> SketchBags:
+    """A (possibly non-canonical) CSR sketch as ``SketchBags`` on ``device``."""
+    return SketchBags(
+        indices=torch.from_numpy(np.asarray(S.indices, dtype=np.int64)).to(device),
+        offsets=torch.from_numpy(np.asarray(S.indptr[:-1], dtype=np.int64)).to(device),
+        weights=torch.from_numpy(np.asarray(S.data, dtype=np.float32)).to(device),
+        shape=S.shape,
+    )
+
+
+def sketch_product(sketch: SketchBags, words: Tensor) -> Tensor:
+    """``sketch @ words`` (rows, D) for stacked codewords ``words`` (P·k, D): one weighted sum
+    of codewords per row, repeated columns included (``embedding_bag``)."""
+    if words.shape[0] != sketch.shape[1]:
+        raise ValueError(f"a sketch of {sketch.shape[1]} columns times {words.shape[0]} codewords")
+    return F.embedding_bag(
+        sketch.indices,
+        words,
+        sketch.offsets,
+        mode="sum",
+        per_sample_weights=sketch.weights.to(words.dtype),
+    )
 
 
 def group_by_codes(
@@ -220,12 +242,8 @@ def resolve_backend(backend: str) -> str:
 
 
 def spmm(M: Tensor, x: Tensor, backend: str = "torch") -> Tensor:
-    """Sparse times dense, differentiable in ``x``; ``backend`` picks the kernel for COO ``M``.
-
-    A CSR ``M`` (a CPU codeword sketch) always goes to torch's CSR kernel, which sums the
-    sketch's duplicate entries.
-    """
-    if backend == "torch_sparse" and M.layout == torch.sparse_coo:
+    """Sparse (COO) times dense, differentiable in ``x``; ``backend`` picks the kernel."""
+    if backend == "torch_sparse":
         from torch_sparse import SparseTensor, matmul
 
         idx = M.indices()

@@ -7,6 +7,7 @@ from skvqgnn._base import GraphData, make_batch
 from skvqgnn.datasets import make_csbm
 from skvqgnn.graph import Graph
 from skvqgnn.layers import BACKBONES
+from skvqgnn.sketch import SketchBags
 from skvqgnn.vq import AssignmentTable
 
 
@@ -25,7 +26,10 @@ def _step_elements(n: int, backbone: str, b: int = 200, k: int = 64, P: int = 4)
     for t in tensors:
         if t is None:
             continue
-        total += t._nnz() * 3 if t.is_sparse else t.numel()  # COO: two indices + one value
+        if isinstance(t, SketchBags):  # a column and a weight per entry, an offset per row
+            total += 2 * t.nnz + t.offsets.numel()
+        else:
+            total += t._nnz() * 3 if t.is_sparse else t.numel()  # COO: two indices + one value
     return total
 
 

@@ -4,7 +4,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from skvqgnn.sketch import codeword_sketch, gather_rows, split_batch_edges, to_torch_sketch
+from skvqgnn.sketch import (
+    codeword_sketch,
+    gather_rows,
+    sketch_product,
+    split_batch_edges,
+    to_torch_sketch,
+)
 
 from .conftest import random_graph
 
@@ -97,8 +103,7 @@ def test_torch_sketch_product_sums_duplicate_entries():
     S_canonical.sum_duplicates()
     assert S_canonical.nnz < S.nnz  # the test exercises duplicates
     words = np.random.default_rng(5).standard_normal((P * k, D)).astype(np.float32)
-    T = to_torch_sketch(S, torch.device("cpu"))
-    out = torch.sparse.mm(T, torch.from_numpy(words)).numpy()
+    out = sketch_product(to_torch_sketch(S, torch.device("cpu")), torch.from_numpy(words)).numpy()
     np.testing.assert_allclose(out, S.toarray() @ words, rtol=1e-5, atol=1e-6)
 
 
