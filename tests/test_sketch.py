@@ -1,6 +1,7 @@
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -136,3 +137,13 @@ def test_sketch_never_holds_more_than_P_b_k_entries():
     outside = np.setdiff1d(np.arange(n), batch)
     expected = np.tile(dense[np.ix_(batch, outside)].sum(1), P)
     np.testing.assert_allclose(S.toarray().sum(1), expected, rtol=1e-5)
+
+
+def test_sketch_product_rejects_codewords_of_another_shape():
+    C, batch, position = _setup()
+    codes = np.zeros((C.shape[0], 2), dtype=np.int64)
+    bags = to_torch_sketch(
+        codeword_sketch(split_batch_edges(C, batch, position), codes, 3), torch.device("cpu")
+    )
+    with pytest.raises(ValueError, match="6 columns times 5 codewords"):
+        sketch_product(bags, torch.zeros(5, 4))
