@@ -300,6 +300,7 @@ class BaseVQGNN(BaseEstimator):
         "attention_dropout": [Interval(Real, 0, 1, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "accumulate_batches": [Interval(Integral, 1, None, closed="left"), StrOptions({"epoch"})],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
@@ -330,6 +331,7 @@ class BaseVQGNN(BaseEstimator):
         attention_dropout: float = 0.0,
         learning_rate: float = 0.002,
         weight_decay: float = 5e-4,
+        accumulate_batches: int | str = 1,
         max_epochs: int = 200,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
@@ -356,6 +358,7 @@ class BaseVQGNN(BaseEstimator):
         self.attention_dropout = attention_dropout
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.accumulate_batches = accumulate_batches
         self.max_epochs = max_epochs
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -513,7 +516,16 @@ class BaseVQGNN(BaseEstimator):
                 if self._head is not None:
                     self._head.train()
                 stats = _EpochStats(len(tables))
-                for batch_nodes in sampler.epoch(rng):
+                batches = list(sampler.epoch(rng))
+                group = (
+                    len(batches) if self.accumulate_batches == "epoch" else self.accumulate_batches
+                )
+                for i, batch_nodes in enumerate(batches):
+                    start = i - i % group
+                    size = min(group, len(batches) - start)  # batches of this update
+                    if i == start:
+                        optimiser.zero_grad(set_to_none=True)
+                        accumulated = 0
                     if not full_graph:
                         batch_nodes = self._extend_batch(batch_nodes)
                     batch = make_batch(
@@ -521,9 +533,11 @@ class BaseVQGNN(BaseEstimator):
                     )
                     logits, traces = model(batch, blue=blue)
                     loss, count = self._loss(logits, batch.nodes.to(device))
-                    optimiser.zero_grad(set_to_none=True)
                     if count:
-                        (loss / norm).backward()
+                        # an update's gradient is the mean of its batches' gradients
+                        (loss / (norm * size)).backward()
+                        accumulated += 1
+                    if accumulated and i + 1 == start + size:
                         optimiser.step()
                     stats.loss += float(loss.detach()) if count else 0.0
                     stats.count += count

@@ -129,6 +129,14 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         sparsely labelled graphs 0.01 overfits within the default epochs (measured in
         ``doc/benchmarks.md``), so the default is lower than the full-graph GCN recipe's.
     weight_decay : float, default=5e-4
+    accumulate_batches : int or "epoch", default=1
+        Mini-batches whose gradients are averaged into one optimiser step (gradient
+        accumulation): ``n / batch_size`` batches an epoch make that many divided by
+        ``accumulate_batches`` steps, the last of an epoch over the batches left. ``"epoch"``
+        takes one step per epoch over the mean gradient of the epoch's batches, as many steps
+        as full-graph training takes. The memory of a step does not change: each batch's
+        graph is freed after its backward pass, and only the parameters' gradients add up. Not
+        used in full-graph mode (one batch an epoch).
     max_epochs : int, default=200
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the labelled nodes (drawn afresh at every fit), stop

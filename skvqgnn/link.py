@@ -258,6 +258,10 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
         itself when that is 0, the whole graph in full-graph mode), never the anchor itself.
         ``"exclude"``: also never a known positive pair of the training data (in either
         direction); after 10 rejected draws a negative is skipped.
+    accumulate_batches : int or "epoch", default=1
+        Mini-batches whose gradients are averaged into one optimiser step, as in
+        ``VQGNNClassifier``; ``"epoch"`` takes one step per epoch, as full-graph training does.
+        Choose it on validation pairs.
     heads, n_codewords, codeword_dim, batch_size, sampler, parts_per_batch, inference, \
 backward_messages, grad_scale, ema_decay, dropout, attention_dropout, max_epochs, warm_start, \
 device, sparse_backend, random_state, verbose
@@ -345,6 +349,7 @@ device, sparse_backend, random_state, verbose
         attention_dropout: float = 0.0,
         learning_rate: float = 0.002,
         weight_decay: float = 0.0,
+        accumulate_batches: int | str = 1,
         max_epochs: int = 200,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
@@ -372,6 +377,7 @@ device, sparse_backend, random_state, verbose
             attention_dropout=attention_dropout,
             learning_rate=learning_rate,
             weight_decay=weight_decay,
+            accumulate_batches=accumulate_batches,
             max_epochs=max_epochs,
             early_stopping=early_stopping,
             validation_fraction=validation_fraction,
