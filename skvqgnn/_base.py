@@ -534,10 +534,15 @@ class BaseVQGNN(BaseEstimator):
                     logits, traces = model(batch, blue=blue)
                     loss, count = self._loss(logits, batch.nodes.to(device))
                     if count:
-                        # an update's gradient is the mean of its batches' gradients
-                        (loss / (norm * size)).backward()
+                        (loss / norm).backward()
                         accumulated += 1
                     if accumulated and i + 1 == start + size:
+                        # an update takes the mean of its batches' gradients; scaling the sum
+                        # here, not each loss, leaves the gradient codewords as without grouping
+                        if size > 1:
+                            for p in parameters:
+                                if p.grad is not None:
+                                    p.grad.div_(size)
                         optimiser.step()
                     stats.loss += float(loss.detach()) if count else 0.0
                     stats.count += count

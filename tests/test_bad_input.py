@@ -242,6 +242,20 @@ CASES = [
         "learning_rate",
     ),
     Case(
+        "accumulate_batches",
+        "0",
+        lambda: _clf(accumulate_batches=0).fit(A, X, Y),
+        InvalidParameterError,
+        "accumulate_batches",
+    ),
+    Case(
+        "accumulate_batches",
+        "an unknown string",
+        lambda: _clf(accumulate_batches="batch").fit(A, X, Y),
+        InvalidParameterError,
+        "accumulate_batches",
+    ),
+    Case(
         "validation_fraction",
         "leaving no training node",
         lambda: _clf(early_stopping=True, validation_fraction=0.999).fit(
