@@ -273,6 +273,21 @@ class FitState:
     head: torch.nn.Module | None = None
 
 
+def _mean_step(
+    optimiser: torch.optim.Optimizer, parameters: list[Tensor], grouped: int, with_loss: int
+) -> None:
+    """One optimiser step on the mean gradient of the ``grouped`` batches summed into the
+    parameters' gradients (none when no batch had a loss term). Dividing the sum here, not each
+    batch's loss, leaves the gradient codewords as they are without grouping."""
+    if not with_loss:
+        return
+    if grouped > 1:
+        for p in parameters:
+            if p.grad is not None:
+                p.grad.div_(grouped)
+    optimiser.step()
+
+
 class BaseVQGNN(BaseEstimator):
     """Hyper-parameters, validation, the training loop and inference shared by the estimators.
 
@@ -506,6 +521,7 @@ class BaseVQGNN(BaseEstimator):
         best = (-np.inf, None)
         stale = 0
         blue = self.backward_messages == "codewords" and not full_graph
+        group = 0 if self.accumulate_batches == "epoch" else self.accumulate_batches
         progress = _progress(self.max_epochs, self.verbose, type(self).__name__)
         vq_sq = np.zeros(len(tables))
         vq_norm = np.zeros(len(tables))
@@ -516,16 +532,11 @@ class BaseVQGNN(BaseEstimator):
                 if self._head is not None:
                     self._head.train()
                 stats = _EpochStats(len(tables))
-                batches = list(sampler.epoch(rng))
-                group = (
-                    len(batches) if self.accumulate_batches == "epoch" else self.accumulate_batches
-                )
-                for i, batch_nodes in enumerate(batches):
-                    start = i - i % group
-                    size = min(group, len(batches) - start)  # batches of this update
-                    if i == start:
+                grouped = 0  # batches of the current update so far
+                with_loss = 0  # of which had a loss term
+                for batch_nodes in sampler.epoch(rng):
+                    if grouped == 0:
                         optimiser.zero_grad(set_to_none=True)
-                        accumulated = 0
                     if not full_graph:
                         batch_nodes = self._extend_batch(batch_nodes)
                     batch = make_batch(
@@ -535,19 +546,17 @@ class BaseVQGNN(BaseEstimator):
                     loss, count = self._loss(logits, batch.nodes.to(device))
                     if count:
                         (loss / norm).backward()
-                        accumulated += 1
-                    if accumulated and i + 1 == start + size:
-                        # an update takes the mean of its batches' gradients; scaling the sum
-                        # here, not each loss, leaves the gradient codewords as without grouping
-                        if size > 1:
-                            for p in parameters:
-                                if p.grad is not None:
-                                    p.grad.div_(size)
-                        optimiser.step()
+                        with_loss += 1
+                    grouped += 1
+                    if grouped == group:
+                        _mean_step(optimiser, parameters, grouped, with_loss)
+                        grouped = with_loss = 0
                     stats.loss += float(loss.detach()) if count else 0.0
                     stats.count += count
                     if tables:
                         self._update_codebooks(model, traces, tables, batch_nodes, gen, stats)
+                if grouped:  # the last update of the epoch takes the batches left
+                    _mean_step(optimiser, parameters, grouped, with_loss)
                 record = stats.summary(first_epoch + epoch)
                 record["time"] = time.perf_counter() - t0
                 if len(val_nodes):
