@@ -261,7 +261,11 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
     accumulate_batches : int or "epoch", default=1
         Mini-batches whose gradients are averaged into one optimiser step, as in
         ``VQGNNClassifier``; ``"epoch"`` takes one step per epoch, as full-graph training does.
-        Choose it on validation pairs.
+        It moves mini-batch training toward full-graph training: at batch n/8 (3 seeds; 8 on
+        cora and citeseer sage) test Hits@50 went from 0.255 to 0.336 on twitch-en gcn (full
+        graph 0.324), 0.823 to 0.835 on cora sage (0.832) and 0.869 to 0.877 on citeseer sage
+        (0.893), but from 0.851 to 0.808 on cora gcn (0.843) and 0.250 to 0.199 on twitch-en
+        sage (0.107). Choose it on validation pairs; see ``doc/link_prediction.md``.
     heads, n_codewords, codeword_dim, batch_size, sampler, parts_per_batch, inference, \
 backward_messages, grad_scale, ema_decay, dropout, attention_dropout, max_epochs, warm_start, \
 device, sparse_backend, random_state, verbose
