@@ -131,8 +131,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     weight_decay : float, default=5e-4
     accumulate_batches : int or "epoch", default=1
         Mini-batches whose gradients are averaged into one optimiser step (gradient
-        accumulation): ``n / batch_size`` batches an epoch make that many divided by
-        ``accumulate_batches`` steps, the last of an epoch over the batches left. ``"epoch"``
+        accumulation): an epoch of ``m = ceil(n / batch_size)`` batches takes
+        ``ceil(m / accumulate_batches)`` steps, the last over the batches left. ``"epoch"``
         takes one step per epoch over the mean gradient of the epoch's batches, as many steps
         as full-graph training takes. The memory of a step does not change: each batch's
         graph is freed after its backward pass, and only the parameters' gradients add up. Not
