@@ -43,15 +43,20 @@ MODE_LABELS = {
     "vq": "VQ, batch n/8",
     "vq-partners": "VQ, batch n/8, partners",
     "vq-accumulate": "VQ, batch n/8, one step an epoch",
+    "vq-partners-accumulate": "VQ, batch n/8, partners, one step an epoch",
     "full": "full graph",
 }
 # estimator parameters of a mode beyond its batch size
 MODE_PARAMS = {
     "vq-partners": {"partner_nodes": "batch_size"},
     "vq-accumulate": {"accumulate_batches": "epoch"},
+    "vq-partners-accumulate": {"partner_nodes": "batch_size", "accumulate_batches": "epoch"},
 }
-# the bar's VQ row is the VQ mode of best validation ROC AUC
-VQ_MODES = ("vq", "vq-partners", "vq-accumulate")
+VQ_MODES = ("vq", "vq-partners", "vq-accumulate", "vq-partners-accumulate")  # batch n/8
+# the bar's VQ row is the one of best validation ROC AUC among these modes; the fourth VQ mode
+# was added after a diagnostic run had shown its test figures on citeseer / sage, so it does
+# not compete for the bars (see the notes on the page)
+BAR_VQ_MODES = ("vq", "vq-partners", "vq-accumulate")
 VAL_PERCENT, TEST_PERCENT = 5, 10  # of the edges, held out; the rest trains
 HITS_K = 50
 HITS = f"test_hits{HITS_K}"  # record key of the test Hits@K
@@ -147,7 +152,7 @@ def _bars(groups: dict[tuple[str, str, str], list[Record]]) -> list[str]:
     for dataset in DATASETS:
         for backbone in BAR_BACKBONES:
             mode = best_on_validation(
-                [(m, groups.get((dataset, backbone, m))) for m in VQ_MODES], "val_roc_auc"
+                [(m, groups.get((dataset, backbone, m))) for m in BAR_VQ_MODES], "val_roc_auc"
             )
             label = MODE_LABELS.get(mode, "none")
             for key, metric in BAR_METRICS.items():
@@ -177,7 +182,8 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
         "partners from outside the batch join each step; see `doc/link_prediction.md`); *VQ, "
         "batch n/8, one step an epoch* is the VQ mode with `accumulate_batches='epoch'` (the "
         "gradients of an epoch's batches are averaged into one optimiser step, as many steps "
-        "as full-graph training takes).",
+        "as full-graph training takes); *VQ, batch n/8, partners, one step an epoch* combines "
+        "the two.",
         f"- Split: per seed, `edge_split(A, val={VAL_PERCENT / 100:g}, "
         f"test={TEST_PERCENT / 100:g}, random_state=seed)` holds out {VAL_PERCENT} % and "
         f"{TEST_PERCENT} % of the undirected edges as validation and test positives and pairs "
@@ -215,10 +221,11 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
     lines += [
         "### Bars",
         "",
-        "Checked automatically on the mean test metric over the seeds. Of the VQ modes, a "
-        "dataset and backbone's bars use the one of highest mean validation ROC AUC (the "
-        "validation pairs choose `partner_nodes` and `accumulate_batches`; the test pairs play "
-        "no part in the choice).",
+        "Checked automatically on the mean test metric over the seeds. Of the first three VQ "
+        "modes, a dataset and backbone's bars use the one of highest mean validation ROC AUC "
+        "(the validation pairs choose `partner_nodes` and `accumulate_batches`; the test pairs "
+        "play no part in the choice). The fourth, *partners, one step an epoch*, does not "
+        "compete: it was added after its test figures on citeseer / sage had been seen.",
         "",
         *_bars(groups),
         LINK_SECTION_END,
