@@ -264,10 +264,11 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
         It moves mini-batch training toward full-graph training: at batch n/8 (3 seeds; 8 on
         cora and citeseer sage) test Hits@50 went from 0.255 to 0.336 on twitch-en gcn (full
         graph 0.324), 0.823 to 0.835 on cora sage (0.832) and 0.869 to 0.877 on citeseer sage
-        (0.893), but from 0.851 to 0.808 on cora gcn (0.843) and 0.250 to 0.199 on twitch-en
-        sage (0.107). With ``partner_nodes="batch_size"`` as well, citeseer came within a
-        point of full-graph training (Hits@50 gcn 0.845 against 0.851, sage 0.885 against
-        0.893). Choose both on validation pairs; see ``doc/link_prediction.md``.
+        (0.893; on 8 further seeds 0.873 to 0.897, full graph 0.897), but from 0.851 to 0.808
+        on cora gcn (0.843) and 0.250 to 0.199 on twitch-en sage (0.107). With
+        ``partner_nodes="batch_size"`` as well, citeseer came within a point of full-graph
+        training (Hits@50 gcn 0.845 against 0.851, sage 0.885 against 0.893). Choose both on
+        validation pairs; see ``doc/link_prediction.md``.
     heads, n_codewords, codeword_dim, batch_size, sampler, parts_per_batch, inference, \
 backward_messages, grad_scale, ema_decay, dropout, attention_dropout, max_epochs, warm_start, \
 device, sparse_backend, random_state, verbose
