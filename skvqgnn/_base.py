@@ -274,7 +274,7 @@ class FitState:
 
 
 def _mean_step(
-    optimiser: torch.optim.Optimizer, parameters: list[Tensor], grouped: int, with_loss: int
+    optimiser: torch.optim.Optimizer, parameters: list[Tensor], grouped: int, with_loss: bool
 ) -> None:
     """One optimiser step on the mean gradient of the ``grouped`` batches summed into the
     parameters' gradients (none when no batch had a loss term). Dividing the sum here, not each
@@ -533,7 +533,7 @@ class BaseVQGNN(BaseEstimator):
                     self._head.train()
                 stats = _EpochStats(len(tables))
                 grouped = 0  # batches of the current update so far
-                with_loss = 0  # of which had a loss term
+                with_loss = False  # whether one of them had a loss term
                 for batch_nodes in sampler.epoch(rng):
                     if grouped == 0:
                         optimiser.zero_grad(set_to_none=True)
@@ -546,11 +546,11 @@ class BaseVQGNN(BaseEstimator):
                     loss, count = self._loss(logits, batch.nodes.to(device))
                     if count:
                         (loss / norm).backward()
-                        with_loss += 1
+                        with_loss = True
                     grouped += 1
                     if grouped == group:
                         _mean_step(optimiser, parameters, grouped, with_loss)
-                        grouped = with_loss = 0
+                        grouped, with_loss = 0, False
                     stats.loss += float(loss.detach()) if count else 0.0
                     stats.count += count
                     if tables:
