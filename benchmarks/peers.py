@@ -396,26 +396,45 @@ def _probed_classifier(**params: Any) -> Any:
         def _build_model(self, *args: Any) -> Any:
             self.live_model = super()._build_model(*args)
             self.live_tables = []  # full-graph training has no codebooks
+            self.live_input_table = None
             return self.live_model
 
         def _initialise_codebooks(self, *args: Any) -> Any:
             self.live_tables = super()._initialise_codebooks(*args)
             return self.live_tables
 
+        def _initialise_input_codebook(self, *args: Any) -> Any:
+            self.live_input_table = super()._initialise_input_codebook(*args)
+            return self.live_input_table
+
     return ProbedClassifier(**params)
 
 
 def _live_predict(clf: Any, nodes: Any) -> Any:
     """Classes of ``nodes`` from the live state of a fit in progress (`_probed_classifier`), by
-    the inference ``transduction_`` uses: VQ inference over the training batches with the
-    current codebooks in mini-batch mode, exact layer-wise inference in full-graph mode."""
+    the inference ``transduction_`` uses: in mini-batch mode, VQ inference over the training
+    batches after the refresh of the feature codebooks that ends a fit (on copies, so that
+    training goes on unchanged), exact layer-wise inference in full-graph mode."""
+    import copy
+
     import torch
 
     model = clf.live_model.eval()
     device = torch.device(DEVICE)
     if clf.live_tables:
+        model = copy.deepcopy(model)
+        tables = copy.deepcopy(clf.live_tables)
+        clf._refresh_codebooks(
+            model, clf.live_data, tables, clf.live_input_table, clf.live_sampler, device
+        )
         logits = clf._infer(
-            model, clf.live_data, clf.live_tables, clf.live_sampler, nodes, device
+            model,
+            clf.live_data,
+            tables,
+            clf.live_input_table,
+            clf.live_sampler,
+            nodes,
+            device,
         ).numpy()
     else:
         logits = clf._exact_layers(model, clf.live_data, device)[nodes]

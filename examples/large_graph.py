@@ -39,6 +39,10 @@ def main() -> None:
         n_codewords=128,
         max_epochs=2,
         learning_rate=0.01,
+        # one optimiser step per batch (25 an epoch): with one hidden layer and METIS batches
+        # this is stable, and 2 epochs are enough; the default, one step per epoch, is what
+        # deeper networks and random batches need
+        accumulate_batches=1,
         device=device,
         random_state=0,
     )

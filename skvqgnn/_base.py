@@ -107,17 +107,23 @@ def _aggregate(C: sp.csr_array, X: np.ndarray | sp.csr_array) -> np.ndarray | sp
 
 
 def input_rows(M: np.ndarray | sp.csr_array, rows: np.ndarray, device: torch.device) -> Tensor:
-    """Rows of a first-layer input as a device tensor: sparse COO when ``M`` is sparse."""
+    """Rows of a first-layer input as a device tensor: sparse CSR when ``M`` is sparse (torch's
+    CSR product is several times faster than its COO one on the CPU)."""
     if not sp.issparse(M):
         return torch.from_numpy(M[rows]).to(device)
-    local, cols, vals = gather_rows(M, rows)
-    return torch.sparse_coo_tensor(
-        torch.from_numpy(np.vstack([local, cols])),
-        torch.from_numpy(np.asarray(vals, dtype=np.float32)),
-        (len(rows), M.shape[1]),
-        is_coalesced=True,
-        check_invariants=False,
-    ).to(device)
+    _, cols, vals = gather_rows(M, rows)
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(M.indptr[rows + 1] - M.indptr[rows], out=indptr[1:])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": used here as documented
+        warnings.simplefilter("ignore", UserWarning)
+        out = torch.sparse_csr_tensor(
+            torch.from_numpy(indptr),
+            torch.from_numpy(cols),
+            torch.from_numpy(np.asarray(vals, dtype=np.float32)),
+            (len(rows), M.shape[1]),
+            check_invariants=False,
+        )
+    return out.to(device)
 
 
 def dense_rows(M: np.ndarray | sp.csr_array, rows: np.ndarray, device: torch.device) -> Tensor:
@@ -159,8 +165,12 @@ def make_batch(
     device: torch.device,
     transposed: bool,
     receivers: np.ndarray | None = None,
+    input_table: AssignmentTable | None = None,
 ) -> Batch:
     """Gather the host structures of batch ``nodes`` and move them to ``device``.
+
+    ``input_table`` holds the input codes of a learnable convolution's first-layer senders
+    (``VQGNN.input_codebook``); without it every sender must be in the batch (full graph).
 
     ``transposed`` adds what the backward messages need (transposed sketches, receiver groups).
     ``receivers`` (n,) bool marks the nodes with a loss term: the last layer's gradient is zero
@@ -190,16 +200,28 @@ def make_batch(
         else:
             intra.append(None)
 
-    raw, input_edges = None, [None] * len(edges)
-    attention = [s for s, kind in enumerate(data.kinds) if kind == "attention"]
-    if attention:  # the first layer's attention is exact: raw features of the neighbours too
-        halo = np.unique(np.concatenate([edges[s].out_nodes for s in attention]))
+    raw, input_senders, input_pairs = None, [], []
+    if any(kind in ("attention", "global") for kind in data.kinds):
+        halo = _exact_halo(edges, data.kinds, input_table, budget=b)
         raw = input_rows(data.graph.X, np.concatenate([nodes, halo]), device)
-        for s in attention:
-            e = edges[s]
-            cols = np.concatenate([e.in_cols, b + np.searchsorted(halo, e.out_nodes)])
-            rows = np.concatenate([e.in_rows, e.out_rows])
-            input_edges[s] = (_long(rows, device), _long(cols, device))
+        for e, kind in zip(edges, data.kinds, strict=True):
+            groups = pairs = None
+            if kind == "attention":
+                at = np.minimum(np.searchsorted(halo, e.out_nodes), max(len(halo) - 1, 0))
+                exact = halo[at] == e.out_nodes if len(halo) else np.zeros(len(at), dtype=bool)
+                rows = np.concatenate([e.in_rows, e.out_rows[exact]])
+                cols = np.concatenate([e.in_cols, b + at[exact]])
+                pairs = (_long(rows, device), _long(cols, device))
+                if input_table is not None:
+                    groups = _groups(
+                        e.out_rows[~exact], e.out_nodes[~exact], input_table.codes, device
+                    )
+            elif kind == "global" and input_table is not None:
+                seen = np.concatenate([nodes, halo])
+                counts = _outside(input_table.codes, input_table.usage[0], seen, n_codewords)
+                groups = _global_groups(counts, device)
+            input_senders.append(groups)
+            input_pairs.append(pairs)
 
     batch = Batch(
         nodes=torch.from_numpy(nodes),
@@ -207,11 +229,12 @@ def make_batch(
         intra=intra,
         sketches=[],
         raw=raw,
-        input_edges=input_edges,
+        input_pairs=input_pairs,
+        input_senders=input_senders,
     )
     last = len(tables or []) - 1
     for level, table in enumerate(tables or []):
-        codes = table.codes
+        codes, grad_codes = table.codes, table.grad_codes
         restrict = receivers is not None and level == last
         sketches, tsketches, senders, groups_back = [], [], [], []
         for s, kind in enumerate(data.kinds):
@@ -222,22 +245,21 @@ def make_batch(
             if kind == "fixed":
                 sketch = to_torch_sketch(codeword_sketch(e, codes, n_codewords), device)
                 if te is not None:
-                    tsketch = to_torch_sketch(codeword_sketch(te, codes, n_codewords), device)
+                    tsketch = to_torch_sketch(codeword_sketch(te, grad_codes, n_codewords), device)
             elif kind == "attention":
                 fwd = _groups(e.out_rows, e.out_nodes, codes, device)
                 if te is not None:
-                    back = _groups(te.out_rows, te.out_nodes, codes, device)
+                    back = _groups(te.out_rows, te.out_nodes, grad_codes, device)
             elif kind == "global":
-                inside = np.bincount(codes[nodes, 0], minlength=n_codewords)
-                fwd = _global_groups(table.usage[0] - inside, device)
-                if transposed and restrict:
-                    marked = codes[np.flatnonzero(receivers), 0]
-                    counts = np.bincount(marked, minlength=n_codewords) - np.bincount(
-                        codes[nodes[receivers[nodes]], 0], minlength=n_codewords
-                    )
-                    back = _global_groups(counts, device)
-                elif transposed:
-                    back = fwd
+                fwd = _global_groups(_outside(codes, table.usage[0], nodes, n_codewords), device)
+                if transposed:
+                    marked = nodes if not restrict else nodes[receivers[nodes]]
+                    usage = table.grad_usage[0]
+                    if restrict:
+                        usage = np.bincount(
+                            grad_codes[np.flatnonzero(receivers), 0], minlength=n_codewords
+                        )
+                    back = _global_groups(_outside(grad_codes, usage, marked, n_codewords), device)
             sketches.append(sketch)
             tsketches.append(tsketch)
             senders.append(fwd)
@@ -250,17 +272,79 @@ def make_batch(
     return batch
 
 
+def _exact_halo(
+    edges: list[BatchEdges | None],
+    kinds: list[str],
+    input_table: AssignmentTable | None,
+    budget: int,
+) -> np.ndarray:
+    """The out-of-batch senders whose raw features a learnable convolution's first layer reads
+    exactly (sorted ids): all of them without an input codebook; else at most ``budget``, those
+    with the most edges into the batch (the rest come from their input codewords)."""
+    out = [e.out_nodes for e, kind in zip(edges, kinds, strict=True) if kind == "attention"]
+    if not out:
+        return np.zeros(0, dtype=np.int64)
+    senders, counts = np.unique(np.concatenate(out), return_counts=True)
+    if input_table is None or len(senders) <= budget:
+        return senders
+    return np.sort(senders[np.argsort(-counts, kind="stable")[:budget]])
+
+
+def _outside(codes: np.ndarray, usage: np.ndarray, inside: np.ndarray, k: int) -> np.ndarray:
+    """Nodes per whole-vector codeword (k,) outside the batch rows ``inside``, given the
+    codeword's ``usage`` (k,) over all the nodes counted."""
+    return usage - np.bincount(codes[inside, 0], minlength=k)
+
+
+_CHUNK_ROWS = 8192  # rows of a layer's inputs held at once by the codebook initialisation
+
+
+def _column_moments(M: np.ndarray | sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and unbiased variance (f,) of a dense or CSR matrix (1 for one row)."""
+    n = M.shape[0]
+    if sp.issparse(M):
+        mean = np.asarray(M.mean(axis=0), dtype=np.float64).ravel()
+        square = np.asarray(M.multiply(M).mean(axis=0), dtype=np.float64).ravel()
+    else:
+        mean = M.mean(axis=0, dtype=np.float64)
+        square = np.square(M, dtype=np.float64).mean(axis=0)
+    if n < 2:
+        return mean, np.ones_like(mean)
+    return mean, np.maximum(square - mean**2, 0.0) * n / (n - 1)
+
+
 @torch.no_grad()
 def initialise_codebook(
-    cb: ProductCodebook, H: np.ndarray, weight: float, gen: torch.Generator, device: torch.device
+    cb: ProductCodebook,
+    H: np.ndarray | sp.csr_array,
+    weight: float,
+    gen: torch.Generator,
+    device: torch.device,
+    whiten: bool = True,
 ) -> AssignmentTable:
-    """k-means of every node's representation ``H`` (n, f) into ``cb``; the nodes' assignments."""
+    """k-means of every node's input ``H`` (n, f), dense or CSR, into ``cb``: moments from all
+    rows, centroids from a sample of them, then every node assigned in chunks of rows, so that
+    no more than a chunk is held densely on the device. ``whiten=False`` clusters in the
+    inputs' own scale (unit variances). Returns the nodes' assignments."""
     n = H.shape[0]
     sample = torch.randperm(n, generator=gen)[: max(_KMEANS_SAMPLE, 4 * cb.n_codewords)]
-    x_all = cb.split(torch.from_numpy(H).to(device))  # (n, P, D)
-    codes = cb.initialise(x_all, x_all[sample.to(device)], weight, gen, _KMEANS_ITERS)
+    mean, var = (
+        cb.split(torch.from_numpy(v.astype(np.float32)).to(device)) for v in _column_moments(H)
+    )
+    if not whiten:
+        var = torch.ones_like(var)
+    rows = np.sort(sample.numpy())
+    cb.seed(mean, var, cb.split(dense_rows(H, rows, device)), gen, _KMEANS_ITERS)
     table = AssignmentTable(n, cb.n_slices, cb.n_codewords)
-    table.set(np.arange(n), codes.cpu().numpy())
+    count = sums = None
+    for start in range(0, n, _CHUNK_ROWS):
+        chunk = np.arange(start, min(start + _CHUNK_ROWS, n))
+        x = cb.split(dense_rows(H, chunk, device))
+        codes = cb.assign(x)
+        c, s_ = cb.member_sums(x, codes)
+        count, sums = (c, s_) if count is None else (count + c, sums + s_)
+        table.set_both(chunk, codes.cpu().numpy())
+    cb.settle(count, sums, weight)
     return table
 
 
@@ -308,7 +392,7 @@ class BaseVQGNN(BaseEstimator):
         "sampler": [StrOptions({"cluster", "random"})],
         "parts_per_batch": [Interval(Integral, 1, None, closed="left")],
         "inference": [StrOptions({"vq", "exact"})],
-        "backward_messages": [StrOptions({"codewords", "none"})],
+        "backward_messages": [StrOptions({"auto", "codewords", "none"})],
         "grad_scale": [Interval(Real, 0, None, closed="left")],
         "ema_decay": [Interval(Real, 0, 1, closed="neither")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
@@ -339,14 +423,14 @@ class BaseVQGNN(BaseEstimator):
         sampler: str = "cluster",
         parts_per_batch: int = 4,
         inference: str = "vq",
-        backward_messages: str = "codewords",
+        backward_messages: str = "auto",
         grad_scale: float = 1.0,
         ema_decay: float = 0.99,
         dropout: float = 0.5,
         attention_dropout: float = 0.0,
         learning_rate: float = 0.002,
         weight_decay: float = 5e-4,
-        accumulate_batches: int | str = 1,
+        accumulate_batches: int | str = "epoch",
         max_epochs: int = 200,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
@@ -439,6 +523,14 @@ class BaseVQGNN(BaseEstimator):
         key = ("cluster_sampler", b, self.parts_per_batch, seed)
         return graph.cached(key, lambda: ClusterSampler(graph.A, b, self.parts_per_batch, seed))
 
+    def _uses_backward_messages(self, kinds: list[str]) -> bool:
+        """Whether training adds the backward messages of Eq. 7. ``"auto"``: for backbones whose
+        convolutions are all fixed; with a learnable one they made training worse (measured in
+        ``doc/benchmarks.md``), so they are off."""
+        if self.backward_messages == "auto":
+            return all(kind in ("identity", "fixed") for kind in kinds)
+        return self.backward_messages == "codewords"
+
     def _effective_batch_size(self, n_nodes: int) -> int:
         return n_nodes if self.batch_size is None else min(self.batch_size, n_nodes)
 
@@ -454,7 +546,8 @@ class BaseVQGNN(BaseEstimator):
         dims = [n_features, *self._hidden_sizes(), n_outputs]
         codeword_dim = self.codeword_dim
         if codeword_dim == "auto":
-            codeword_dim = None if "global" in kinds else 4
+            learnable = any(kind in ("attention", "global") for kind in kinds)
+            codeword_dim = None if learnable else 4
         elif len(dims) > 2 and codeword_dim > min(dims[1:-1]):
             raise ValueError(
                 f"codeword_dim={codeword_dim} is wider than the narrowest quantised layer input "
@@ -500,12 +593,17 @@ class BaseVQGNN(BaseEstimator):
         else:
             model = self._build_model(graph.n_features, self._n_outputs, data.kinds).to(device)
         model.sparse_backend = resolve_backend(self.sparse_backend)
+        n_batches = max(1, math.ceil(graph.n_nodes / sampler.batch_size))
+        for cb in model.codebooks:  # gradient codewords average over the last epoch
+            cb.grad_decay = 1.0 - 1.0 / n_batches
+        input_table = None
         if reuse and self.graph_fingerprint_ == graph.fingerprint:
-            tables = self.tables_
+            tables, input_table = self.tables_, self.input_table_
         elif full_graph:
             tables = []
         else:
             tables = self._initialise_codebooks(model, data, sampler, gen, device)
+            input_table = self._initialise_input_codebook(model, data, gen, device)
 
         head = self.head_ if reuse and getattr(self, "head_", None) is not None else None
         head = self._make_head() if head is None else head
@@ -514,13 +612,12 @@ class BaseVQGNN(BaseEstimator):
         optimiser = torch.optim.Adam(
             parameters, lr=self.learning_rate, weight_decay=self.weight_decay
         )
-        n_batches = max(1, math.ceil(graph.n_nodes / sampler.batch_size))
         norm = max(1.0, self._n_targets / n_batches)
         history = list(self.history_) if reuse and hasattr(self, "history_") else []
         first_epoch = len(history)
         best = (-np.inf, None)
         stale = 0
-        blue = self.backward_messages == "codewords" and not full_graph
+        blue = self._uses_backward_messages(data.kinds) and not full_graph
         group = 0 if self.accumulate_batches == "epoch" else self.accumulate_batches
         progress = _progress(self.max_epochs, self.verbose, type(self).__name__)
         vq_sq = np.zeros(len(tables))
@@ -540,7 +637,14 @@ class BaseVQGNN(BaseEstimator):
                     if not full_graph:
                         batch_nodes = self._extend_batch(batch_nodes)
                     batch = make_batch(
-                        data, batch_nodes, tables, self.n_codewords, device, blue, self._loss_mask
+                        data,
+                        batch_nodes,
+                        tables,
+                        self.n_codewords,
+                        device,
+                        blue,
+                        self._loss_mask,
+                        input_table,
                     )
                     logits, traces = model(batch, blue=blue)
                     loss, count = self._loss(logits, batch.nodes.to(device))
@@ -554,7 +658,15 @@ class BaseVQGNN(BaseEstimator):
                     stats.loss += float(loss.detach()) if count else 0.0
                     stats.count += count
                     if tables:
-                        self._update_codebooks(model, traces, tables, batch_nodes, gen, stats)
+                        self._update_codebooks(
+                            model,
+                            traces,
+                            tables,
+                            batch_nodes,
+                            gen,
+                            stats,
+                            backward=bool(count) and blue,
+                        )
                 if grouped:  # the last update of the epoch takes the batches left
                     _mean_step(optimiser, parameters, grouped, with_loss)
                 record = stats.summary(first_epoch + epoch)
@@ -563,7 +675,9 @@ class BaseVQGNN(BaseEstimator):
                     model.eval()
                     if self._head is not None:
                         self._head.eval()
-                    logits = self._infer(model, data, tables, sampler, val_nodes, device)
+                    logits = self._infer(
+                        model, data, tables, input_table, sampler, val_nodes, device
+                    )
                     record["val_score"] = self._val_score(logits, val_nodes)
                     if record["val_score"] > best[0] + 1e-12:
                         best = (
@@ -598,11 +712,14 @@ class BaseVQGNN(BaseEstimator):
         head = self._head
         if self.early_stopping and best[1] is not None:
             model, tables, head = best[1].model, best[1].tables, best[1].head
+        if tables:
+            self._refresh_codebooks(model, data, tables, input_table, sampler, device)
         del self._head
         model.eval()
         self.model_ = model.cpu()
         self.head_ = None if head is None else head.eval().cpu()
         self.tables_ = tables
+        self.input_table_ = input_table
         self.graph_fingerprint_ = graph.fingerprint
         self.history_ = history
         self.n_iter_ = len(history)
@@ -633,6 +750,21 @@ class BaseVQGNN(BaseEstimator):
         return tables
 
     @torch.no_grad()
+    def _initialise_input_codebook(
+        self, model: VQGNN, data: GraphData, gen: torch.Generator, device: torch.device
+    ) -> AssignmentTable | None:
+        """k-means of the raw features into the input codebook of learnable convolutions, whose
+        codewords are then the exact means of their members; ``None`` without one."""
+        if model.input_codebook is None:
+            return None
+        # raw features are clustered in their own scale: the first layer projects them
+        # linearly, so the plain distance bounds the error of a projected codeword, while
+        # per-dimension whitening would let rare features (rare words) decide the clusters
+        return initialise_codebook(
+            model.input_codebook, data.graph.X, 1.0, gen, device, whiten=False
+        )
+
+    @torch.no_grad()
     def _update_codebooks(
         self,
         model: VQGNN,
@@ -641,30 +773,69 @@ class BaseVQGNN(BaseEstimator):
         batch_nodes: np.ndarray,
         gen: torch.Generator,
         stats: _EpochStats,
+        backward: bool,
     ) -> None:
-        """Assign the batch rows with features and gradients, EMA-update, re-seed unused words."""
+        """Assign the batch rows and EMA-update both codebooks of every VQ layer; re-seed
+        unused codewords.
+
+        Feature codes come from the inputs alone; gradient codes from inputs and gradients,
+        and only for rows whose gradient is known: none when the step had no backward pass,
+        and in the output layer only the nodes with a loss term (the gradient of the others is
+        exactly zero, and they are never taken as receivers there).
+        """
+        last = len(tables) - 1
         for level, (cb, trace, table) in enumerate(
             zip(model.codebooks, traces, tables, strict=True)
         ):
             x = cb.split(trace.x.detach())  # (b, P, D)
-            g, aux = _gradient_channels(trace)
-            g = cb.split(g)  # (S, b, P, D)
-            codes = cb.assign(x, g, aux)
+            codes = cb.assign(x)
             before = cb.codewords.clone()
-            last = level == len(tables) - 1
-            weight = torch.from_numpy(self._loss_mask[batch_nodes]).to(x.device) if last else None
-            cb.update(x, g, codes, weight, aux)
+            cb.update(x, codes)
             stats.changed[level] += table.set(batch_nodes, codes.cpu().numpy())
             dead = torch.from_numpy(table.unused()).to(x.device)
-            stats.reseeded[level] += cb.reseed(dead, x, g, gen, aux)
+            stats.reseeded[level] += cb.reseed(dead, x, gen)
             words = cb.codewords
             stats.shift[level] += float((words - before).norm())
             quantised = words[torch.arange(cb.n_slices, device=x.device), codes]  # (b, P, D)
             stats.vq_sq[level] += float(((x - quantised) ** 2).sum())
             stats.vq_norm[level] += float((x**2).sum())
+            if backward:
+                known = np.ones(len(batch_nodes), dtype=bool)
+                if level == last:
+                    known = self._loss_mask[batch_nodes]
+                rows = np.flatnonzero(known)
+                if len(rows):
+                    self._update_gradient_codebook(cb, trace, table, x, batch_nodes, rows, gen)
             stats.grad_norm[level] = float(cb.grad_codewords.norm())
+            stats.trust[level] = cb.grad_trust.tolist()
             if trace.blue is not None:
                 stats.blue_norm[level] += float(trace.blue.norm())
+
+    @staticmethod
+    def _update_gradient_codebook(
+        cb: ProductCodebook,
+        trace: Any,
+        table: AssignmentTable,
+        x: Tensor,
+        batch_nodes: np.ndarray,
+        rows: np.ndarray,
+        gen: torch.Generator,
+    ) -> None:
+        """Calibrate, assign and EMA-update the gradient codewords with the batch ``rows``
+        whose gradient is known."""
+        g, aux = _gradient_channels(trace)
+        index = torch.from_numpy(rows).to(x.device)
+        x = x[index]
+        g = cb.split(g[:, index])  # (S, r, P, D)
+        aux = None if aux is None else aux[:, index]
+        nodes = batch_nodes[rows]
+        stale = torch.from_numpy(table.grad_codes[nodes].astype(np.int64)).to(x.device)
+        cb.calibrate(g, stale)
+        grad_codes = cb.assign_gradients(x, g, aux)
+        cb.update_gradients(x, g, grad_codes, aux=aux)
+        table.set_gradients(nodes, grad_codes.cpu().numpy())
+        dead = torch.from_numpy(table.grad_unused()).to(x.device)
+        cb.reseed_gradients(dead, x, g, gen, aux)
 
     # -- inference -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -689,12 +860,69 @@ class BaseVQGNN(BaseEstimator):
             H = out
         return H
 
+    def _level_inputs(
+        self,
+        model: VQGNN,
+        data: GraphData,
+        tables: list[AssignmentTable],
+        input_table: AssignmentTable | None,
+        sampler: NodeSampler,
+        device: torch.device,
+        level: int,
+    ) -> Iterator[tuple[np.ndarray, Tensor]]:
+        """Per inference batch, its nodes and the split inputs (b, P, D) of codebook ``level``
+        from the network's own VQ forward over the levels below, whose tables must be
+        complete (``tables[:level]``)."""
+        cb = model.codebooks[level]
+        for batch_nodes in sampler.inference_batches():
+            batch = make_batch(
+                data,
+                batch_nodes,
+                tables[:level],
+                self.n_codewords,
+                device,
+                False,
+                None,
+                input_table,
+            )
+            yield batch_nodes, cb.split(model(batch, upto=level)[0])
+
+    @torch.no_grad()
+    def _refresh_codebooks(
+        self,
+        model: VQGNN,
+        data: GraphData,
+        tables: list[AssignmentTable],
+        input_table: AssignmentTable | None,
+        sampler: NodeSampler,
+        device: torch.device,
+    ) -> None:
+        """Feature codes and codewords for inference, level by level over the inference
+        batches in eval mode: every node re-assigned by its own dropout-free input, then every
+        feature codeword moved to the mean of its members. Training assigns nodes by their
+        inputs under dropout and averages those, which is right for training steps but biased
+        for predictions. Gradient codebooks are left as they are."""
+        was_training = model.training
+        model.eval()
+        for level, (cb, table) in enumerate(zip(model.codebooks, tables, strict=True)):
+            count = sums = None
+            for batch_nodes, x in self._level_inputs(
+                model, data, tables, input_table, sampler, device, level
+            ):
+                codes = cb.assign(x)
+                c, s_ = cb.member_sums(x, codes)
+                count, sums = (c, s_) if count is None else (count + c, sums + s_)
+                table.set(batch_nodes, codes.cpu().numpy())
+            cb.recentre(count, sums)
+        model.train(was_training)
+
     @torch.no_grad()
     def _infer(
         self,
         model: VQGNN,
         data: GraphData,
         tables: list[AssignmentTable],
+        input_table: AssignmentTable | None,
         sampler: NodeSampler,
         nodes: np.ndarray,
         device: torch.device,
@@ -708,7 +936,9 @@ class BaseVQGNN(BaseEstimator):
         for batch_nodes in sampler.inference_batches():
             if not wanted[batch_nodes].any():
                 continue
-            batch = make_batch(data, batch_nodes, tables, self.n_codewords, device, False)
+            batch = make_batch(
+                data, batch_nodes, tables, self.n_codewords, device, False, None, input_table
+            )
             logits, _ = model(batch)
             logits = logits.cpu()
             if out is None:
@@ -719,17 +949,30 @@ class BaseVQGNN(BaseEstimator):
 
     @torch.no_grad()
     def _assign_new_graph(
-        self, model: VQGNN, data: GraphData, device: torch.device
-    ) -> list[AssignmentTable]:
-        """Assign every node of an unseen graph to its nearest feature codeword, layer by layer."""
+        self, model: VQGNN, data: GraphData, sampler: NodeSampler, device: torch.device
+    ) -> tuple[list[AssignmentTable], AssignmentTable | None]:
+        """Assign every node of an unseen graph to its nearest feature codewords, level by level
+        in the sampler's inference batches: the raw features to the input codebook first, then
+        level ``l``'s inputs from the network's own VQ forward over the levels below, whose
+        assignments are complete by then. Memory is that of inference, one batch at a time;
+        codebooks are left unchanged."""
+        input_table = None
+        if model.input_codebook is not None:
+            cb = model.input_codebook
+            input_table = AssignmentTable(data.n_nodes, 1, cb.n_codewords)
+            for start in range(0, data.n_nodes, _CHUNK_ROWS):
+                rows = np.arange(start, min(start + _CHUNK_ROWS, data.n_nodes))
+                codes = cb.assign(cb.split(dense_rows(data.graph.X, rows, device)))
+                input_table.set_both(rows, codes.cpu().numpy())
         tables: list[AssignmentTable] = []
-        for cb in model.codebooks:
-            H = self._exact_layers(model, data, device, upto=len(tables) + 1)
-            codes = cb.assign(cb.split(torch.from_numpy(H).to(device)))
+        for level, cb in enumerate(model.codebooks):
             table = AssignmentTable(data.n_nodes, cb.n_slices, cb.n_codewords)
-            table.set(np.arange(data.n_nodes), codes.cpu().numpy())
+            for batch_nodes, x in self._level_inputs(
+                model, data, tables, input_table, sampler, device, level
+            ):
+                table.set_both(batch_nodes, cb.assign(x).cpu().numpy())
             tables.append(table)
-        return tables
+        return tables, input_table
 
     def _decision(self, nodes: NodeSet) -> Tensor:
         """Logits (len(nodes), out) for a node view, with the configured inference mode."""
@@ -744,12 +987,12 @@ class BaseVQGNN(BaseEstimator):
             if self.inference == "exact" or not model.codebooks or self.batch_size is None:
                 H = self._exact_layers(model, data, device)
                 return torch.from_numpy(H[nodes.index])
-            if graph.fingerprint == self.graph_fingerprint_:
-                tables = self.tables_
-            else:
-                tables = self._assign_new_graph(model, data, device)
             sampler = self._sampler_for(graph, self._fit_seed_)
-            return self._infer(model, data, tables, sampler, nodes.index, device)
+            if graph.fingerprint == self.graph_fingerprint_:
+                tables, input_table = self.tables_, self.input_table_
+            else:
+                tables, input_table = self._assign_new_graph(model, data, sampler, device)
+            return self._infer(model, data, tables, input_table, sampler, nodes.index, device)
         finally:
             self.model_ = model.cpu()
 
@@ -787,15 +1030,17 @@ def _exact_messages(
             messages.append(torch.from_numpy(H[rows]).to(device))
         elif kind == "fixed":
             messages.append(torch.from_numpy(np.asarray(M[rows] @ H)).to(device))
-        elif kind == "global" and i == 0:
-            messages.append(None)
         elif kind == "global":
             conv = model._attention(i, s)
             step = max(1, _PAIRS // (len(rows) * conv.heads))
+            n = source.shape[0]
             senders = (
-                torch.from_numpy(H[c : c + step]).to(device) for c in range(0, H.shape[0], step)
+                dense_rows(source, np.arange(c, min(c + step, n)), device)
+                for c in range(0, n, step)
             )
-            messages.append(attend_chunked(conv, torch.from_numpy(H[rows]).to(device), senders)[0])
+            project = i == 0 and hasattr(conv, "value")
+            x_dst = dense_rows(source, rows, device)
+            messages.append(attend_chunked(conv, x_dst, senders, project)[0])
         else:
             local, cols, _ = gather_rows(M, rows)
             senders, inverse = np.unique(cols, return_inverse=True)
@@ -803,7 +1048,7 @@ def _exact_messages(
             if i == 0:  # receivers first, then the senders
                 x = input_rows(source, np.concatenate([rows, senders]), device)
                 edges = (edges[0], edges[1] + len(rows))
-                messages.append(model.first_attention(s, len(rows), x, edges))
+                messages.append(model.first_attention(s, x, edges, n_receivers=len(rows)))
             else:
                 x_dst, x_src = dense_rows(source, rows, device), dense_rows(source, senders, device)
                 messages.append(attend(model._attention(i, s), x_dst, x_src, edges)[0])
@@ -823,6 +1068,7 @@ class _EpochStats:
         self.vq_norm = np.zeros(n_levels)
         self.grad_norm = [0.0] * n_levels
         self.blue_norm = [0.0] * n_levels
+        self.trust: list[list[float]] = [[] for _ in range(n_levels)]
 
     def summary(self, epoch: int) -> dict[str, Any]:
         record: dict[str, Any] = {"epoch": epoch, "loss": self.loss / max(1, self.count)}
@@ -834,6 +1080,7 @@ class _EpochStats:
             record["codeword_shift"] = list(self.shift)
             record["grad_codeword_norm"] = list(self.grad_norm)
             record["blue_message_norm"] = list(self.blue_norm)
+            record["grad_trust"] = [list(t) for t in self.trust]
         return record
 
 

@@ -77,8 +77,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     backbone : {"gcn", "sage", "gin", "gat", "transformer"} or Backbone, default="gcn"
         Graph convolution: GCN (``D̃^-½(A+I)D̃^-½``), GraphSAGE-mean (root weight + ``D⁻¹A``),
         GIN (``(1+ε)I + A``, learnable ``ε``, MLP update), GAT (multi-head attention over
-        ``N(i) ∪ {i}``) or a graph transformer (local GCN plus global attention over all nodes,
-        from the second layer on). A ``skvqgnn.layers.Backbone`` instance plugs in a
+        ``N(i) ∪ {i}``) or a graph transformer (local GCN plus global attention over all nodes
+        in every layer). A ``skvqgnn.layers.Backbone`` instance plugs in a
         user-defined convolution (see ``doc/extending.md``).
     hidden_layer_sizes : int or sequence of int, default=(64,)
         Widths of the hidden layers; the network has ``len(hidden_layer_sizes) + 1`` layers.
@@ -93,9 +93,12 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         Width ``D`` of a product-VQ slice; layer inputs are cut into ``ceil(f / D)`` slices, the
         last one zero-padded when ``D`` does not divide ``f``. At most the narrowest hidden
         width.
-        ``"auto"``: 4, or whole-vector codewords for the transformer, whose global attention
-        weighs each codeword by the number of nodes it stands for and so needs one codeword per
-        node rather than one per slice.
+        ``"auto"``: 4 for backbones whose convolutions are fixed (gcn, sage, gin); whole-vector
+        codewords for backbones with attention (gat, the transformer), whose attention scores
+        are functions of a sender's whole vector, so a sender must be one codeword rather than
+        one per slice. Attention backbones also keep a whole-vector codebook of the raw
+        input features, from which the first layer reads the out-of-batch senders beyond its
+        exact halo of at most ``batch_size`` nodes.
     batch_size : int or None, default=512
         Nodes per mini-batch. ``None`` trains on the full graph (exact, no codebooks): the
         in-package reference.
@@ -107,12 +110,17 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     inference : {"vq", "exact"}, default="vq"
         ``"vq"``: mini-batch inference, out-of-batch messages from codewords. ``"exact"``:
         layer-wise full-neighbour inference over node chunks.
-    backward_messages : {"codewords", "none"}, default="codewords"
+    backward_messages : {"auto", "codewords", "none"}, default="auto"
         Whether the backward pass adds the out-of-batch gradient messages (Eq. 7) from the
-        gradient codewords.
+        gradient codewords, scaled by each codebook's measured trust ratio (the least-squares
+        scale of the predicted against the true gradients of batch nodes). ``"auto"``: on for
+        backbones whose convolutions are all fixed (gcn, sage, gin), off for attention
+        backbones (gat, the transformer), where they made training worse at 2 hidden layers
+        in every measured regime (``doc/gradient_codewords.md``).
     grad_scale : float, default=1.0
-        Weight of the standardised gradient next to the standardised features in the codeword
-        assignment distance (0: features only).
+        Weight of the standardised gradient next to the standardised input in the distance
+        that assigns nodes to gradient codewords (0: inputs only). The forward pass's feature
+        codes use the inputs only.
     ema_decay : float, default=0.99
         Decay of the codebooks' exponential moving averages.
     dropout : float, default=0.5
@@ -125,16 +133,19 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         learning_rate=0.005``: full-graph GAT on Cora reached 0.801 test accuracy with it and
         0.797 without attention dropout (3 seeds each).
     learning_rate : float, default=0.002
-        Adam learning rate. Mini-batch training takes ``n / batch_size`` steps per epoch; on
-        sparsely labelled graphs 0.01 overfits within the default epochs (measured in
-        ``doc/benchmarks.md``), so the default is lower than the full-graph GCN recipe's.
+        Adam learning rate. With the default ``accumulate_batches="epoch"`` mini-batch and
+        full-graph training take one step per epoch, so one rate serves both.
     weight_decay : float, default=5e-4
-    accumulate_batches : int or "epoch", default=1
+    accumulate_batches : int or "epoch", default="epoch"
         Mini-batches whose gradients are averaged into one optimiser step (gradient
         accumulation): an epoch of ``m = ceil(n / batch_size)`` batches takes
         ``ceil(m / accumulate_batches)`` steps, the last over the batches left. ``"epoch"``
         takes one step per epoch over the mean gradient of the epoch's batches, as many steps
-        as full-graph training takes. The memory of a step does not change: each batch's
+        as full-graph training takes. It is the default because the codewords of the
+        out-of-batch nodes are up to an epoch old: with a step per batch they lag the
+        parameters by ``m`` steps, and at 2-3 hidden layers with random batches that lag made
+        the loss spike or collapse; with one step per epoch the codewords describe the current
+        parameters. The memory of a step does not change: each batch's
         graph is freed after its backward pass, and only the parameters' gradients add up. Not
         used in full-graph mode (one batch an epoch).
     max_epochs : int, default=200
@@ -170,7 +181,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     history_ : list of dict
         Per epoch: ``loss``, ``time``, ``val_score`` (with early stopping) and, per VQ layer,
         ``vq_error``, ``assignments_changed``, ``codewords_reseeded``, ``codeword_shift``,
-        ``grad_codeword_norm`` and ``blue_message_norm``.
+        ``grad_codeword_norm``, ``blue_message_norm`` and ``grad_trust`` (the scale applied to
+        the backward messages).
     vq_error_ : ndarray of shape (n_vq_layers,)
         Relative VQ error ``‖X − R X̃‖_F / ‖X‖_F`` of each quantised layer input over the last
         epoch (empty for full-graph training).

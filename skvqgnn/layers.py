@@ -19,9 +19,10 @@ senders from out-of-batch receivers use the receivers' codewords of ``x``, ``g =
 ``⟨g, M⟩`` and the log normaliser (``attention_blue``). Attention parameters receive gradient from
 every forward term, codeword senders included, and nothing from the backward messages.
 
-The first layer aggregates the fixed input features: ``C^(s) X`` is computed once on the host, and
-masked attention gathers the raw features of the batch's out-of-batch neighbours, so the first
-layer is exact and has no codebook.
+The first layer aggregates the fixed input features: ``C^(s) X`` is computed once on the host, so
+a fixed convolution's first layer is exact. A learnable convolution's first layer takes its
+out-of-batch senders from the input codebook, whole-vector codewords of the raw features fitted
+once before training, so that a step never gathers the raw features of a neighbourhood.
 """
 
 from __future__ import annotations
@@ -88,24 +89,40 @@ class LinearCombination(nn.Module):
         return z
 
 
+def is_sparse(x: Tensor) -> bool:
+    """Whether ``x`` is a sparse tensor of any layout (COO or CSR)."""
+    return x.layout != torch.strided
+
+
+def dense(x: Tensor) -> Tensor:
+    """``x`` as a dense tensor."""
+    return x.to_dense() if is_sparse(x) else x
+
+
 def _linear(linear: nn.Linear, x: Tensor) -> Tensor:
-    """``linear(x)`` for a dense or sparse (COO) ``x``."""
-    if not x.is_sparse:
+    """``linear(x)`` for a dense or sparse (COO or CSR) ``x``."""
+    if not is_sparse(x):
         return linear(x)
-    out = torch.sparse.mm(x, linear.weight.T)
+    out = x @ linear.weight.T
     return out if linear.bias is None else out + linear.bias
 
 
 def _matmul(x: Tensor, w: Tensor) -> Tensor:
-    return torch.sparse.mm(x, w) if x.is_sparse else x @ w
+    return x @ w
 
 
 def sparse_dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """Dropout on the stored values of a sparse (COO) tensor, or plain dropout on a dense one."""
-    if not x.is_sparse:
+    """Dropout on the stored values of a sparse (COO or CSR) tensor, or plain dropout on a
+    dense one."""
+    if not is_sparse(x):
         return F.dropout(x, p, training)
     if not training or p == 0:
         return x
+    if x.layout == torch.sparse_csr:
+        values = F.dropout(x.values(), p, True)
+        return torch.sparse_csr_tensor(
+            x.crow_indices(), x.col_indices(), values, x.shape, check_invariants=False
+        )
     return torch.sparse_coo_tensor(
         x.indices(),
         F.dropout(x.values(), p, True),
@@ -286,16 +303,21 @@ class DotProductAttention(AttentionConvolution):
 def attend(
     conv: AttentionConvolution,
     x_dst: Tensor | int,
-    x_src: Tensor,
+    x_src: Tensor | None,
     edges: tuple[Tensor, Tensor] | None = None,
     log_count: Tensor | None = None,
     values: Tensor | None = None,
     dropout: float = 0.0,
+    queries: Tensor | None = None,
+    keys: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Softmax aggregation ``M^h_i = Σ_j α^h_ij x_j`` of senders ``x_src`` into ``x_dst``.
 
     ``values`` (m, H, d), when given, are aggregated per head instead of ``x_src``. An integer
-    ``x_dst = b`` means the first ``b`` senders are the receivers.
+    ``x_dst = b`` means the first ``b`` senders are the receivers. ``queries`` (b, H, d) and
+    ``keys`` (m, H, d) may be given precomputed (senders whose parts are projected apart, such
+    as sparse feature rows and dense codewords); ``x_src`` is then needed only without
+    ``values``.
 
     ``edges`` = (receiver rows, sender columns), each (E,); ``None`` means every pair. A sender
     term may stand for several nodes with the same features (a codeword): ``log_count`` ((E,), or
@@ -304,12 +326,14 @@ def attend(
     ``exp`` (max-subtraction), so no weight exceeds 1. ``dropout`` > 0 zeroes each weight
     ``α^h_ij`` with that probability and rescales the others (attention dropout, as in GAT); a
     codeword term is dropped or kept as a whole. The log normaliser is that of the weights
-    before dropout.
+    before dropout. Masked aggregation holds O(E·H) weights, never an (E, H, f) tensor.
 
     Returns the messages (b, H, f) and the log normaliser of each row (b, H).
     """
-    q = conv.query(x_src)[:x_dst] if isinstance(x_dst, int) else conv.query(x_dst)  # (b, H, d)
-    k = conv.key(x_src)  # (m, H, d)
+    q = queries
+    if q is None:
+        q = conv.query(x_src)[:x_dst] if isinstance(x_dst, int) else conv.query(x_dst)
+    k = conv.key(x_src) if keys is None else keys  # (m, H, d)
     b, H = q.shape[0], q.shape[1]
     if edges is None:
         s = conv.dense_score(q, k)  # (b, m, H)
@@ -336,22 +360,42 @@ def attend(
     alpha = w / den[rows]
     if dropout > 0:
         alpha = F.dropout(alpha, dropout, True)
-    # gather and scatter-add: (torch.sparse.mm's gradient for its sparse values is dense)
-    if values is None:
-        terms = alpha.unsqueeze(-1) * x_src[cols].unsqueeze(1)  # (E, H, f)
-    else:
-        terms = alpha.unsqueeze(-1) * values[cols]  # (E, H, d)
-    out = torch.zeros(b, H, terms.shape[-1], dtype=terms.dtype, device=terms.device)
-    return out.index_add(0, rows, terms), peak + torch.log(den)
+    return segment_sum(rows, cols, alpha, x_src if values is None else values, b), peak + torch.log(
+        den
+    )
+
+
+def segment_sum(rows: Tensor, cols: Tensor, weights: Tensor, src: Tensor, b: int) -> Tensor:
+    """``out[i, h] = Σ_{e: rows[e] = i} weights[e, h] · src[cols[e]]`` (b, H, f).
+
+    ``src`` is (m, f), shared by the heads, or (m, H, f). One weighted bag sum per head
+    (``embedding_bag``), so memory is O(E·H + m·f): the (E, H, f) tensor of the terms is never
+    built, and the gradient reaches ``weights`` and ``src``.
+    """
+    if len(rows) > 1 and bool((rows[1:] < rows[:-1]).any()):
+        order = torch.argsort(rows, stable=True)
+        rows, cols, weights = rows[order], cols[order], weights[order]
+    counts = torch.bincount(rows, minlength=b)
+    offsets = torch.cumsum(counts, 0) - counts
+    heads = []
+    for h in range(weights.shape[1]):
+        table = src if src.dim() == 2 else src[:, h].contiguous()
+        heads.append(
+            F.embedding_bag(
+                cols, table, offsets, mode="sum", per_sample_weights=weights[:, h].contiguous()
+            )
+        )
+    return torch.stack(heads, 1)
 
 
 def attend_chunked(
-    conv: AttentionConvolution, x_dst: Tensor, senders: Iterator[Tensor]
+    conv: AttentionConvolution, x_dst: Tensor, senders: Iterator[Tensor], project: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """``attend`` over every pair, with the senders streamed in chunks (log-sum-exp merge)."""
+    """``attend`` over every pair, with the senders streamed in chunks (log-sum-exp merge);
+    ``project`` aggregates the convolution's ``value`` of the senders."""
     M = lse = None
     for x_src in senders:
-        m_c, lse_c = attend(conv, x_dst, x_src)
+        m_c, lse_c = attend(conv, x_dst, x_src, values=conv.value(x_src) if project else None)
         if M is None:
             M, lse = m_c, lse_c
             continue
@@ -568,9 +612,10 @@ class TransformerLayer(nn.Module):
     """A local GCN convolution plus multi-head global attention over all nodes:
     ``Z = (C x) W + Σ_h M^h V_h + b`` with ``M^h = softmax(Q_h Kᵀ_h / √d) x``."""
 
-    def __init__(self, in_features: int, out_features: int, heads: int):
+    def __init__(self, in_features: int, out_features: int, heads: int, first: bool = False):
         super().__init__()
-        key_features = max(1, in_features // heads)
+        # the first layer's raw features may be wide: its keys take the output's width
+        key_features = max(1, (out_features if first else in_features) // heads)
         self.local = nn.Linear(in_features, out_features)
         self.attention = nn.ModuleList([DotProductAttention(in_features, key_features, heads)])
         self.value = nn.Parameter(torch.empty(heads, in_features, out_features))
@@ -589,9 +634,8 @@ class Transformer(Backbone):
 
     Out-of-batch keys and values are the codewords, weighted by how many out-of-batch nodes each
     stands for; this needs whole-vector codewords (``codeword_dim`` at least the layer width).
-    The first layer aggregates the raw input features, which have no codebook, so its global
-    attention is left out (it would need every node's features): global attention acts in every
-    layer after the first.
+    In the first layer they are the input codewords of the raw features, so global attention
+    acts in every layer.
 
     Parameters
     ----------
@@ -609,7 +653,7 @@ class Transformer(Backbone):
         return [gcn_norm(A), Attention(None)]
 
     def layer(self, in_features: int, out_features: int, *, first: bool, last: bool) -> nn.Module:
-        return TransformerLayer(in_features, out_features, self.heads)
+        return TransformerLayer(in_features, out_features, self.heads, first=first)
 
 
 BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (GCN, SAGE, GIN, GAT, Transformer)}
@@ -657,9 +701,12 @@ class Batch:
     sketches : per VQ layer, per convolution, the codeword sketch (P·b, P·k) as ``SketchBags``, or
         ``None``
     transposed : like ``sketches`` for the transposed sketch; empty when not training
-    raw : input features of the batch rows then of their out-of-batch neighbours under the
-        attention masks (exact: the first layer has no codebook); ``None`` without attention
-    input_edges : per convolution, (rows, cols into ``raw``) of a masked attention's first layer
+    raw : input features of the batch rows, then of the out-of-batch senders the first layer
+        reads exactly (dense, or sparse CSR); ``None`` without attention
+    input_pairs : per convolution, (rows, cols into ``raw``) of a masked attention's first layer
+    input_senders : per convolution, ``Groups`` of a learnable convolution's other out-of-batch
+        senders in the first layer, by their input codes (``VQGNN.input_codebook``); empty, or
+        ``None`` entries, when every sender is read exactly
     senders, receivers : per VQ layer, per convolution, ``Groups`` of a learnable convolution
     """
 
@@ -669,7 +716,8 @@ class Batch:
     sketches: list[list[SketchBags | None]]
     transposed: list[list[SketchBags | None]] = field(default_factory=list)
     raw: Tensor | None = None
-    input_edges: list = field(default_factory=list)
+    input_pairs: list = field(default_factory=list)
+    input_senders: list[Groups | None] = field(default_factory=list)
     senders: list[list[Groups | None]] = field(default_factory=list)
     receivers: list[list[Groups | None]] = field(default_factory=list)
 
@@ -683,6 +731,27 @@ class LayerTrace:
     messages: list[Tensor]
     lse: list[Tensor]
     blue: Tensor | None
+
+
+def _sender_terms(
+    intra: tuple[Tensor, Tensor] | None,
+    groups: Groups | None,
+    b: int,
+    grouped: bool,
+) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
+    """The (rows, cols) pairs and log counts of a learnable convolution's senders: the ``b``
+    rows of the batch's inputs first, then, when ``grouped``, the out-of-batch ``groups``
+    (``None`` pairs: global attention, every receiver meets every sender)."""
+    if intra is None:  # global attention
+        log_count = (
+            torch.cat([groups.log_count.new_zeros(b), groups.log_count]) if grouped else None
+        )
+        return None, log_count
+    rows, cols = intra
+    if not grouped:
+        return (rows, cols), None
+    log_count = torch.cat([groups.log_count.new_zeros(len(rows)), groups.log_count])
+    return (torch.cat([rows, groups.rows]), torch.cat([cols, groups.cols + b])), log_count
 
 
 class VQGNN(nn.Module):
@@ -753,6 +822,11 @@ class VQGNN(nn.Module):
                     "use codeword_dim='auto'"
                 )
             self.codebooks.append(cb)
+        # learnable convolutions read out-of-batch senders of the first layer from whole-vector
+        # codewords of the raw features, fixed after initialisation (the inputs do not change)
+        self.input_codebook: ProductCodebook | None = None
+        if n_attention:
+            self.input_codebook = ProductCodebook(dims[0], n_codewords, dims[0], 0, decay, 0.0)
 
     def channels(self, level: int) -> list[range]:
         """Per convolution, its gradient channels in VQ layer ``level``'s codebook (one per fixed
@@ -792,25 +866,32 @@ class VQGNN(nn.Module):
         return cb.merge(out.reshape(P, -1, D).transpose(0, 1))
 
     def blue_messages(self, batch: Batch, level: int, x: Tensor) -> Tensor | None:
-        """Eq. 7's out-of-batch gradient for the input ``x`` (b, f) of VQ layer ``level``."""
+        """Eq. 7's out-of-batch gradient for the input ``x`` (b, f) of VQ layer ``level``.
+
+        Each gradient channel is scaled by its codebook's ``grad_trust``: the measured
+        agreement of the gradient codewords with the gradients of the nodes they stand for.
+        """
         cb = self.codebooks[level]
-        grads = cb.grad_codewords  # (S, P, k, D)
+        trust = cb.grad_trust  # (S,)
         total = None
         channels, aux = self.channels(level), self._aux(level)
         for s, kind in enumerate(self.kinds):
             term = None
+            ch = channels[s]
             if kind == "fixed" and batch.transposed[level][s] is not None:
-                term = self._out_of_batch(batch.transposed[level][s], grads[channels[s][0]], cb)
+                grads = cb.grad_codewords[ch.start] * trust[ch.start]  # (P, k, D)
+                term = self._out_of_batch(batch.transposed[level][s], grads, cb)
             elif kind in ("attention", "global") and batch.receivers[level][s] is not None:
                 rec = batch.receivers[level][s]
                 if len(rec.codes) == 0:
                     continue
-                x_rec, g_rec, a_rec = cb.lookup(rec.codes)
+                x_rec, g_rec, a_rec = cb.lookup_gradients(rec.codes)
                 inner, lse = aux[s]
+                t = trust[ch.start : ch.stop]  # (H,)
                 receivers = (
                     x_rec,
-                    g_rec[channels[s].start : channels[s].stop].transpose(0, 1),
-                    a_rec[inner.start : inner.stop].T,
+                    (g_rec[ch.start : ch.stop] * t[:, None, None]).transpose(0, 1),
+                    a_rec[inner.start : inner.stop].T * t,
                     a_rec[lse.start : lse.stop].T,
                 )
                 edges = None if kind == "global" else (rec.rows, rec.cols)
@@ -841,7 +922,7 @@ class VQGNN(nn.Module):
                     m = m + self._out_of_batch(sketch, words, cb)
             else:
                 groups = batch.senders[level][s] if batch.senders else None
-                m, lse = self._attend(self._attention(level + 1, s), batch, s, x, groups, cb)
+                m, lse = self._attend(self._attention(level + 1, s), batch, s, x, groups, cb, words)
             messages.append(m)
             lses.append(lse)
         return messages, lses
@@ -854,65 +935,81 @@ class VQGNN(nn.Module):
         x: Tensor,
         groups: Groups | None,
         cb: ProductCodebook,
+        words: Tensor,
     ) -> tuple[Tensor, Tensor]:
         """One learnable convolution: exact intra-batch senders plus codeword groups."""
         b = x.shape[0]
         x_src = x
         if groups is not None and len(groups.codes):
             slices = torch.arange(cb.n_slices, device=x.device)
-            x_src = torch.cat([x, cb.merge(cb.codewords[slices, groups.codes])])
-        if self.kinds[s] == "global":
-            log_count = None
-            if x_src is not x:
-                log_count = torch.cat([x.new_zeros(b), groups.log_count])
-            return attend(conv, x, x_src, None, log_count, dropout=self._attention_p())
-        rows, cols = batch.intra[s]
-        log_count = None
-        if x_src is not x:
-            log_count = torch.cat([x.new_zeros(len(rows)), groups.log_count])
-            rows = torch.cat([rows, groups.rows])
-            cols = torch.cat([cols, groups.cols + b])
-        return attend(conv, x, x_src, (rows, cols), log_count, dropout=self._attention_p())
+            x_src = torch.cat([x, cb.merge(words[slices, groups.codes])])
+        edges, log_count = _sender_terms(batch.intra[s], groups, b, x_src is not x)
+        return attend(conv, x, x_src, edges, log_count, dropout=self._attention_p())
 
     def _attention_p(self) -> float:
         return self.attention_dropout if self.training else 0.0
 
     def input_messages(self, batch: Batch) -> list[Tensor | None]:
-        """The first layer's messages: precomputed for fixed convolutions, exact attention over
-        the raw features of the batch and its neighbours, none for global attention."""
+        """The first layer's messages: precomputed for fixed convolutions; for learnable ones,
+        attention over the raw features of the batch rows and the input codewords of the
+        out-of-batch senders."""
         raw = None
         messages: list[Tensor | None] = []
         for s, kind in enumerate(self.kinds):
             if kind in ("identity", "fixed"):
                 messages.append(sparse_dropout(batch.inputs[s], self.dropout, self.training))
-            elif kind == "global":
-                messages.append(None)
-            else:
-                if raw is None:
-                    raw = sparse_dropout(batch.raw, self.dropout, self.training)
-                b = batch.nodes.shape[0]
-                messages.append(self.first_attention(s, b, raw, batch.input_edges[s]))
+                continue
+            if raw is None:
+                raw = sparse_dropout(batch.raw, self.dropout, self.training)
+            groups = batch.input_senders[s] if batch.input_senders else None
+            b = batch.nodes.shape[0]
+            messages.append(self.first_attention(s, raw, batch.input_pairs[s], groups, b))
         return messages
 
-    def first_attention(self, s: int, b: int, x: Tensor, edges: tuple[Tensor, Tensor]) -> Tensor:
-        """The first layer's masked attention ``s`` into the first ``b`` rows of the raw features
-        ``x`` (dense, or sparse COO), over projected values when the convolution has them."""
+    def first_attention(
+        self,
+        s: int,
+        x: Tensor,
+        intra: tuple[Tensor, Tensor] | None,
+        groups: Groups | None = None,
+        n_receivers: int | None = None,
+    ) -> Tensor:
+        """The first layer's attention ``s`` into the batch rows, whose raw features are ``x``
+        (dense, or sparse COO): intra-batch senders exact (the pairs ``intra``, or every pair
+        for global attention), out-of-batch ones from their ``groups`` of input codewords.
+        Over projected values when the convolution has them. ``n_receivers`` = r makes only
+        the first r rows receivers (all rows send)."""
         conv = self._attention(0, s)
-        if not hasattr(conv, "value"):
-            dense = x.to_dense() if x.is_sparse else x
-            return attend(conv, b, dense, edges, dropout=self._attention_p())[0]
-        return attend(conv, b, x, edges, values=conv.value(x), dropout=self._attention_p())[0]
+        b = x.shape[0] if n_receivers is None else n_receivers
+        words = None
+        if groups is not None and len(groups.codes):
+            words = self.input_codebook.lookup(groups.codes)  # (U, f0)
+        edges, log_count = _sender_terms(intra, groups, x.shape[0], words is not None)
+        p = self._attention_p()
+        if hasattr(conv, "value"):
+            parts = [x] if words is None else [x, words]
+            keys = torch.cat([conv.key(v) for v in parts])
+            values = torch.cat([conv.value(v) for v in parts])
+            queries = conv.query(x)[:b]
+            return attend(conv, b, None, edges, log_count, values, p, queries, keys)[0]
+        rows = dense(x)
+        x_src = rows if words is None else torch.cat([rows, words])
+        return attend(conv, rows[:b], x_src, edges, log_count, dropout=p)[0]
 
-    def forward(self, batch: Batch, blue: bool = False) -> tuple[Tensor, list[LayerTrace]]:
+    def forward(
+        self, batch: Batch, blue: bool = False, upto: int | None = None
+    ) -> tuple[Tensor, list[LayerTrace]]:
         """Logits of the batch rows, and per VQ layer the trace a training step needs.
 
         In training mode the aggregated messages retain their gradients (``∂ℓ/∂M``), and with
         ``blue=True`` the out-of-batch gradient messages are added to each VQ layer's input.
+        ``upto=l`` stops after layer ``l`` and returns its output, the input of VQ layer ``l``
+        (the batch needs the codebook levels below ``l`` only).
         """
         traces: list[LayerTrace] = []
         h = None
         last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.layers[: None if upto is None else upto + 1]):
             if i == 0:
                 messages = self.input_messages(batch)
             else:

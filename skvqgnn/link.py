@@ -269,8 +269,11 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
         ``partner_nodes="batch_size"`` as well, citeseer came within a point of full-graph
         training (Hits@50 gcn 0.845 against 0.851, sage 0.885 against 0.893). Choose both on
         validation pairs; see ``doc/link_prediction.md``.
+    backward_messages : {"auto", "codewords", "none"}, default="codewords"
+        As in ``VQGNNClassifier``; the link predictor keeps the backward messages on for every
+        backbone, the setting its benchmarks (``doc/link_prediction.md``) were measured with.
     heads, n_codewords, codeword_dim, batch_size, sampler, parts_per_batch, inference, \
-backward_messages, grad_scale, ema_decay, dropout, attention_dropout, max_epochs, warm_start, \
+grad_scale, ema_decay, dropout, attention_dropout, max_epochs, warm_start, \
 device, sparse_backend, random_state, verbose
         As in ``VQGNNClassifier``.
     learning_rate : float, default=0.002

@@ -153,6 +153,8 @@ def _encode(value: Any, name: str, estimator: Any) -> Any:
             "n_codewords": int(value.n_codewords),
             "codes": _encode_array(value.codes, name),
             "usage": _encode_array(value.usage, name),
+            "grad_codes": _encode_array(value.grad_codes, name),
+            "grad_usage": _encode_array(value.grad_usage, name),
         }
     if isinstance(value, VQGNN):
         n_outputs = getattr(estimator, "_n_outputs", None)  # set by fit (see BaseVQGNN)
@@ -239,6 +241,8 @@ def _decode(value: Any, estimator: Any) -> Any:
         table = AssignmentTable(codes.shape[0], codes.shape[1], value["n_codewords"])
         table.codes = codes
         table.usage = _decode_array(value["usage"])
+        table.grad_codes = _decode_array(value["grad_codes"])
+        table.grad_usage = _decode_array(value["grad_usage"])
         return table
     if tag == "vqgnn":
         with torch.random.fork_rng(devices=[]):  # rebuilding draws initial weights

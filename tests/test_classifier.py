@@ -12,6 +12,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, cross_val_predict, cross_val_score
 from sklearn.utils._param_validation import InvalidParameterError
 
+import skvqgnn._base as base
 from skvqgnn import Graph, NodeSet, VQGNNClassifier
 from skvqgnn.datasets import load_cora
 from skvqgnn.sketch import resolve_backend
@@ -52,25 +53,98 @@ def test_cora_public_split_accuracy_floor():
     assert _acc(clf.transduction_, y, split.test_mask) >= 0.76
 
 
-def test_liveness_codebooks_and_backward_messages_move(csbm):
-    """DESIGN §3.1/§8: codebooks update every step and blue messages are non-zero."""
+_GRADIENT_STATE = ("grad_counts", "grad_feature_sums", "grad_sums", "grad_var", "trust_den")
+
+
+def _watch_steps(monkeypatch):
+    """Record, around every real codebook update of a fit, each level's codebook state and
+    assignments before and after, and whether the step had a backward pass."""
+    steps = []
+    update = base.BaseVQGNN._update_codebooks
+
+    def watched(self, model, traces, tables, batch_nodes, *args, backward, **kwargs):
+        def state():
+            return [
+                (
+                    {k: v.clone() for k, v in cb.state_dict().items()},
+                    t.codes.copy(),
+                    t.grad_codes.copy(),
+                )
+                for cb, t in zip(model.codebooks, tables, strict=True)
+            ]
+
+        before = state()
+        update(self, model, traces, tables, batch_nodes, *args, backward=backward, **kwargs)
+        steps.append((backward, batch_nodes.copy(), before, state()))
+
+    monkeypatch.setattr(base.BaseVQGNN, "_update_codebooks", watched)
+    return steps
+
+
+def test_liveness_every_step_moves_codewords_counts_gradient_codewords_and_codes(csbm, monkeypatch):
+    """DESIGN §3.1/§8, per step and at every level: feature codewords, counts, gradient
+    codewords and both assignments of the batch nodes change in every training step."""
     A, X, y, split = csbm
-    clf = VQGNNClassifier(random_state=0, **{**FAST, "max_epochs": 3}).fit(A, X, _labels(y, split))
+    steps = _watch_steps(monkeypatch)
+    params = {**FAST, "max_epochs": 2, "hidden_layer_sizes": (16, 16), "sampler": "random"}
+    clf = VQGNNClassifier(random_state=0, **params).fit(A, X, _labels(y, split))
+    assert len(steps) == 2 * 6 and all(backward for backward, *_ in steps)
+    for _, nodes, before, after in steps:
+        for (s0, codes0, grad0), (s1, codes1, grad1) in zip(before, after, strict=True):
+            for key in ("counts", "feature_sums", "grad_counts", "grad_sums"):
+                assert not torch.equal(s0[key], s1[key]), key
+            assert (codes0[nodes] != codes1[nodes]).any()
+            assert (grad0[nodes] != grad1[nodes]).any()
+            outside = np.setdiff1d(np.arange(len(codes0)), nodes)
+            np.testing.assert_array_equal(codes0[outside], codes1[outside])
     for record in clf.history_:
-        assert record["assignments_changed"][0] > 0
-        assert record["codeword_shift"][0] > 0
-        assert record["grad_codeword_norm"][0] > 0
-        assert record["blue_message_norm"][0] > 0
-    cb = clf.model_.codebooks[0]
-    counts, words, grads = cb.counts.clone(), cb.codewords.clone(), cb.grad_codewords.clone()
-    codes = clf.tables_[0].codes.copy()
-    clf.set_params(warm_start=True, max_epochs=2).fit(A, X, _labels(y, split))
-    cb = clf.model_.codebooks[0]
-    assert not torch.equal(counts, cb.counts)
-    assert not torch.equal(words, cb.codewords)
-    assert not torch.equal(grads, cb.grad_codewords)
-    assert (codes != clf.tables_[0].codes).any()
-    assert [r["epoch"] for r in clf.history_] == [0, 1, 2, 3, 4]  # warm start continues
+        assert all(v > 0 for v in record["blue_message_norm"])
+        assert all(0 < t <= 1 for level in record["grad_trust"] for t in level)
+
+
+def test_batches_without_a_loss_never_enter_a_gradient_codeword(csbm, monkeypatch):
+    """A step without a labelled node has no backward pass: its gradients are unknown, not
+    zero, so no level's gradient codebook (codewords, counts, moments, trust) changes; its
+    feature codebooks still do."""
+    A, X, y, split = csbm
+    labels = np.full(len(y), -1)
+    labels[:12] = y[:12]  # 12 labelled nodes: most batches of 20 have none
+    steps = _watch_steps(monkeypatch)
+    params = {**FAST, "max_epochs": 1, "hidden_layer_sizes": (16, 16), "batch_size": 20}
+    VQGNNClassifier(random_state=0, sampler="random", **params).fit(A, X, labels)
+    with_loss = [backward for backward, *_ in steps]
+    assert 0 < sum(with_loss) < len(steps)
+    for backward, _, before, after in steps:
+        for (s0, *_), (s1, *_) in zip(before, after, strict=True):
+            assert not torch.equal(s0["feature_sums"], s1["feature_sums"])
+            moved = {k: not torch.equal(s0[k], s1[k]) for k in _GRADIENT_STATE}
+            if backward:  # (moments need two rows with a known gradient)
+                assert moved["grad_counts"] and moved["grad_sums"] and moved["grad_feature_sums"]
+            else:
+                assert not any(moved.values())
+
+
+def test_gradient_moments_of_a_fit_start_from_its_first_batch(csbm, monkeypatch):
+    """After the first step the gradient standardiser holds the first batch's own moments
+    (within a factor 2), not the variance 1 it is built with."""
+    A, X, y, split = csbm
+    seen = []
+    update = base.BaseVQGNN._update_gradient_codebook
+
+    def watched(cb, trace, table, x, batch_nodes, rows, gen):
+        g, _ = base._gradient_channels(trace)
+        seen.append((cb, cb.split(g[:, torch.from_numpy(rows)]).var(1)))
+        update(cb, trace, table, x, batch_nodes, rows, gen)
+        seen[-1] = (*seen[-1], cb.grad_var.clone())
+
+    monkeypatch.setattr(base.BaseVQGNN, "_update_gradient_codebook", staticmethod(watched))
+    params = {**FAST, "max_epochs": 1, "hidden_layer_sizes": (16, 16)}
+    VQGNNClassifier(random_state=0, **params).fit(A, X, _labels(y, split))
+    for _cb, batch_var, after in seen[:2]:  # the first step's update of each level
+        assert float(batch_var.max()) < 1e-2  # real gradients are small
+        ratio = after / batch_var.clamp_min(1e-30)
+        used = batch_var > 0  # padded slice entries have no variance
+        assert torch.all((ratio[used] > 0.5) & (ratio[used] < 2.0))
 
 
 def test_no_backward_messages_option(csbm):
@@ -303,7 +377,10 @@ def test_every_backbone_trains_infers_and_persists(csbm, backbone, tmp_path):
     assert _acc(clf.transduction_, y, split.test_mask) > 0.75
     last = clf.history_[-1]
     assert last["assignments_changed"][0] > 0 and last["codeword_shift"][0] > 0
-    assert last["grad_codeword_norm"][0] > 0 and last["blue_message_norm"][0] > 0
+    # backward messages by default for fixed convolutions only ("auto")
+    blue = backbone == "gin"
+    assert (last["grad_codeword_norm"][0] > 0) == blue
+    assert (last["blue_message_norm"][0] > 0) == blue
     exact = clf.set_params(inference="exact").predict(A, X)
     vq = clf.set_params(inference="vq").predict(A, X)
     assert np.mean(exact == vq) > 0.9
@@ -325,9 +402,46 @@ def test_a_user_backbone_instance_fits_clones_and_pickles(csbm):
     from .test_layers import CosineBackbone
 
     A, X, y, split = csbm
-    clf = VQGNNClassifier(CosineBackbone(), random_state=0, **FAST)
+    clf = VQGNNClassifier(CosineBackbone(), random_state=0, **{**FAST, "max_epochs": 100})
     assert isinstance(clone(clf).backbone, CosineBackbone)
     clf.fit(A, X, _labels(y, split))
     assert _acc(clf.transduction_, y, split.test_mask) > 0.7
     again = pickle.loads(pickle.dumps(clf))
     np.testing.assert_array_equal(again.predict(A, X), clf.predict(A, X))
+
+
+@pytest.fixture(scope="module")
+def csbm_600():
+    from skvqgnn.datasets import make_csbm
+
+    return make_csbm(
+        600, 3, avg_degree=8, homophily=0.85, n_features=16, feature_noise=1.5, random_state=0
+    )
+
+
+@pytest.mark.parametrize("backbone", ["gcn", "sage", "gin", "gat"])
+def test_two_hidden_layers_with_random_batches_come_close_to_full_graph(csbm_600, backbone):
+    """Two hidden layers, random node batches (7/8 of every node's messages out of batch) and
+    a learning rate of 0.01: VQ-GNN must train as full-graph training does, within a few
+    points, where it used to collapse (gin, gat: 0.333, chance) or fall 10-23 points behind
+    (gcn, sage)."""
+    A, X, y, split = csbm_600
+    params = dict(
+        hidden_layer_sizes=(16, 16),
+        learning_rate=0.01,
+        max_epochs=100,
+        n_codewords=64,
+        random_state=0,
+        device="cpu",
+        **({"heads": 2} if backbone == "gat" else {}),
+    )
+    full = VQGNNClassifier(backbone, batch_size=None, **params).fit(A, X, _labels(y, split))
+    vq = VQGNNClassifier(backbone, batch_size=75, sampler="random", **params)
+    vq.fit(A, X, _labels(y, split))
+    full_acc = _acc(full.transduction_, y, split.test_mask)
+    vq_acc = _acc(vq.transduction_, y, split.test_mask)
+    assert full_acc > 0.95
+    # measured at seed 0: gcn, sage, gin 0.8 to 3.3 points behind; gat 5.8 (seeds 1, 2: +0.9,
+    # -2.5), the widest gap of any backbone, as in benchmarks/depth.py
+    margin = 0.08 if backbone == "gat" else 0.05
+    assert vq_acc >= full_acc - margin, (vq_acc, full_acc)

@@ -128,7 +128,9 @@ def test_new_nodes_get_the_nearest_standardised_feature_codeword(extended):
     dist = (((H * scale)[:, :, None, :] - words[None]) ** 2).sum(-1)  # (n, P, k)
 
     graph = Graph(A, X)
-    tables = clf._assign_new_graph(clf.model_, clf._graph_data(graph), torch.device("cpu"))
+    sampler = clf._sampler_for(graph, clf._fit_seed_)
+    data = clf._graph_data(graph)
+    tables, _ = clf._assign_new_graph(clf.model_, data, sampler, torch.device("cpu"))
     codes = tables[0].codes.astype(np.int64)  # (n, P)
     chosen = np.take_along_axis(dist, codes[:, :, None], 2)[..., 0]
     best = dist.min(-1)
@@ -136,6 +138,45 @@ def test_new_nodes_get_the_nearest_standardised_feature_codeword(extended):
     assert (codes == dist.argmin(-1))[new_idx].mean() > 0.99
     # the new nodes are spread over the codebook, not piled on one codeword
     assert len(np.unique(codes[new_idx, 0])) > 4
+
+
+def test_vq_inference_on_a_new_graph_assigns_in_mini_batches_without_an_exact_pass(
+    graphs, monkeypatch
+):
+    """On an unseen graph every level is assigned from the network's own VQ forward over the
+    levels below, batch by batch: never through the exact layer-wise pass (O(n·f) host
+    memory), and each node gets the nearest feature codeword of that forward's input."""
+    A, X, y = graphs[0]
+    params = {**FAST, "hidden_layer_sizes": (16, 16)}
+    clf = VQGNNClassifier(random_state=0, **params).fit(A, X, y)
+    A2, X2, y2 = graphs[1]
+
+    def no_exact_pass(*args, **kwargs):
+        raise AssertionError("VQ inference on a new graph ran the exact layer-wise pass")
+
+    monkeypatch.setattr(VQGNNClassifier, "_exact_layers", no_exact_pass)
+    pred = clf.predict(A2, X2)
+    assert (pred == y2).mean() > 0.8
+    graph = Graph(A2, X2)
+    data = clf._graph_data(graph)
+    sampler = clf._sampler_for(graph, clf._fit_seed_)
+    tables, input_table = clf._assign_new_graph(clf.model_, data, sampler, torch.device("cpu"))
+    assert input_table is None  # gcn: no learnable convolution, no input codebook
+    model = clf.model_.eval()
+    from skvqgnn._base import make_batch
+
+    for level, cb in enumerate(model.codebooks):
+        for nodes in sampler.inference_batches():
+            batch = make_batch(
+                data, nodes, tables[:level], cb.n_codewords, torch.device("cpu"), False
+            )
+            with torch.no_grad():
+                x = cb.split(model(batch, upto=level)[0])
+            inv = cb.feature_var.rsqrt()
+            dist = (((x * inv)[:, :, None] - (cb.codewords * inv[:, None])[None]) ** 2).sum(-1)
+            chosen = torch.from_numpy(tables[level].codes[nodes].astype(np.int64))
+            got = dist.gather(2, chosen[:, :, None])[..., 0]
+            torch.testing.assert_close(got, dist.min(-1).values, rtol=1e-4, atol=1e-6)
 
 
 def test_predict_an_entirely_new_graph(extended, graphs):

@@ -6,8 +6,14 @@ import pytest
 import skvqgnn._base as base
 from skvqgnn import VQGNNClassifier, VQGNNLinkPredictor
 
+# one optimiser step per batch, so that a few epochs train the model
 FAST = dict(
-    batch_size=100, n_codewords=16, hidden_layer_sizes=(16,), learning_rate=0.01, random_state=0
+    batch_size=100,
+    n_codewords=16,
+    hidden_layer_sizes=(16,),
+    learning_rate=0.01,
+    accumulate_batches=1,
+    random_state=0,
 )
 
 

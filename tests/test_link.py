@@ -360,7 +360,7 @@ def test_embeddings_are_exact_at_k_n_with_identity_assignment():
     cb.feature_sums.copy_(cb.split(H1).transpose(0, 1))
     cb.counts.fill_(1.0)
     table = AssignmentTable(n, cb.n_slices, n)
-    table.set(np.arange(n), np.repeat(np.arange(n)[:, None], cb.n_slices, axis=1))
+    table.set_both(np.arange(n), np.repeat(np.arange(n)[:, None], cb.n_slices, axis=1))
     lp.tables_ = [table]
     vq = lp.embed(graph)
     exact = lp.set_params(inference="exact").embed(graph)

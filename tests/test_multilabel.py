@@ -12,7 +12,15 @@ from torch.nn import functional as F
 from skvqgnn import Graph, VQGNNClassifier
 from skvqgnn.persistence import load, save
 
-FAST = dict(batch_size=100, n_codewords=32, max_epochs=30, learning_rate=0.01, random_state=0)
+# one optimiser step per batch, so that a few epochs train the model
+FAST = dict(
+    batch_size=100,
+    n_codewords=32,
+    max_epochs=30,
+    learning_rate=0.01,
+    accumulate_batches=1,
+    random_state=0,
+)
 
 
 @pytest.fixture(scope="module")

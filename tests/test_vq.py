@@ -14,23 +14,36 @@ def test_split_and_merge_pad_the_last_slice():
     assert torch.equal(cb.merge(parts), x)
 
 
-def test_ema_update_is_online_kmeans():
+def test_feature_ema_update_is_online_kmeans():
     cb = ProductCodebook(n_features=2, n_codewords=2, codeword_dim=2, n_grad=1, decay=0.5)
     x = torch.tensor([[[0.0, 0.0]], [[2.0, 2.0]], [[10.0, 10.0]]])  # (b=3, P=1, D=2)
-    g = torch.tensor([[[[1.0, 0.0]], [[3.0, 0.0]], [[5.0, 5.0]]]])  # (S=1, b, P, D)
     codes = torch.tensor([[0], [0], [1]])
-    cb.update(x, g, codes)
+    cb.update(x, codes)
     # N = 0.5 * 0 + 0.5 * count; S = 0.5 * sums
     assert torch.allclose(cb.counts, torch.tensor([[1.0, 0.5]]))
     assert torch.allclose(cb.feature_sums[0], torch.tensor([[1.0, 1.0], [5.0, 5.0]]))
     # codewords are the member means (up to Laplace smoothing)
     assert torch.allclose(cb.codewords[0], torch.tensor([[1.0, 1.0], [10.0, 10.0]]), atol=1e-3)
+    # the gradient codebook is a separate one: untouched by a feature update
+    assert torch.count_nonzero(cb.grad_sums) == 0 and torch.count_nonzero(cb.grad_counts) == 0
+    # a second step moves them towards the new batch
+    cb.update(x[:1], codes[:1])
+    assert cb.codewords[0, 0, 0] < 1.0
+
+
+def test_gradient_ema_update_averages_inputs_gradients_and_scalars():
+    cb = ProductCodebook(n_features=2, n_codewords=2, codeword_dim=2, n_grad=1, decay=0.5, n_aux=1)
+    x = torch.tensor([[[0.0, 0.0]], [[2.0, 2.0]], [[10.0, 10.0]]])
+    g = torch.tensor([[[[1.0, 0.0]], [[3.0, 0.0]], [[5.0, 5.0]]]])  # (S=1, b, P, D)
+    aux = torch.tensor([[1.0, 3.0, 7.0]])  # (n_aux, b)
+    codes = torch.tensor([[0], [0], [1]])
+    cb.update_gradients(x, g, codes, aux=aux)
     assert torch.allclose(
         cb.grad_codewords[0, 0], torch.tensor([[2.0, 0.0], [5.0, 5.0]]), atol=1e-3
     )
-    # a second step moves them towards the new batch
-    cb.update(x[:1], g[:, :1], codes[:1])
-    assert cb.codewords[0, 0, 0] < 1.0
+    assert torch.allclose(cb.grad_feature_codewords[0], torch.tensor([[1.0, 1.0], [10.0, 10.0]]))
+    assert torch.allclose(cb.aux_codewords[0, 0], torch.tensor([2.0, 7.0]), atol=1e-3)
+    assert torch.count_nonzero(cb.feature_sums) == 0  # the feature codebook is untouched
 
 
 def test_laplace_smoothing_keeps_the_total():
@@ -40,16 +53,95 @@ def test_laplace_smoothing_keeps_the_total():
     assert torch.allclose(smoothed.sum(), counts.sum())
 
 
-def test_assignment_uses_gradients_when_asked():
-    cb = ProductCodebook(n_features=1, n_codewords=2, codeword_dim=1, n_grad=1, grad_scale=10.0)
-    cb.feature_sums.copy_(torch.tensor([[[0.0], [0.1]]]))
+def _two_words(grad_scale=10.0):
+    cb = ProductCodebook(
+        n_features=1, n_codewords=2, codeword_dim=1, n_grad=1, grad_scale=grad_scale
+    )
+    for sums in (cb.feature_sums, cb.grad_feature_sums):
+        sums.copy_(torch.tensor([[[0.0], [0.1]]]))
     cb.grad_sums.copy_(torch.tensor([[[[5.0], [-5.0]]]]))
     cb.counts.fill_(1.0)
     cb.grad_counts.fill_(1.0)
+    return cb
+
+
+def test_feature_codes_ignore_gradients_and_gradient_codes_use_them():
+    cb = _two_words()
+    cb.grad_moments_set.fill_(True)
     x = torch.tensor([[[0.01]]])
     g = torch.tensor([[[[-5.0]]]])
     assert cb.assign(x).item() == 0  # features only: nearest is codeword 0
-    assert cb.assign(x, g).item() == 1  # the gradient decides
+    assert cb.assign_gradients(x, g).item() == 1  # the gradient decides
+    assert _two_words(grad_scale=0.0).assign_gradients(x, g).item() == 0
+
+
+def test_gradient_codes_use_inputs_only_until_the_gradient_moments_are_set():
+    cb = _two_words()
+    x = torch.tensor([[[0.01]]])
+    g = torch.tensor([[[[-5.0]]]])
+    assert cb.assign_gradients(x, g).item() == 0  # grad_var still 1: the gradient is not used
+
+
+def test_gradient_moments_start_from_the_first_batch():
+    """After the first update the moments are the batch's own (within a factor 2, here exact),
+    not 1: real gradient variances are 1e-8 to 1e-6."""
+    cb = ProductCodebook(n_features=8, n_codewords=4, codeword_dim=4, n_grad=2, decay=0.99, n_aux=3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 2, 4, generator=gen)
+    g = 1e-4 * torch.randn(2, 50, 2, 4, generator=gen) + 3e-4
+    aux = 1e-3 * torch.randn(3, 50, generator=gen)
+    codes = torch.randint(4, (50, 2), generator=gen)
+    weight = (torch.arange(50) % 5 != 0).float()  # rows 0, 5, ... have no known gradient
+    cb.update_gradients(x, g, codes, weight, aux)
+    rows = weight.bool()
+    batch_var = g[:, rows].var(1)  # (S, P, D)
+    ratio = cb.grad_var / batch_var
+    assert torch.all((ratio > 0.5) & (ratio < 2.0))
+    torch.testing.assert_close(cb.grad_var, batch_var)
+    torch.testing.assert_close(cb.grad_mean, g[:, rows].mean(1))
+    torch.testing.assert_close(cb.aux_var, aux[:, rows].var(1))
+    assert bool(cb.grad_moments_set)
+    # later updates are exponential moving averages
+    cb.update_gradients(x, 10 * g, codes, weight, aux)
+    expected = 0.99 * batch_var + 0.01 * (10 * g[:, rows]).var(1)
+    torch.testing.assert_close(cb.grad_var, expected)
+
+
+def test_a_batch_without_known_gradients_leaves_the_gradient_codebook_alone():
+    cb = ProductCodebook(n_features=2, n_codewords=2, codeword_dim=2, n_grad=1, decay=0.5)
+    x = torch.ones(3, 1, 2)
+    g = torch.zeros(1, 3, 1, 2)
+    codes = torch.zeros(3, 1, dtype=torch.long)
+    state = {k: v.clone() for k, v in cb.state_dict().items()}
+    cb.update_gradients(x, g, codes, weight=torch.zeros(3))
+    cb.calibrate(g, codes, weight=torch.zeros(3))
+    for k, v in cb.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_gradient_codewords_average_only_weighted_rows():
+    cb = ProductCodebook(n_features=1, n_codewords=1, codeword_dim=1, n_grad=1, decay=0.0)
+    x = torch.zeros(3, 1, 1)
+    g = torch.tensor([[[[2.0]], [[4.0]], [[0.0]]]])
+    codes = torch.zeros(3, 1, dtype=torch.long)
+    cb.update_gradients(x, g, codes, weight=torch.tensor([1.0, 1.0, 0.0]))
+    assert cb.grad_codewords.item() == pytest.approx(3.0)  # the zero row is left out
+    cb.update_gradients(x, g, codes)
+    assert cb.grad_codewords.item() == pytest.approx(2.0)  # by default every row counts
+
+
+def test_trust_is_the_least_squares_scale_of_the_predictions():
+    cb = ProductCodebook(n_features=2, n_codewords=2, codeword_dim=2, n_grad=2, decay=0.0)
+    assert torch.equal(cb.grad_trust, torch.zeros(2))  # nothing measured: no backward messages
+    cb.grad_sums.copy_(torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]], [[[1.0, 1.0], [1.0, 1.0]]]]))
+    cb.grad_counts.fill_(1.0)
+    codes = torch.tensor([[0], [1]])
+    pred = cb.grad_codewords[:, 0, codes[:, 0]].unsqueeze(2)  # (S, b, P=1, D)
+    # channel 0 measured at half its prediction, channel 1 at three times (clipped to 1)
+    cb.calibrate(torch.stack([0.5 * pred[0], 3.0 * pred[1]]), codes)
+    torch.testing.assert_close(cb.grad_trust, torch.tensor([0.5, 1.0]))
+    cb.calibrate(-pred, codes)  # pointing the other way: no trust
+    torch.testing.assert_close(cb.grad_trust, torch.tensor([0.0, 0.0]))
 
 
 def test_kmeans_recovers_separated_clusters():
@@ -69,38 +161,55 @@ def test_kmeans_with_more_centroids_than_points():
     assert torch.allclose(centroids[0, codes[0]], x[0])  # every point is its own centroid
 
 
+def test_seed_and_settle_make_codewords_the_member_means():
+    cb = ProductCodebook(n_features=2, n_codewords=3, codeword_dim=2, n_grad=1)
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = (centres.repeat_interleave(20, 0) + 0.1 * torch.randn(60, 2, generator=gen)).unsqueeze(1)
+    cb.seed(x.mean(0), x.var(0), x[::3], gen, 5)
+    codes = cb.assign(x)
+    count, sums = cb.member_sums(x, codes)
+    cb.settle(count, sums, weight=0.25)
+    assert torch.allclose(count.sum(), torch.tensor(60.0))
+    for v in range(3):
+        members = x[codes[:, 0] == v, 0]
+        torch.testing.assert_close(cb.codewords[0, v], members.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cb.counts, count * 0.25)
+    # the gradient codewords start at the same places, with no gradient and a token mass
+    torch.testing.assert_close(cb.grad_feature_codewords, cb.codewords, atol=1e-4, rtol=1e-4)
+    assert float(cb.grad_counts.max()) < 1e-6 and torch.count_nonzero(cb.grad_sums) == 0
+
+
 def test_reseed_replaces_only_dead_codewords():
     cb = ProductCodebook(n_features=4, n_codewords=3, codeword_dim=2)
     cb.feature_sums.fill_(7.0)
+    cb.grad_feature_sums.fill_(7.0)
     cb.counts.fill_(1.0)
     cb.grad_counts.fill_(1.0)
     dead = torch.tensor([[False, True, False], [False, False, False]])
     x = torch.ones(5, 2, 2) * 3.0
     g = torch.ones(1, 5, 2, 2)
-    assert cb.reseed(dead, x, g, torch.Generator().manual_seed(0)) == 1
+    gen = torch.Generator().manual_seed(0)
+    assert cb.reseed(dead, x, gen) == 1
     assert torch.allclose(cb.codewords[0, 1], torch.tensor([3.0, 3.0]), atol=1e-3)
     assert torch.allclose(cb.codewords[0, 0], torch.tensor([7.0, 7.0]), atol=1e-3)
+    assert torch.count_nonzero(cb.grad_sums) == 0  # the gradient side is re-seeded apart
+    assert cb.reseed_gradients(dead, x, g, gen) == 1
     assert torch.allclose(cb.grad_codewords[0, 0, 1], torch.ones(2), atol=1e-3)
+    assert torch.allclose(cb.grad_feature_codewords[0, 1], torch.tensor([3.0, 3.0]), atol=1e-3)
 
 
-def test_assignment_table_tracks_usage():
+def test_assignment_table_tracks_usage_of_both_codes():
     table = AssignmentTable(n_nodes=5, n_slices=2, n_codewords=4)
-    assert table.codes.dtype == np.uint8
+    assert table.codes.dtype == np.uint8 and table.grad_codes.dtype == np.uint8
     assert table.unused().sum() == 2 * 3
     changed = table.set(np.array([1, 3]), np.array([[2, 0], [2, 3]]))
     assert changed == 3
     assert table.usage.sum() == 10
     assert table.usage[0].tolist() == [3, 0, 2, 0]
     assert table.usage[1].tolist() == [4, 0, 0, 1]
+    assert table.grad_usage[0].tolist() == [5, 0, 0, 0]  # gradient codes are apart
+    table.set_gradients(np.array([0]), np.array([[3, 1]]))
+    assert table.grad_unused()[0].tolist() == [False, True, True, False]
+    assert table.grad_codes[0].tolist() == [3, 1] and table.codes[0].tolist() == [0, 0]
     assert AssignmentTable(3, 1, 40000).codes.dtype == np.uint16
-
-
-def test_gradient_codewords_average_only_weighted_rows():
-    cb = ProductCodebook(n_features=1, n_codewords=1, codeword_dim=1, n_grad=1, decay=0.0)
-    x = torch.zeros(3, 1, 1)
-    g = torch.tensor([[[[2.0]], [[4.0]], [[0.0]]]])
-    codes = torch.zeros(3, 1, dtype=torch.long)
-    cb.update(x, g, codes, grad_weight=torch.tensor([1.0, 1.0, 0.0]))
-    assert cb.grad_codewords.item() == pytest.approx(3.0)  # the zero row is left out
-    cb.update(x, g, codes)
-    assert cb.grad_codewords.item() == pytest.approx(2.0)  # by default every row counts
