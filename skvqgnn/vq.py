@@ -237,7 +237,8 @@ class ProductCodebook(nn.Module):
         """Scale of the backward messages per gradient channel (n_grad,), in [0, 1].
 
         The least-squares coefficient of the batch nodes' measured gradients on what their
-        gradient codes predicted before the step (``calibrate``), EMA-averaged: 1 when the
+        gradient codes predicted before the step (``calibrate``), EMA-averaged with the
+        gradient codewords' decay (about an epoch of batches): 1 when the
         gradient codewords predict the gradients of the nodes they stand for, smaller when
         they overshoot or point elsewhere. 0 until a prediction could be compared (in the
         first epoch most batch nodes have no earlier gradient code): starting at 1, the
@@ -363,8 +364,8 @@ class ProductCodebook(nn.Module):
         if weight is not None:
             w = weight.to(g.dtype)[None, :, None, None]
             pred, g = pred * w, g * w
-        ema_inplace(self.trust_num, (pred * g).sum((1, 2, 3)), self.decay)
-        ema_inplace(self.trust_den, (pred * pred).sum((1, 2, 3)), self.decay)
+        ema_inplace(self.trust_num, (pred * g).sum((1, 2, 3)), self.grad_decay)
+        ema_inplace(self.trust_den, (pred * pred).sum((1, 2, 3)), self.grad_decay)
 
     @torch.no_grad()
     def seed(
