@@ -163,7 +163,7 @@ def make_batch(
     tables: list[AssignmentTable] | None,
     n_codewords: int,
     device: torch.device,
-    transposed: bool,
+    transposed: bool | frozenset[str],
     receivers: np.ndarray | None = None,
     input_table: AssignmentTable | None = None,
 ) -> Batch:
@@ -172,22 +172,23 @@ def make_batch(
     ``input_table`` holds the input codes of a learnable convolution's first-layer senders
     (``VQGNN.input_codebook``); without it every sender must be in the batch (full graph).
 
-    ``transposed`` adds what the backward messages need (transposed sketches, receiver groups).
+    ``transposed`` adds what the backward messages need (transposed sketches, receiver groups):
+    ``True`` for every convolution, or the set of convolution kinds that get them.
     ``receivers`` (n,) bool marks the nodes with a loss term: the last layer's gradient is zero
     elsewhere, so its backward messages come only from those out-of-batch receivers.
     """
     b = len(nodes)
+    backward = set(data.kinds) if transposed is True else set(transposed or ())
     position = data.position
     position[nodes] = np.arange(b)
     edges: list[BatchEdges | None] = []
     tedges: list[BatchEdges | None] = []
     try:
         inputs = [None if M is None else input_rows(M, nodes, device) for M in data.inputs]
-        for M, Mt in zip(data.matrices, data.transposes, strict=True):
+        for M, Mt, kind in zip(data.matrices, data.transposes, data.kinds, strict=True):
             edges.append(None if M is None else split_batch_edges(M, nodes, position))
-            tedges.append(
-                None if M is None or not transposed else split_batch_edges(Mt, nodes, position)
-            )
+            back = M is not None and kind in backward
+            tedges.append(split_batch_edges(Mt, nodes, position) if back else None)
     finally:
         position[nodes] = -1
 
@@ -252,7 +253,7 @@ def make_batch(
                     back = _groups(te.out_rows, te.out_nodes, grad_codes, device)
             elif kind == "global":
                 fwd = _global_groups(_outside(codes, table.usage[0], nodes, n_codewords), device)
-                if transposed:
+                if kind in backward:
                     marked = nodes if not restrict else nodes[receivers[nodes]]
                     usage = table.grad_usage[0]
                     if restrict:
@@ -266,7 +267,7 @@ def make_batch(
             groups_back.append(back)
         batch.sketches.append(sketches)
         batch.senders.append(senders)
-        if transposed:
+        if backward:
             batch.transposed.append(tsketches)
             batch.receivers.append(groups_back)
     return batch
@@ -523,13 +524,17 @@ class BaseVQGNN(BaseEstimator):
         key = ("cluster_sampler", b, self.parts_per_batch, seed)
         return graph.cached(key, lambda: ClusterSampler(graph.A, b, self.parts_per_batch, seed))
 
-    def _uses_backward_messages(self, kinds: list[str]) -> bool:
-        """Whether training adds the backward messages of Eq. 7. ``"auto"``: for backbones whose
-        convolutions are all fixed; with a learnable one they made training worse (measured in
-        ``doc/benchmarks.md``), so they are off."""
-        if self.backward_messages == "auto":
-            return all(kind in ("identity", "fixed") for kind in kinds)
-        return self.backward_messages == "codewords"
+    def _backward_kinds(self, kinds: list[str]) -> frozenset[str]:
+        """The convolution kinds whose backward messages (Eq. 7) training adds. ``"auto"``:
+        the fixed ones; through attention they made training worse (measured in
+        ``doc/gradient_codewords.md``), so a backbone that mixes both (the transformer) keeps
+        them for its fixed convolution only."""
+        if self.backward_messages == "none":
+            return frozenset()
+        allowed = (
+            {"fixed"} if self.backward_messages == "auto" else {"fixed", "attention", "global"}
+        )
+        return frozenset(allowed & set(kinds))
 
     def _effective_batch_size(self, n_nodes: int) -> int:
         return n_nodes if self.batch_size is None else min(self.batch_size, n_nodes)
@@ -617,7 +622,8 @@ class BaseVQGNN(BaseEstimator):
         first_epoch = len(history)
         best = (-np.inf, None)
         stale = 0
-        blue = self._uses_backward_messages(data.kinds) and not full_graph
+        backward = frozenset() if full_graph else self._backward_kinds(data.kinds)
+        blue = bool(backward)
         group = 0 if self.accumulate_batches == "epoch" else self.accumulate_batches
         progress = _progress(self.max_epochs, self.verbose, type(self).__name__)
         vq_sq = np.zeros(len(tables))
@@ -642,7 +648,7 @@ class BaseVQGNN(BaseEstimator):
                         tables,
                         self.n_codewords,
                         device,
-                        blue,
+                        backward,
                         self._loss_mask,
                         input_table,
                     )

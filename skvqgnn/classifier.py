@@ -113,10 +113,11 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     backward_messages : {"auto", "codewords", "none"}, default="auto"
         Whether the backward pass adds the out-of-batch gradient messages (Eq. 7) from the
         gradient codewords, scaled by each codebook's measured trust ratio (the least-squares
-        scale of the predicted against the true gradients of batch nodes). ``"auto"``: on for
-        backbones whose convolutions are all fixed (gcn, sage, gin), off for attention
-        backbones (gat, the transformer), where they made training worse at 2 hidden layers
-        in every measured regime (``doc/gradient_codewords.md``).
+        scale of the predicted against the true gradients of batch nodes). ``"auto"``: through
+        fixed convolutions (gcn, sage, gin, the transformer's GCN part) and not through
+        attention (gat, the transformer's global attention), where they made the batch
+        gradient worse from epoch 20 on and GAT fits worse at 2 hidden layers in every
+        measured regime (``doc/gradient_codewords.md``).
     grad_scale : float, default=1.0
         Weight of the standardised gradient next to the standardised input in the distance
         that assigns nodes to gradient codewords (0: inputs only). The forward pass's feature
