@@ -117,6 +117,13 @@ def run_fit(spec: dict) -> dict:
     }
 
 
+def _key(spec: dict) -> tuple:
+    return tuple(
+        spec[k] if k != "hidden" else tuple(spec[k])
+        for k in ("dataset", "backbone", "hidden", "mode", "sampler", "seed", "max_epochs")
+    )
+
+
 def specs(args) -> list[dict]:
     out = []
     for datasets, backbones, hidden, samplers in GRID:
@@ -235,13 +242,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--from-json", type=Path, nargs="+")
+    parser.add_argument(
+        "--resume", type=Path, help="keep this file's records and fit only the specs it lacks"
+    )
     args = parser.parse_args(argv)
     if args.from_json:
         records = [r for path in args.from_json for r in json.loads(path.read_text())]
     else:
         command = shlex.join(["python", "benchmarks/depth.py", *(argv or sys.argv[1:])])
-        todo = [{**spec, "command": command} for spec in specs(args)]
-        records = []
+        records = json.loads(args.resume.read_text()) if args.resume else []
+        done = {_key(r) for r in records}
+        todo = [{**spec, "command": command} for spec in specs(args) if _key(spec) not in done]
+        # the full-graph transformer is O(n²) in time and memory: it runs last
+        todo.sort(key=lambda s: s["backbone"] == "transformer" and s["mode"] == "full")
         with ProcessPoolExecutor(args.jobs) as pool:
             for record in pool.map(run_fit, todo):
                 records.append(record)

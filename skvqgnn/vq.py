@@ -148,9 +148,10 @@ class ProductCodebook(nn.Module):
     feature_mean, feature_var : (P, D); grad_mean, grad_var : (n_grad, P, D);
     aux_mean, aux_var : (n_aux,)  running moments for the standardisation
     grad_moments_set : ()        whether the gradient moments hold data yet
-    trust_num, trust_den : (n_grad,)  EMA of ⟨predicted, measured⟩ and ‖predicted‖² of the
-                                 gradients of batch nodes (``calibrate``), whose ratio scales
-                                 the backward messages (``grad_trust``)
+    trust_num, trust_den : (2, n_grad)  EMA of ⟨predicted, measured⟩ and ‖predicted‖² of the
+                                 gradients of batch nodes (``calibrate``), per node (row 0)
+                                 and of their batch sums (row 1), whose ratios scale the
+                                 backward messages (``grad_trust``)
     """
 
     def __init__(
@@ -191,8 +192,8 @@ class ProductCodebook(nn.Module):
         self.register_buffer("aux_mean", torch.zeros(n_aux))
         self.register_buffer("aux_var", torch.ones(n_aux))
         self.register_buffer("grad_moments_set", torch.zeros((), dtype=torch.bool))
-        self.register_buffer("trust_num", torch.zeros(n_grad))
-        self.register_buffer("trust_den", torch.zeros(n_grad))
+        self.register_buffer("trust_num", torch.zeros(2, n_grad))
+        self.register_buffer("trust_den", torch.zeros(2, n_grad))
 
     # -- views -------------------------------------------------------------------------------
     def split(self, x: Tensor) -> Tensor:
@@ -236,17 +237,21 @@ class ProductCodebook(nn.Module):
     def grad_trust(self) -> Tensor:
         """Scale of the backward messages per gradient channel (n_grad,), in [0, 1].
 
-        The least-squares coefficient of the batch nodes' measured gradients on what their
-        gradient codes predicted before the step (``calibrate``), EMA-averaged with the
-        gradient codewords' decay (about an epoch of batches): 1 when the
-        gradient codewords predict the gradients of the nodes they stand for, smaller when
-        they overshoot or point elsewhere. 0 until a prediction could be compared (in the
-        first epoch most batch nodes have no earlier gradient code): starting at 1, the
-        paper's unscaled messages, made gin at 2 hidden layers with random batches fall from
-        0.99 to 0.85 in ``tests/test_classifier.py``'s floor test.
+        The smaller of two least-squares coefficients of the batch nodes' measured gradients on
+        what their gradient codes predicted before the step (``calibrate``), each EMA-averaged
+        with the gradient codewords' decay (about an epoch of batches): node by node, and of
+        the batch sums. The second is what the parameters see: a layer's weight gradient sums
+        the nodes' gradients, whose large per-node parts cancel, so a small shared error of the
+        codewords (they are about an epoch old) can turn the sum around while every node's
+        gradient is predicted well. Each is 1 when the codewords predict the measured
+        gradients, smaller when they overshoot or point elsewhere. 0 until a prediction could
+        be compared (in the first epoch most batch nodes have no earlier gradient code):
+        starting at 1, the paper's unscaled messages, made gin at 2 hidden layers with random
+        batches fall from 0.99 to 0.85 in ``tests/test_classifier.py``'s floor test.
         """
         ratio = self.trust_num / self.trust_den.clamp_min(1e-30)
-        return torch.where(self.trust_den > 0, ratio.clamp(0.0, 1.0), torch.zeros_like(ratio))
+        ratio = torch.where(self.trust_den > 0, ratio.clamp(0.0, 1.0), torch.zeros_like(ratio))
+        return ratio.min(0).values
 
     def lookup(self, codes: Tensor) -> Tensor:
         """Feature reconstructions (m, f) of nodes with feature ``codes`` (m, P)."""
@@ -364,8 +369,11 @@ class ProductCodebook(nn.Module):
         if weight is not None:
             w = weight.to(g.dtype)[None, :, None, None]
             pred, g = pred * w, g * w
-        ema_inplace(self.trust_num, (pred * g).sum((1, 2, 3)), self.grad_decay)
-        ema_inplace(self.trust_den, (pred * pred).sum((1, 2, 3)), self.grad_decay)
+        ps, gs = pred.sum(1), g.sum(1)  # (S, P, D): what the parameters see
+        num = torch.stack([(pred * g).sum((1, 2, 3)), (ps * gs).sum((1, 2))])
+        den = torch.stack([(pred * pred).sum((1, 2, 3)), (ps * ps).sum((1, 2))])
+        ema_inplace(self.trust_num, num, self.grad_decay)
+        ema_inplace(self.trust_den, den, self.grad_decay)
 
     @torch.no_grad()
     def seed(

@@ -213,3 +213,22 @@ def test_assignment_table_tracks_usage_of_both_codes():
     assert table.grad_unused()[0].tolist() == [False, True, True, False]
     assert table.grad_codes[0].tolist() == [3, 1] and table.codes[0].tolist() == [0, 0]
     assert AssignmentTable(3, 1, 40000).codes.dtype == np.uint16
+
+
+def test_trust_is_zero_when_the_predictions_are_right_node_by_node_but_wrong_in_sum():
+    """The measured gradients of the batch cancel in sum (what a weight gradient sees); the
+    predictions are each close to them but share an offset: the node-by-node coefficient is
+    near 1, the coefficient of the sums 0, and the trust the smaller."""
+    cb = ProductCodebook(n_features=2, n_codewords=4, codeword_dim=2, n_grad=1, decay=0.0)
+    cb.grad_decay = 0.0
+    g = torch.tensor([[10.0, 0.0], [-10.0, 0.0], [0.0, 10.0], [0.0, -10.0]])  # sums to 0
+    offset = torch.tensor([0.0, 1.0])
+    cb.grad_sums.copy_((g - offset).reshape(1, 1, 4, 2))  # one codeword per node
+    cb.grad_counts.fill_(1.0)
+    codes = torch.arange(4)[:, None]
+    cb.calibrate(g.reshape(1, 4, 1, 2), codes)
+    per_node, of_sums = (cb.trust_num / cb.trust_den)[:, 0].tolist()
+    assert per_node == pytest.approx(400 / 404) and of_sums == pytest.approx(0.0)
+    assert cb.grad_trust.item() == pytest.approx(0.0)
+    cb.calibrate(g.reshape(1, 4, 1, 2) - offset, codes)  # now right in sum as well
+    assert cb.grad_trust.item() == pytest.approx(1.0)
