@@ -113,7 +113,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     backward_messages : {"auto", "codewords", "none"}, default="auto"
         Whether the backward pass adds the out-of-batch gradient messages (Eq. 7) from the
         gradient codewords, scaled by each codebook's measured trust ratio (the least-squares
-        scale of the predicted against the true gradients of batch nodes). ``"auto"``: through
+        scale of the predicted against the true gradients of batch nodes, node by node and in
+        sum, the smaller). ``"auto"``: through
         fixed convolutions (gcn, sage, gin, the transformer's GCN part) and not through
         attention (gat, the transformer's global attention), where they made the batch
         gradient worse from epoch 20 on and GAT fits worse at 2 hidden layers in every
