@@ -152,6 +152,12 @@ def specs(args) -> list[dict]:
     return out
 
 
+def _acc(runs: list[dict]) -> str:
+    """Mean ± standard deviation of the runs' test accuracy; the value alone for one run."""
+    values = [r["test_acc"] for r in runs]
+    return f"{values[0]:.3f}" if len(values) == 1 else mean_std(values)
+
+
 def render(records: list[dict], command: str) -> str:
     """The marked section: summary of the bars, then one table per dataset."""
     groups: dict[tuple, list[dict]] = {}
@@ -209,7 +215,7 @@ def render(records: list[dict], command: str) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for backbone, hidden, sampler, runs, full, delta, allowed in table:
-            ref = "–" if full is None else mean_std([r["test_acc"] for r in full])
+            ref = "–" if full is None else _acc(full)
             cell = "n/a" if delta is None else f"{delta:+.1f}"
             if delta is not None and delta < -allowed:
                 cell = f"**{cell}**"
@@ -218,7 +224,7 @@ def render(records: list[dict], command: str) -> str:
             )
             lines.append(
                 f"| {backbone} | {'×'.join(map(str, hidden))} | {sampler} "
-                f"| {mean_std([r['test_acc'] for r in runs])} | {ref} | {cell} "
+                f"| {_acc(runs)} | {ref} | {cell} "
                 f"| {statistics.median(r['fit_time'] for r in runs):.0f} | {t_full} |"
             )
         lines.append("")
