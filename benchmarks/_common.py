@@ -291,10 +291,19 @@ def merge_saved(saved: list[Record]) -> tuple[Record, list[Record]]:
     return meta, [run for s in saved for run in s["runs"]]
 
 
+def portable(records: list[Record]) -> list[Record]:
+    """The records with their ``data_dir`` relative to the repository, so that saved files
+    name no folder of the machine that made them."""
+    return [
+        {**r, "data_dir": os.path.relpath(r["data_dir"], REPO_ROOT)} if "data_dir" in r else r
+        for r in records
+    ]
+
+
 def write_json(path: Path, meta: Record, records: list[Record]) -> None:
     """Save the header information and the per-run records."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "runs": records}, indent=1) + "\n")
+    path.write_text(json.dumps({"meta": meta, "runs": portable(records)}, indent=1) + "\n")
 
 
 def collect_records(

@@ -34,6 +34,7 @@ from _common import (  # noqa: E402
     DEFAULT_OUT,
     load_dataset,
     mean_std,
+    portable,
     read_page,
     section_markers,
     splice_section,
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                     flush=True,
                 )
                 if args.json:
-                    args.json.write_text(json.dumps(records, indent=1))
+                    args.json.write_text(json.dumps(portable(records), indent=1))
     commands = sorted({r["command"] for r in records})
     section = render(records, "`; `".join(commands))
     write_page(args.out, splice_section(read_page(args.out), section))

@@ -87,3 +87,11 @@ def test_the_section_checks_the_bars_and_names_collapsed_runs():
     assert "cora / gcn [64, 64] / random" in collapsed and "gat" not in collapsed
     assert "| gcn | 64×64 | cluster | 0.795 | 0.800 | -0.5 |" in section
     assert "**-10.0**" in section
+
+
+def test_saved_records_name_the_data_folder_relative_to_the_repository():
+    from _common import REPO_ROOT, portable
+
+    record = {"dataset": "cora", "data_dir": str(REPO_ROOT.parent / "shared" / "data")}
+    assert portable([record]) == [{"dataset": "cora", "data_dir": "../shared/data"}]
+    assert portable([{"dataset": "cora"}]) == [{"dataset": "cora"}]
