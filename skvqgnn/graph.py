@@ -19,10 +19,103 @@ import scipy.sparse as sp
 __all__ = ["Graph", "NodeSet", "PairSet", "attention_mask", "gcn_norm", "mean_norm"]
 
 
-def _as_csr_adjacency(A: Any) -> sp.csr_array:
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(values: np.ndarray, name: str, what: str) -> None:
+    """Reject NaN, infinities and finite values that float32 cannot hold, each by its name,
+    before the conversion to float32 turns the last into infinities."""
+    if values.dtype.kind == "c":
+        raise TypeError(f"{name} must hold real numbers, got complex dtype {values.dtype}")
+    if values.dtype.kind != "f" or values.size == 0:
+        return
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} contains NaN or infinite {what}")
+    if np.abs(values).max() > _FLOAT32_MAX:
+        raise ValueError(
+            f"{name} holds {what} up to {np.abs(values).max():.3g}, beyond float32's range "
+            f"(±{_FLOAT32_MAX:.3g}); rescale {name}"
+        )
+
+
+def is_pyg_data(A: Any) -> bool:
+    """Whether ``A`` looks like a PyTorch Geometric ``Data`` (``edge_index`` and ``x``)."""
+    return hasattr(A, "edge_index") and hasattr(A, "x") and not isinstance(A, Graph)
+
+
+def _is_networkx(A: Any) -> bool:
+    return all(hasattr(A, name) for name in ("adj", "nodes", "is_directed", "edges"))
+
+
+def _is_torch(A: Any) -> bool:
+    return type(A).__module__.split(".")[0] == "torch" and hasattr(A, "layout")
+
+
+def _is_edge_index(A: Any) -> bool:
+    """An integer (2, m) array or tensor that is not a square matrix: PyG's ``edge_index``."""
+    shape = getattr(A, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != 2 or shape[1] == 2:
+        return False
+    dtype = str(getattr(A, "dtype", ""))
+    return "int" in dtype and not (_is_torch(A) and A.layout != _torch().strided)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _from_edge_index(edge_index: Any, n_nodes: int, weight: Any = None) -> sp.csr_array:
+    """PyG's convention: column ``e`` of ``edge_index`` is an edge source → target, so the
+    target (row) receives from the source (column)."""
+    index = np.asarray(edge_index.cpu() if _is_torch(edge_index) else edge_index)
+    if index.size and (index.min() < 0 or index.max() >= n_nodes):
+        raise ValueError(
+            f"edge_index holds node ids outside [0, {n_nodes}) (min {index.min()}, max "
+            f"{index.max()}); the graph has {n_nodes} nodes (rows of X)"
+        )
+    if weight is None:
+        values = np.ones(index.shape[1], dtype=np.float32)
+    else:
+        values = np.asarray(weight.cpu() if _is_torch(weight) else weight, dtype=np.float64)
+        if values.shape != (index.shape[1],):
+            raise ValueError(
+                f"the edge weights must have shape ({index.shape[1]},), one per column of "
+                f"edge_index, got {values.shape}"
+            )
+    return sp.csr_array(sp.coo_array((values, (index[1], index[0])), shape=(n_nodes, n_nodes)))
+
+
+def _from_networkx(G: Any) -> sp.csr_array:
+    """Rows in ``G.nodes`` order; a directed edge u → v sends messages from u to v (row v),
+    an edge's ``weight`` attribute is its weight (1 without one)."""
+    import networkx as nx
+
+    M = nx.to_scipy_sparse_array(G, nodelist=list(G.nodes), weight="weight", format="csr")
+    return sp.csr_array(M.T if G.is_directed() else M)
+
+
+def _from_torch(A: Any) -> sp.csr_array | np.ndarray:
+    torch = _torch()
+    if A.layout == torch.strided:
+        return A.detach().cpu().numpy()
+    coo = A.detach().cpu().to_sparse_coo().coalesce()
+    rows, cols = coo.indices().numpy()
+    return sp.csr_array((coo.values().numpy(), (rows, cols)), shape=tuple(coo.shape))
+
+
+def _as_csr_adjacency(A: Any, n_nodes: int | None = None) -> sp.csr_array:
+    if _is_networkx(A):
+        A = _from_networkx(A)
+    elif n_nodes is not None and _is_edge_index(A):
+        A = _from_edge_index(A, n_nodes)
+    elif _is_torch(A):
+        A = _from_torch(A)
     if sp.issparse(A):
         if A.ndim != 2:
             raise ValueError(f"A must be 2-D (n_nodes, n_nodes), got a sparse {A.ndim}-D array")
+        _check_float32_range(A.data, "A", "edge weights")
         A = sp.csr_array(A, dtype=np.float32, copy=True)
     else:
         try:
@@ -37,6 +130,7 @@ def _as_csr_adjacency(A: Any) -> sp.csr_array:
             )
         if A.ndim != 2:
             raise ValueError(f"A must be 2-D (n_nodes, n_nodes), got an array of shape {A.shape}")
+        _check_float32_range(A, "A", "edge weights")
         A = sp.csr_array(A.astype(np.float32))
     if A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be square (n_nodes, n_nodes), got shape {A.shape}")
@@ -52,14 +146,16 @@ def _as_csr_adjacency(A: Any) -> sp.csr_array:
 
 def _as_features(X: Any, n_nodes: int) -> np.ndarray | sp.csr_array:
     if sp.issparse(X):
+        _check_float32_range(X.data, "X", "values")
         X = sp.csr_array(X, dtype=np.float32, copy=True)
         X.sum_duplicates()
         X.sort_indices()
         values = X.data
     else:
         X = np.asarray(X)
-        if X.dtype == object or not np.issubdtype(X.dtype, np.number):
-            raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
+        if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+            raise TypeError(f"X must hold numbers (or booleans), got dtype {X.dtype}")
+        _check_float32_range(X, "X", "values")
         if X.ndim == 1:
             raise ValueError(
                 f"X must be 2-D (n_nodes, n_features), got a 1-D array of shape {X.shape}; "
@@ -195,8 +291,26 @@ def without_pairs(A: sp.csr_array, pairs: np.ndarray, undirected: bool) -> sp.cs
 
 
 def _hash_csr(h: Any, M: sp.csr_array) -> None:
-    for arr in (M.indptr, M.indices, M.data):
-        h.update(np.ascontiguousarray(arr).tobytes())
+    """Feed the canonical content of CSR ``M`` to hash ``h``: int64 structure, float32 values,
+    whatever the index width or value dtype it is stored with."""
+    h.update(np.ascontiguousarray(M.indptr, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(M.indices, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(M.data, dtype=np.float32).tobytes())
+
+
+_HASH_VALUES = 1 << 22  # dense feature values converted to CSR at once by the fingerprint
+
+
+def _hash_features(h: Any, X: np.ndarray | sp.csr_array) -> None:
+    """Feed the content of features ``X`` to ``h`` the same way for dense and CSR storage:
+    its rows in chunks, each as canonical CSR (sorted indices, no stored zeros)."""
+    n, f = X.shape
+    step = max(1, _HASH_VALUES // max(f, 1))
+    for start in range(0, n, step):
+        chunk = sp.csr_array(X[start : start + step], dtype=np.float32)
+        chunk.eliminate_zeros()
+        chunk.sort_indices()
+        _hash_csr(h, chunk)
 
 
 def csr_digest(M: sp.csr_array) -> str:
@@ -218,9 +332,13 @@ class Graph:
 
     Parameters
     ----------
-    A : sparse matrix or array-like of shape (n_nodes, n_nodes)
-        Adjacency (any scipy sparse format or a dense array); non-negative finite weights.
-    X : sparse matrix or array-like of shape (n_nodes, n_features)
+    A : sparse matrix, array-like, networkx graph, torch tensor or edge_index
+        Adjacency (n_nodes, n_nodes): any scipy sparse format, a dense array, a dense or
+        sparse torch tensor, or a networkx graph (rows in ``G.nodes`` order, edge attribute
+        ``weight``, a directed edge u → v sending from u to v); or PyG's ``edge_index``, an
+        integer (2, m) array or tensor of edges source → target, the number of nodes taken
+        from ``X``. Non-negative finite weights.
+    X : sparse matrix, array-like or torch tensor of shape (n_nodes, n_features)
         Node features.
 
     Examples
@@ -232,9 +350,33 @@ class Graph:
     """
 
     def __init__(self, A: Any, X: Any):
-        self.A = _as_csr_adjacency(A)
+        if _is_torch(X):
+            X = _from_torch(X)
+        rows = getattr(X, "shape", (None,))[0] if hasattr(X, "shape") else None
+        self.A = _as_csr_adjacency(A, rows)
         self.X = _as_features(X, self.A.shape[0])
         self._cache: dict[Any, Any] = {}
+
+    @classmethod
+    def from_pyg(cls, data: Any) -> Graph:
+        """The graph of a PyTorch Geometric ``Data`` (duck-typed: ``edge_index``, ``x`` and,
+        when present, ``edge_weight`` and ``num_nodes``); PyG itself is not imported.
+
+        Parameters
+        ----------
+        data : torch_geometric.data.Data or alike
+            ``edge_index`` (2, m) source → target, ``x`` (n, f) node features.
+
+        Returns
+        -------
+        Graph
+        """
+        if getattr(data, "x", None) is None:
+            raise ValueError("the PyG Data has no node features x; skvqgnn needs X")
+        X = data.x
+        n = int(getattr(data, "num_nodes", None) or X.shape[0])
+        weight = getattr(data, "edge_weight", None)
+        return cls(_from_edge_index(data.edge_index, n, weight), X)
 
     @classmethod
     def _validated(cls, A: sp.csr_array, X: np.ndarray | sp.csr_array) -> Graph:
@@ -293,16 +435,16 @@ class Graph:
 
     @property
     def fingerprint(self) -> str:
-        """Content hash of ``A`` and ``X``: a reloaded model recognises its training graph by it."""
+        """Content hash of ``A`` and ``X``: a fitted model recognises its training graph by it.
+
+        It hashes content, not storage: the same edges and feature values give the same
+        fingerprint whether ``X`` is dense or sparse and whatever the dtypes and index widths
+        the inputs came in."""
         if "fingerprint" not in self._cache:
             h = hashlib.blake2b(digest_size=16)
             _hash_csr(h, self.A)
-            if sp.issparse(self.X):
-                h.update(b"csr")
-                _hash_csr(h, self.X)
-            else:
-                h.update(self.X.tobytes())
-            h.update(repr((self.A.shape, self.X.shape)).encode())
+            _hash_features(h, self.X)
+            h.update(repr((tuple(map(int, self.A.shape)), tuple(map(int, self.X.shape)))).encode())
             self._cache["fingerprint"] = h.hexdigest()
         return self._cache["fingerprint"]
 

@@ -78,6 +78,38 @@ def test_fingerprint_is_content_based():
     assert Graph(_path(), X).fingerprint != Graph(_path() * 2, X).fingerprint
 
 
+def test_fingerprint_ignores_storage_dtype_format_and_index_width():
+    rng = np.random.default_rng(0)
+    X = np.where(rng.random((30, 5)) < 0.3, rng.random((30, 5)), 0.0)  # float64, dense
+    A = sp.random_array((30, 30), density=0.1, format="csr", rng=rng)
+    A.data[:] = 1.0
+    wide = sp.csr_array(A)
+    wide.indptr, wide.indices = wide.indptr.astype(np.int64), wide.indices.astype(np.int64)
+    narrow = sp.csr_array(A)
+    narrow.indptr, narrow.indices = narrow.indptr.astype(np.int32), narrow.indices.astype(np.int32)
+    reference = Graph(A, X).fingerprint
+    forms = {
+        "sparse X": (A, sp.csr_matrix(X)),
+        "COO X": (A, sp.coo_array(X)),
+        "float32 X": (A, X.astype(np.float32)),
+        "int64 indices": (wide, X),
+        "int32 indices": (narrow, X),
+        "dense A": (A.toarray(), X),
+        "int A": (A.astype(np.int64), X),
+        "CSC A": (sp.csc_matrix(A), sp.csc_array(X)),
+    }
+    for name, (A_, X_) in forms.items():
+        assert Graph(A_, X_).fingerprint == reference, name
+    # a stored zero is no content either
+    Xs = sp.csr_array(X)
+    Xs.data[0] = 0.0
+    X0 = Xs.toarray()
+    assert Graph(A, Xs).fingerprint == Graph(A, X0).fingerprint
+    # and content still counts: one feature value, one edge
+    assert Graph(A, X0).fingerprint != reference
+    assert Graph(A + sp.eye_array(30, format="csr"), X).fingerprint != reference
+
+
 def test_pickle_drops_the_cache():
     G = Graph(_path(), np.ones((4, 2)))
     G.cached("big", lambda: np.zeros(10_000))
