@@ -66,11 +66,32 @@ def _batch_size(text: str) -> int | None:
         ) from None
 
 
+def _hidden_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(_positive_int(part) for part in text.split(","))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated positive widths such as 64 or 64,64, got {text!r}"
+        ) from None
+    return sizes
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``python -m skvqgnn``."""
     parser = argparse.ArgumentParser(
         prog="python -m skvqgnn",
         description=__doc__.splitlines()[0].replace("``", ""),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="cora", help=DATASET_HELP)
@@ -82,11 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--batch-size", type=_batch_size, default=512, help="nodes per step, or 'full'"
     )
-    model.add_argument("--n-codewords", type=_positive_int, default=256)
-    model.add_argument("--epochs", type=_positive_int, default=200)
-    model.add_argument("--inference", default="vq", choices=["vq", "exact"])
+    model.add_argument(
+        "--hidden-sizes", type=_hidden_sizes, default=(64,), help="hidden widths, e.g. 64,64"
+    )
+    model.add_argument("--learning-rate", type=_positive_float, default=0.002, help="Adam")
+    model.add_argument("--n-codewords", type=_positive_int, default=256, help="per codebook")
+    model.add_argument("--epochs", type=_positive_int, default=200, help="training epochs")
+    model.add_argument("--inference", default="vq", choices=["vq", "exact"], help="mode")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--seed", type=int, default=0, help="seeds data, split and training")
     run = parser.add_argument_group("run")
     run.add_argument("--no-reference", action="store_true", help="skip full-graph training")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -134,6 +159,8 @@ def run_model(
         torch.cuda.reset_peak_memory_stats(device)
     clf = VQGNNClassifier(
         args.backbone,
+        hidden_layer_sizes=args.hidden_sizes,
+        learning_rate=args.learning_rate,
         batch_size=batch_size,
         n_codewords=args.n_codewords,
         max_epochs=args.epochs,
@@ -186,23 +213,53 @@ def report_lines(rows: list[dict[str, Any]], device: torch.device) -> list[str]:
     return lines
 
 
+def _check_json_path(path: Path, parser: argparse.ArgumentParser) -> None:
+    """Refuse an unwritable ``--json`` path before any training."""
+    if path.is_dir():
+        parser.error(f"--json {str(path)!r} is a directory; give a file name")
+    if not path.parent.is_dir():
+        parser.error(f"--json {str(path)!r}: the folder {str(path.parent)!r} does not exist")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the main job; returns the process exit status."""
+    """Run the main job; returns the process exit status. Bad arguments exit with argparse's
+    usage message; bad data or a failed fit print one error line and return 1."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.json is not None:
+        _check_json_path(args.json, parser)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(f"argument --device: {exc}")
+    try:
+        return _run(args, parser, device)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, device: torch.device) -> int:
     dataset = load(args, parser)
     A, X, y, split = dataset
     if split is None:
         split = random_split(y, 0.6, 0.2, random_state=args.seed)
         dataset = NodeDataset(A, X, y, split)
-    device = resolve_device(args.device)
     print(
         f"{args.dataset}: {A.shape[0]} nodes, {A.nnz // 2} edges, {X.shape[1]} features, "
         f"{len(split.train_idx)} training labels; backbone {args.backbone}, device {device}",
         flush=True,
     )
-    runs = [("VQ-GNN", args.batch_size)]
-    if not args.no_reference and args.batch_size is not None:
+    batch_size = args.batch_size
+    if batch_size is not None and batch_size >= A.shape[0]:
+        print(
+            f"--batch-size {batch_size} holds all {A.shape[0]} nodes: one batch is the whole "
+            "graph, so this is full-graph training (no message is quantised)",
+            flush=True,
+        )
+        batch_size = None
+    runs = [("VQ-GNN", batch_size)] if batch_size is not None else [("full graph", None)]
+    if not args.no_reference and batch_size is not None:
         runs.append(("full graph", None))
     rows = [run_model(name, batch, args, dataset, device) for name, batch in runs]
     for line in report_lines(rows, device):

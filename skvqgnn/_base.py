@@ -20,11 +20,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
-from .graph import Graph, NodeSet
+from .graph import Graph, NodeSet, is_pyg_data
 from .layers import BACKBONES, VQGNN, Backbone, Batch, Groups, attend, attend_chunked, kind_of
 from .persistence import PICKLE_VERSION_KEY, check_version, package_version
 from .samplers import ClusterSampler, NodeSampler, RandomNodeSampler
@@ -43,19 +44,67 @@ _KMEANS_SAMPLE = 8192
 _KMEANS_ITERS = 10
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if device == "auto":
+def resolve_device(device: str | int | torch.device) -> torch.device:
+    """The ``device`` parameter as a usable ``torch.device``: ``"auto"`` is CUDA when available,
+    else the CPU; an integer ``N`` is ``cuda:N``; a string or ``torch.device`` is taken as torch
+    reads it. A device this machine does not have gets a ``ValueError`` that says which ones it
+    has, before any work is done."""
+    if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if isinstance(device, bool):
+        raise ValueError(f"device must be 'auto', a device name or a CUDA index, got {device!r}")
+    try:
+        resolved = torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a device PyTorch knows; use 'auto', 'cpu', 'cuda', "
+            "'cuda:N' or a CUDA index N (for a GPU, 'cuda', not 'gpu')"
+        ) from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} asks for CUDA, but this PyTorch build or machine has no CUDA "
+                "device (torch.cuda.is_available() is False); use device='cpu' or 'auto'"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"device={device!r}: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} asks for MPS, which this machine does not have")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"device={device!r}: skvqgnn trains on 'cpu', 'cuda' or 'mps', not {resolved.type!r}"
+        )
+    return resolved
+
+
+def _check_not_empty(nodes: NodeSet) -> None:
+    """Found 0 nodes: a ``ValueError`` as scikit-learn gives for 0 samples."""
+    if nodes.graph.n_nodes == 0:
+        raise ValueError("the graph has no node (A is 0 × 0); at least one node is required")
+    if len(nodes) == 0:
+        raise ValueError(
+            f"the NodeSet is empty (0 of the graph's {nodes.graph.n_nodes} nodes); at least one "
+            "node is required"
+        )
 
 
 def resolve_graph(A: Any, X: Any) -> tuple[NodeSet, bool]:
-    """``(A, X)`` or a ``NodeSet`` -> (the node view, whether a view was given)."""
-    if isinstance(A, NodeSet):
-        return A, True
-    if isinstance(A, Graph):
-        return A.nodes(), True
+    """``(A, X)`` or a ``NodeSet`` -> (the node view, whether a view was given). A view or a
+    ``Graph`` carries its own features, so ``X`` must not be given with one."""
+    if is_pyg_data(A):
+        A = Graph.from_pyg(A)
+    if isinstance(A, (NodeSet, Graph)):
+        if X is not None:
+            raise TypeError(
+                f"X was given with a {type(A).__name__}, which carries its graph's own features; "
+                "pass the view alone (features come from its graph's X), or the adjacency A "
+                "with X"
+            )
+        return (A, True) if isinstance(A, NodeSet) else (A.nodes(), True)
     if X is None:
         raise TypeError(
             "pass either a NodeSet (Graph(A, X).nodes(idx)) or both the adjacency A and the "
@@ -358,6 +407,76 @@ class FitState:
     head: torch.nn.Module | None = None
 
 
+_STRUCTURE = (
+    "backbone, hidden_layer_sizes, heads, n_codewords, codeword_dim or the number of features"
+)
+
+
+def _check_same_structure(fitted: VQGNN, wanted: VQGNN) -> None:
+    """``warm_start`` continues ``fitted`` only if the current parameters and data would build
+    the same network; else a ``ValueError`` names the first tensor that differs."""
+    before, now = getattr(fitted, "built_with", {}), wanted.built_with
+    for key, value in now.items():
+        if key in before and before[key] != value:
+            if key == "n_features":
+                detail = f"X has {value} features, the fitted network takes {before[key]}"
+            elif key == "n_outputs":
+                detail = f"the targets need {value} outputs, the fitted network has {before[key]}"
+            else:
+                detail = f"{key} changed from {before[key]!r} to {value!r}"
+            raise ValueError(
+                f"warm_start=True continues the fitted network, but {detail}. Set "
+                "warm_start=False to fit a new network"
+            )
+    old = {k: tuple(v.shape) for k, v in fitted.state_dict().items()}
+    new = {k: tuple(v.shape) for k, v in wanted.state_dict().items()}
+    layers = [type(m).__name__ for m in fitted.layers], [type(m).__name__ for m in wanted.layers]
+    if old == new and layers[0] == layers[1]:
+        return
+    if layers[0] != layers[1]:
+        detail = f"its layers are {layers[0]}, the current parameters give {layers[1]}"
+    else:
+        name = next((k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)), "?")
+        detail = (
+            f"tensor {name!r} is {old.get(name, 'absent')} in the fitted network and would be "
+            f"{new.get(name, 'absent')} now"
+        )
+    raise ValueError(
+        f"warm_start=True continues the fitted network, but its structure no longer matches "
+        f"({_STRUCTURE} changed): {detail}. Set warm_start=False to fit a new network"
+    )
+
+
+def _check_finite(loss: float, parameters: list[Tensor], epoch: int) -> None:
+    """Stop a fit whose loss or parameters are no longer finite (it can never recover)."""
+    finite = torch.stack([torch.isfinite(p).all() for p in parameters]).all()
+    if math.isfinite(loss) and bool(finite):  # one device sync per epoch
+        return
+    what = f"the loss is {loss}" if not math.isfinite(loss) else "a parameter is not finite"
+    raise ValueError(
+        f"training diverged at epoch {epoch}: {what}. Lower learning_rate, or scale the "
+        "node features X (for example with StandardScaler): very large input values overflow "
+        "float32"
+    )
+
+
+_DIVERGENCE = 10.0  # a fit whose last epoch's loss is this many times its first one diverged
+
+
+def _warn_if_diverging(history: list[dict[str, Any]], learning_rate: float) -> None:
+    """Warn when the loss ended far above where the fit started."""
+    if len(history) < 2:
+        return
+    first, last = history[0]["loss"], history[-1]["loss"]
+    if first > 0 and last > _DIVERGENCE * first:
+        warnings.warn(
+            f"training diverged: the loss rose from {first:.4g} (first epoch) to {last:.4g} "
+            f"(last epoch); lower learning_rate (now {learning_rate:g}) or scale the features",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
+
+
 def _mean_step(
     optimiser: torch.optim.Optimizer, parameters: list[Tensor], grouped: int, with_loss: bool
 ) -> None:
@@ -406,7 +525,7 @@ class BaseVQGNN(BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "warm_start": ["boolean"],
-        "device": [str, torch.device],
+        "device": [str, Integral, torch.device],
         "sparse_backend": [StrOptions({"auto", "torch", "torch_sparse"})],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -560,7 +679,7 @@ class BaseVQGNN(BaseEstimator):
                 f"use codeword_dim <= {min(dims[1:-1])}, or 'auto'"
             )
         try:
-            return VQGNN(
+            model = VQGNN(
                 self._backbone(),
                 kinds,
                 dims,
@@ -574,6 +693,41 @@ class BaseVQGNN(BaseEstimator):
             )
         except ValueError as exc:
             raise ValueError(f"{type(self).__name__}: {exc}") from None
+        # what shaped the network, so that warm_start can say which of them changed
+        model.built_with = {
+            "backbone": repr(self._backbone()),
+            "hidden_layer_sizes": tuple(dims[1:-1]),
+            "heads": self.heads,
+            "n_codewords": self.n_codewords,
+            "codeword_dim": codeword_dim,
+            "n_features": n_features,
+            "n_outputs": n_outputs,
+        }
+        return model
+
+    def _validate_params(self) -> None:
+        """scikit-learn's checks, plus: a boolean is not a count (``batch_size=True`` is not
+        1), and ``inference`` is checked where predictions read it."""
+        super()._validate_params()
+        for name, rules in self._parameter_constraints.items():
+            value = getattr(self, name)
+            counts = any(isinstance(r, Interval) and r.type is Integral for r in rules)
+            if counts and isinstance(value, (bool, np.bool_)):
+                raise InvalidParameterError(
+                    f"The {name!r} parameter of {type(self).__name__} must be an int, not the "
+                    f"boolean {value!r}"
+                )
+
+    def _apply_settings(self, model: VQGNN) -> None:
+        """Give a warm-started network the current values of the parameters that do not
+        change its shape (dropout rates, codebook decay and gradient weight)."""
+        model.dropout = self.dropout
+        model.attention_dropout = self.attention_dropout
+        for cb in model.codebooks:
+            cb.decay = self.ema_decay
+            cb.grad_scale = self.grad_scale
+        if model.input_codebook is not None:
+            model.input_codebook.decay = self.ema_decay
 
     def _fit_graph(self, nodes: NodeSet, val_nodes: np.ndarray, seed: int) -> None:
         """Train on ``nodes.graph`` with the subclass's targets; ``val_nodes`` may be empty."""
@@ -593,19 +747,22 @@ class BaseVQGNN(BaseEstimator):
         torch.manual_seed(seed)
 
         reuse = self.warm_start and hasattr(self, "model_")
+        fresh = self._build_model(graph.n_features, self._n_outputs, data.kinds)
         if reuse:
+            _check_same_structure(self.model_, fresh)
             model = self.model_.to(device)
+            self._apply_settings(model)
         else:
-            model = self._build_model(graph.n_features, self._n_outputs, data.kinds).to(device)
+            model = fresh.to(device)
         model.sparse_backend = resolve_backend(self.sparse_backend)
         n_batches = max(1, math.ceil(graph.n_nodes / sampler.batch_size))
         for cb in model.codebooks:  # gradient codewords average over the last epoch
             cb.grad_decay = 1.0 - 1.0 / n_batches
         input_table = None
-        if reuse and self.graph_fingerprint_ == graph.fingerprint:
-            tables, input_table = self.tables_, self.input_table_
-        elif full_graph:
+        if full_graph:  # one batch: no message is quantised (codebooks are filled at the end)
             tables = []
+        elif reuse and self.graph_fingerprint_ == graph.fingerprint and self.tables_:
+            tables, input_table = self.tables_, self.input_table_
         else:
             tables = self._initialise_codebooks(model, data, sampler, gen, device)
             input_table = self._initialise_input_codebook(model, data, gen, device)
@@ -677,6 +834,7 @@ class BaseVQGNN(BaseEstimator):
                     _mean_step(optimiser, parameters, grouped, with_loss)
                 record = stats.summary(first_epoch + epoch)
                 record["time"] = time.perf_counter() - t0
+                _check_finite(record["loss"], parameters, first_epoch + epoch)
                 if len(val_nodes):
                     model.eval()
                     if self._head is not None:
@@ -715,11 +873,18 @@ class BaseVQGNN(BaseEstimator):
         finally:
             if self.verbose:
                 progress.close()
+        _warn_if_diverging(history[first_epoch:], self.learning_rate)
         head = self._head
         if self.early_stopping and best[1] is not None:
             model, tables, head = best[1].model, best[1].tables, best[1].head
         if tables:
             self._refresh_codebooks(model, data, tables, input_table, sampler, device)
+        elif model.codebooks:
+            # full-graph training (the graph fits in one batch) never touched the codebooks:
+            # fill them from the trained network, so that VQ inference on a larger graph
+            # quantises with real codewords, not zeros
+            tables = self._initialise_codebooks(model, data, sampler, gen, device)
+            input_table = self._initialise_input_codebook(model, data, gen, device)
         del self._head
         model.eval()
         self.model_ = model.cpu()
@@ -932,8 +1097,10 @@ class BaseVQGNN(BaseEstimator):
         sampler: NodeSampler,
         nodes: np.ndarray,
         device: torch.device,
+        upto: int | None = None,
     ) -> Tensor:
-        """Eval-mode logits (len(nodes), out) with mini-batch VQ inference, on the CPU."""
+        """Eval-mode logits (len(nodes), out) with mini-batch VQ inference, on the CPU;
+        ``upto=l``: the output of layer ``l`` instead (``VQGNN.forward``)."""
         wanted = np.zeros(data.n_nodes, dtype=bool)
         wanted[nodes] = True
         out: Tensor | None = None
@@ -942,10 +1109,11 @@ class BaseVQGNN(BaseEstimator):
         for batch_nodes in sampler.inference_batches():
             if not wanted[batch_nodes].any():
                 continue
+            levels = tables if upto is None else tables[:upto]
             batch = make_batch(
-                data, batch_nodes, tables, self.n_codewords, device, False, None, input_table
+                data, batch_nodes, levels, self.n_codewords, device, False, None, input_table
             )
-            logits, _ = model(batch)
+            logits, _ = model(batch, upto=upto)
             logits = logits.cpu()
             if out is None:
                 out = torch.empty(len(nodes), logits.shape[1])
@@ -980,25 +1148,33 @@ class BaseVQGNN(BaseEstimator):
             tables.append(table)
         return tables, input_table
 
-    def _decision(self, nodes: NodeSet) -> Tensor:
-        """Logits (len(nodes), out) for a node view, with the configured inference mode."""
+    def _decision(self, nodes: NodeSet, hidden: bool = False) -> Tensor:
+        """Logits (len(nodes), out) for a node view, with the configured inference mode;
+        ``hidden=True``: the last hidden layer's output (the output layer's input) instead."""
         check_is_fitted(self, "model_")
+        if self.inference not in ("vq", "exact"):
+            raise InvalidParameterError(
+                f"The 'inference' parameter of {type(self).__name__} must be 'vq' or 'exact', "
+                f"got {self.inference!r}"
+            )
         graph = nodes.graph
+        _check_not_empty(nodes)
         self._check_graph_features(graph)
         device = resolve_device(self.device)
         model = self.model_.to(device).eval()
         model.sparse_backend = resolve_backend(self.sparse_backend)
         data = self._graph_data(graph)
         try:
+            upto = len(model.layers) - 2 if hidden else None
             if self.inference == "exact" or not model.codebooks or self.batch_size is None:
-                H = self._exact_layers(model, data, device)
+                H = self._exact_layers(model, data, device, None if upto is None else upto + 1)
                 return torch.from_numpy(H[nodes.index])
             sampler = self._sampler_for(graph, self._fit_seed_)
             if graph.fingerprint == self.graph_fingerprint_:
                 tables, input_table = self.tables_, self.input_table_
             else:
                 tables, input_table = self._assign_new_graph(model, data, sampler, device)
-            return self._infer(model, data, tables, input_table, sampler, nodes.index, device)
+            return self._infer(model, data, tables, input_table, sampler, nodes.index, device, upto)
         finally:
             self.model_ = model.cpu()
 

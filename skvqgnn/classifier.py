@@ -2,31 +2,56 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.base import ClassifierMixin, _fit_context
+from sklearn.exceptions import DataConversionWarning
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 from torch.nn import functional as F
 
-from ._base import BaseVQGNN, resolve_graph
-from .graph import Graph, NodeSet
+from ._base import BaseVQGNN, _check_not_empty, resolve_graph
+from .graph import Graph, NodeSet, is_pyg_data
+from .layers import Backbone
 
 __all__ = ["VQGNNClassifier"]
 
 
-def _check_labels(y: Any, n: int, name: str = "y") -> np.ndarray:
-    """``y`` as int64: (n,) class labels or, multi-label, an (n, n_labels) 0/1 indicator; -1
-    marks an unlabelled node (or, in an indicator, an unknown entry)."""
+def _is_unlabelled(values: np.ndarray) -> np.ndarray:
+    """Which entries of an object array of labels mark an unlabelled node: ``None`` or NaN."""
+    return np.array([v is None or (isinstance(v, float) and v != v) for v in values], dtype=bool)
+
+
+def _check_labels(y: Any, n: int, name: str = "y") -> tuple[np.ndarray, np.ndarray | None]:
+    """``y`` as int64 codes and its classes.
+
+    Class labels (n,) may be integers (``-1`` = unlabelled), integer-valued floats, booleans,
+    strings or objects (``None`` or NaN = unlabelled; pandas categoricals arrive so); they come
+    back as codes into the sorted classes, ``-1`` where unlabelled, and the classes in the
+    user's own values. A column vector (n, 1) is read as class labels, with a warning, as
+    scikit-learn does. A multi-label 0/1 indicator (n, n_labels), ``-1`` = unknown entry,
+    comes back as it is, with ``None`` for the classes."""
     if sp.issparse(y):
         y = y.toarray()
     y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        warnings.warn(
+            f"A column-vector {name} was passed when a 1d array was expected. Please change the "
+            "shape of y to (n_samples, ), for example using ravel().",
+            DataConversionWarning,
+            stacklevel=3,
+        )
+        y = y.ravel()
     if y.ndim == 2:
-        return _check_indicator(y, n, name)
+        return _check_indicator(y, n, name), None
     if y.ndim != 1:
         raise ValueError(
             f"{name} must be 1-D (one label per node) or a 2-D (n_nodes, n_labels) 0/1 "
@@ -34,18 +59,40 @@ def _check_labels(y: Any, n: int, name: str = "y") -> np.ndarray:
         )
     if len(y) != n:
         raise ValueError(f"{name} has {len(y)} entries but {n} nodes were given")
-    if not np.issubdtype(y.dtype, np.number) or y.dtype == bool:
+    if y.dtype == bool or y.dtype.kind in "USO":
+        known = ~_is_unlabelled(y) if y.dtype == object else np.ones(len(y), dtype=bool)
+        try:
+            classes, codes = np.unique(y[known], return_inverse=True)
+        except TypeError as exc:
+            raise ValueError(
+                f"{name} mixes labels of types that cannot be ordered "
+                f"({sorted({type(v).__name__ for v in y[known]})}); give every class label "
+                "the same type (None marks an unlabelled node)"
+            ) from exc
+        out = np.full(len(y), -1, dtype=np.int64)
+        out[known] = codes.ravel()
+        return out, classes
+    if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
         raise ValueError(
-            f"{name} must hold integer class labels (-1 = unlabelled), got dtype {y.dtype}; "
-            "encode other labels with sklearn.preprocessing.LabelEncoder"
+            f"{name} must hold class labels (integers with -1 = unlabelled, or strings, "
+            f"booleans or objects with None = unlabelled), got dtype {y.dtype}"
         )
     if np.issubdtype(y.dtype, np.floating):
         if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise ValueError(f"{name} must hold integer class labels (-1 = unlabelled)")
-    y = y.astype(np.int64)
+            raise ValueError(
+                f"{name} must hold integer class labels (-1 = unlabelled); a float array "
+                "must hold whole numbers and no NaN (to mark unlabelled nodes use -1, or an "
+                "object array with None)"
+            )
     if np.any(y < -1):
         raise ValueError(f"{name} holds labels < -1; use -1 for unlabelled nodes")
-    return y
+    known = y != -1
+    classes, codes = np.unique(y[known], return_inverse=True)
+    if np.issubdtype(y.dtype, np.floating):
+        classes = classes.astype(np.int64)
+    out = np.full(len(y), -1, dtype=np.int64)
+    out[known] = codes.ravel()
+    return out, classes
 
 
 def _check_indicator(y: np.ndarray, n: int, name: str) -> np.ndarray:
@@ -138,6 +185,11 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         Adam learning rate. With the default ``accumulate_batches="epoch"`` mini-batch and
         full-graph training take one step per epoch, so one rate serves both.
     weight_decay : float, default=5e-4
+    class_weight : dict, "balanced" or None, default=None
+        Weight of each class in the loss, as in scikit-learn: ``{label: weight}`` (classes not
+        listed weigh 1) or ``"balanced"``, ``n / (n_classes · count)`` over the training
+        labels, so a class with few labelled nodes is not ignored. Multiplies ``fit``'s
+        ``sample_weight``. Not for multi-label ``y``.
     accumulate_batches : int or "epoch", default="epoch"
         Mini-batches whose gradients are averaged into one optimiser step (gradient
         accumulation): an epoch of ``m = ceil(n / batch_size)`` batches takes
@@ -159,8 +211,10 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     n_iter_no_change : int, default=20
     warm_start : bool, default=False
         Continue from the fitted model (and its codebooks on the same graph).
-    device : str or torch.device, default="auto"
-        ``"auto"`` uses CUDA when available. The fitted model is kept on the CPU, so a model
+    device : str, int or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available; ``"cpu"``, ``"cuda"``, ``"cuda:N"``, an index
+        ``N`` (``cuda:N``) or a ``torch.device``. A device the machine lacks is an error at
+        the start of ``fit``, not a fallback. The fitted model is kept on the CPU, so a model
         trained on a GPU loads and predicts on a CPU-only machine.
     sparse_backend : {"auto", "torch", "torch_sparse"}, default="auto"
         Sparse kernels: ``torch.sparse``, or the optional ``torch-sparse`` package when installed.
@@ -209,8 +263,75 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     (2708,)
     """
 
+    _parameter_constraints: dict = {
+        **BaseVQGNN._parameter_constraints,
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+    }
+
+    def __init__(
+        self,
+        backbone: str | Backbone = "gcn",
+        *,
+        hidden_layer_sizes: Any = (64,),
+        heads: int | None = None,
+        n_codewords: int = 256,
+        codeword_dim: int | str = "auto",
+        batch_size: int | None = 512,
+        sampler: str = "cluster",
+        parts_per_batch: int = 4,
+        inference: str = "vq",
+        backward_messages: str = "auto",
+        grad_scale: float = 1.0,
+        ema_decay: float = 0.99,
+        dropout: float = 0.5,
+        attention_dropout: float = 0.0,
+        learning_rate: float = 0.002,
+        weight_decay: float = 5e-4,
+        class_weight: dict | str | None = None,
+        accumulate_batches: int | str = "epoch",
+        max_epochs: int = 200,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 20,
+        warm_start: bool = False,
+        device: str | torch.device = "auto",
+        sparse_backend: str = "auto",
+        random_state: Any = None,
+        verbose: int = 0,
+    ):
+        super().__init__(
+            backbone,
+            hidden_layer_sizes=hidden_layer_sizes,
+            heads=heads,
+            n_codewords=n_codewords,
+            codeword_dim=codeword_dim,
+            batch_size=batch_size,
+            sampler=sampler,
+            parts_per_batch=parts_per_batch,
+            inference=inference,
+            backward_messages=backward_messages,
+            grad_scale=grad_scale,
+            ema_decay=ema_decay,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            accumulate_batches=accumulate_batches,
+            max_epochs=max_epochs,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change,
+            warm_start=warm_start,
+            device=device,
+            sparse_backend=sparse_backend,
+            random_state=random_state,
+            verbose=verbose,
+        )
+        self.class_weight = class_weight
+
     _n_outputs: int
     _n_targets: int
+    _node_weights: Tensor | None = None  # per-node loss weights during a fit (None: all 1)
 
     def _loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:
         # the targets stay on the host; the batch's node ids may be on the training device
@@ -219,12 +340,55 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         count = int(mask.sum())
         if count == 0:
             return logits.sum() * 0.0, 0
+        weights = None
+        if self._node_weights is not None:
+            weights = self._node_weights[nodes.cpu()].to(logits.device)
         if self.multilabel_:
-            loss = F.binary_cross_entropy_with_logits(
-                logits[mask], targets[mask].to(logits.dtype), reduction="sum"
+            terms = F.binary_cross_entropy_with_logits(
+                logits[mask], targets[mask].to(logits.dtype), reduction="none"
             )
-            return loss, count
-        return F.cross_entropy(logits[mask], targets[mask], reduction="sum"), count
+            if weights is not None:
+                terms = terms * weights.unsqueeze(1).expand_as(mask)[mask]
+            return terms.sum(), count
+        terms = F.cross_entropy(logits[mask], targets[mask], reduction="none")
+        if weights is not None:
+            terms = terms * weights[mask]
+        return terms.sum(), count
+
+    def _weights(self, encoded: np.ndarray, nodes: NodeSet, sample_weight: Any) -> Tensor | None:
+        """Per-node loss weights (n,), mean 1 over the training nodes, or ``None`` (all 1)."""
+        n = len(encoded)
+        if self.class_weight is None and sample_weight is None:
+            return None
+        weights = np.ones(n, dtype=np.float64)
+        train = (encoded >= 0).reshape(n, -1).any(1)
+        if sample_weight is not None:
+            given = np.asarray(sample_weight)
+            if given.dtype == object or not np.issubdtype(given.dtype, np.number):
+                raise ValueError(f"sample_weight must hold numbers, got dtype {given.dtype}")
+            if given.shape != (len(nodes),):
+                raise ValueError(
+                    f"sample_weight must have shape ({len(nodes)},), one weight per node of "
+                    f"{'the view' if len(nodes) != n else 'the graph'}, got {given.shape}"
+                )
+            if not np.all(np.isfinite(given)) or np.any(given < 0):
+                raise ValueError("sample_weight must be finite and non-negative")
+            weights[nodes.index] = given
+        if self.class_weight is not None:
+            if self.multilabel_:
+                raise ValueError(
+                    "class_weight is for class labels; with a multi-label indicator y, weight "
+                    "the nodes with sample_weight"
+                )
+            per_class = compute_class_weight(
+                self.class_weight, classes=self.classes_, y=self.classes_[encoded[train]]
+            )
+            weights[train] *= per_class[encoded[train]]
+        total = weights[train].sum()
+        if total <= 0:
+            raise ValueError("sample_weight is 0 for every labelled training node")
+        weights *= train.sum() / total
+        return torch.from_numpy(weights.astype(np.float32))
 
     def _val_score(self, logits: Tensor, nodes: np.ndarray) -> float:
         if self.multilabel_:
@@ -244,7 +408,9 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         return tags
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, A: Any, X: Any = None, y: Any = None) -> VQGNNClassifier:
+    def fit(
+        self, A: Any, X: Any = None, y: Any = None, sample_weight: Any = None
+    ) -> VQGNNClassifier:
         """Fit on a graph: ``fit(A, X, y)`` or ``fit(nodes, y)``.
 
         Parameters
@@ -257,21 +423,38 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         y : array-like of shape (n_nodes,) or (n_nodes, n_labels)
             Integer class labels, ``-1`` for unlabelled nodes; or a multi-label 0/1 indicator
             (dense or sparse), ``-1`` for an unknown entry (a row of -1: unlabelled node).
+            Labels may also be strings, booleans or objects (pandas categoricals too), with
+            ``None`` for an unlabelled node; ``classes_`` holds them as given. A column
+            vector (n, 1) is read as class labels, with a ``DataConversionWarning``.
+        sample_weight : array-like of shape (n_nodes,), default=None
+            Non-negative weight of each node's loss term (one per node of the view with
+            ``fit(nodes, y)``), times its class's ``class_weight``. The weights of the
+            training nodes are rescaled to mean 1, so they change the balance of the loss,
+            not the learning rate.
 
         Returns
         -------
         self
         """
-        nodes, is_view = resolve_graph(A, None if isinstance(A, NodeSet) else X)
-        if is_view and y is None:
-            y = X
+        if (isinstance(A, (NodeSet, Graph)) or is_pyg_data(A)) and y is None:  # fit(nodes, y)
+            X, y = None, X
+        nodes, is_view = resolve_graph(A, X)
+        _check_not_empty(nodes)
         if y is None:
             raise TypeError("fit needs the labels y")
         graph = nodes.graph
-        y_view = _check_labels(y, len(nodes))
-        multilabel = y_view.ndim == 2
+        y_view, found = _check_labels(y, len(nodes))
+        multilabel = found is None
         labels = np.full((graph.n_nodes, *y_view.shape[1:]), -1, dtype=np.int64)
         labels[nodes.index] = y_view
+        if len(np.unique(nodes.index)) < len(nodes):  # a node listed twice: one label for it
+            again = labels[nodes.index] != y_view
+            if again.reshape(len(nodes), -1).any():
+                node = nodes.index[np.flatnonzero(again.reshape(len(nodes), -1).any(1))[0]]
+                raise ValueError(
+                    f"node {node} appears more than once in the NodeSet with different labels "
+                    "in y; give each node one label"
+                )
         labelled = np.flatnonzero((labels >= 0).reshape(graph.n_nodes, -1).any(1))
         if len(labelled) == 0:
             raise ValueError("y has no labelled node: every entry is -1")
@@ -287,10 +470,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
                     f"train on ({len(labelled)} labelled)"
                 )
             val_nodes = np.sort(rs.choice(labelled, n_val, replace=False))
-        if multilabel:
-            classes = np.arange(labels.shape[1])
-        else:
-            classes = np.unique(labels[labelled])
+        classes = np.arange(labels.shape[1]) if multilabel else found
         if (
             self.warm_start
             and hasattr(self, "classes_")
@@ -304,20 +484,17 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         self.classes_ = classes
         self.multilabel_ = multilabel
         self.n_features_in_ = graph.n_features
-        if multilabel:
-            encoded = labels.copy()
-        else:
-            encoded = np.full(graph.n_nodes, -1, dtype=np.int64)
-            encoded[labelled] = np.searchsorted(classes, labels[labelled])
+        encoded = labels.copy()  # codes into classes_ (multi-label: the indicator)
         self._val_labels = encoded[val_nodes]
         encoded[val_nodes] = -1
         self._targets = torch.from_numpy(encoded)
         self._loss_mask = (encoded >= 0).reshape(graph.n_nodes, -1).any(1)
+        self._node_weights = self._weights(encoded, nodes, sample_weight)
         self._n_outputs = len(classes)
         self._n_targets = int((encoded >= 0).sum())
         with torch.random.fork_rng(devices=[]):
             self._fit_graph(nodes, val_nodes, seed)
-        del self._targets, self._val_labels, self._loss_mask
+        del self._targets, self._val_labels, self._loss_mask, self._node_weights
         self.transduction_ = self._labels_of(self._decision(graph.nodes()))
         return self
 
@@ -365,6 +542,48 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             return torch.sigmoid(logits).numpy()
         return torch.softmax(logits, dim=1).numpy()
 
+    def predict_log_proba(self, A: Any, X: Any = None) -> np.ndarray:
+        """Log of ``predict_proba``, computed from the logits (no underflow to ``-inf``).
+
+        Parameters
+        ----------
+        A : sparse matrix of shape (n_nodes, n_nodes), Graph, or NodeSet
+        X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
+
+        Returns
+        -------
+        ndarray of shape (n, n_classes) or (n, n_labels)
+        """
+        nodes, _ = resolve_graph(A, X)
+        logits = self._decision(nodes)
+        if self.multilabel_:
+            return F.logsigmoid(logits).numpy()
+        return torch.log_softmax(logits, 1).numpy()
+
+    def embed(self, A: Any, X: Any = None) -> np.ndarray:
+        """Node embeddings: the last hidden layer's output (n, hidden_layer_sizes[-1]), the
+        representation the output layer classifies, with the configured inference mode.
+
+        The same name and signature as ``VQGNNLinkPredictor.embed``, so that a pipeline can
+        take embeddings from either estimator.
+
+        Parameters
+        ----------
+        A : sparse matrix of shape (n_nodes, n_nodes), Graph, or NodeSet
+        X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
+
+        Returns
+        -------
+        ndarray of shape (n, hidden_layer_sizes[-1])
+        """
+        check_is_fitted(self, "model_")
+        if len(self.model_.layers) < 2:
+            raise ValueError(
+                "a network without hidden layers (hidden_layer_sizes=()) has no embedding"
+            )
+        nodes, _ = resolve_graph(A, X)
+        return self._decision(nodes, hidden=True).numpy()
+
     def predict(self, A: Any, X: Any = None) -> np.ndarray:
         """Class of every node of ``(A, X)``, or of the nodes of a ``NodeSet``; multi-label: the
         (n, n_labels) 0/1 indicator of the labels whose probability exceeds 0.5.
@@ -386,8 +605,10 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         nodes, _ = resolve_graph(A, X)
         return self._labels_of(self._decision(nodes))
 
-    def score(self, A: Any, X: Any = None, y: Any = None) -> float:
+    def score(self, A: Any, X: Any = None, y: Any = None, sample_weight: Any = None) -> float:
         """Accuracy (multi-label: subset accuracy): ``score(nodes, y)`` or ``score(A, X, y)``.
+
+        Unlabelled nodes (``-1``, or ``None`` in object labels) are left out, as in ``fit``.
 
         Parameters
         ----------
@@ -397,14 +618,38 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             Node features, when ``A`` is an adjacency.
         y : array-like of shape (n,) or (n, n_labels), default=None
             True labels of the nodes scored (every node of ``(A, X)``, or the view's nodes).
+        sample_weight : array-like of shape (n,), default=None
+            Weight of each node's hit.
 
         Returns
         -------
         float
-            The fraction of nodes whose predicted label (multi-label: whole indicator row)
-            equals ``y``.
+            The (weighted) fraction of labelled nodes whose predicted label (multi-label:
+            whole indicator row) equals ``y``.
         """
-        if isinstance(A, (NodeSet, Graph)) and y is None:
+        if (isinstance(A, (NodeSet, Graph)) or is_pyg_data(A)) and y is None:
             y = X
             X = None
-        return accuracy_score(y, self.predict(A, X))
+        pred = self.predict(A, X)
+        if y is None:
+            raise TypeError("score needs the true labels y")
+        truth = np.asarray(y.toarray() if sp.issparse(y) else y)
+        if truth.ndim == 2 and truth.shape[1] == 1 and not self.multilabel_:
+            truth = truth.ravel()
+        if len(truth) != len(pred):
+            raise ValueError(
+                f"Found input variables with inconsistent numbers of samples: y has "
+                f"{len(truth)} entries for {len(pred)} nodes"
+            )
+        if truth.ndim == 2:
+            known = (truth != -1).any(1)
+        elif truth.dtype == object:
+            known = ~_is_unlabelled(truth)
+        elif truth.dtype.kind in "USb":
+            known = np.ones(len(truth), dtype=bool)
+        else:
+            known = truth != -1
+        if not known.any():
+            raise ValueError("y has no labelled node to score: every entry is unlabelled")
+        weight = None if sample_weight is None else np.asarray(sample_weight)[known]
+        return float(accuracy_score(truth[known], pred[known], sample_weight=weight))

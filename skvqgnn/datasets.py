@@ -14,6 +14,7 @@ import csv
 import numbers
 import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -284,10 +285,29 @@ def load_cora() -> NodeDataset:
 
 
 def _read_csv(path: Path) -> tuple[list[str], np.ndarray]:
-    """Read a comma-separated numeric file with a header row into a 2-D float64 array."""
+    """Read a comma-separated numeric file with a header row into a 2-D float64 array; a file
+    that is empty, has no data row, or holds a cell that is not a number is a ``ValueError``
+    naming the file (and the cell)."""
     with path.open(newline="") as file:
-        header = [column.strip() for column in next(csv.reader(file))]
-        values = np.loadtxt(file, delimiter=",", ndmin=2, dtype=np.float64)
+        try:
+            header = [column.strip() for column in next(csv.reader(file))]
+        except StopIteration:
+            raise ValueError(f"{path}: the file is empty (a header row is expected)") from None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # numpy's "no data" warning
+                values = np.loadtxt(file, delimiter=",", ndmin=2, dtype=np.float64)
+        except ValueError as exc:
+            raise ValueError(
+                f"{path}: every cell below the header must be a number ({exc}; rows count from "
+                "the first line after the header)"
+            ) from None
+    if values.size == 0:
+        raise ValueError(f"{path}: no data row below the header {header}")
+    if values.shape[1] < len(header):
+        raise ValueError(
+            f"{path}: the header names {len(header)} columns, the rows hold {values.shape[1]}"
+        )
     return header, values
 
 
@@ -358,13 +378,21 @@ def load_edge_list_csv(
     ids = _as_ids(table[:, 0], target_path, "node ids")
     n_nodes = ids.size
     if not np.array_equal(np.sort(ids), np.arange(n_nodes)):
+        hint = ""
+        if np.array_equal(np.sort(ids), np.arange(1, n_nodes + 1)):
+            hint = "; they look 1-based: number the nodes from 0"
+        elif len(np.unique(ids)) < n_nodes:
+            hint = f"; {n_nodes - len(np.unique(ids))} ids repeat"
         raise ValueError(
-            f"{target_path}: node ids must be 0..n_nodes-1, each exactly once "
-            f"({n_nodes} rows, ids from {ids.min(initial=0)} to {ids.max(initial=0)})"
+            f"{target_path}: node ids must be 0..{n_nodes - 1}, each exactly once "
+            f"({n_nodes} rows, ids from {ids.min()} to {ids.max()}){hint}"
         )
     labels = table[:, label_column]
-    if not np.array_equal(labels, np.round(labels)) or labels.min(initial=0) < -1:
-        raise ValueError(f"{target_path}: labels must be integers >= -1")
+    if not np.array_equal(labels, np.round(labels)) or labels.min() < -1:
+        raise ValueError(
+            f"{target_path}: labels (column {header[label_column]!r}) must be integers >= -1 "
+            "(-1 = unlabelled)"
+        )
     y = np.empty(n_nodes, dtype=np.int64)
     y[ids] = labels.astype(np.int64)
 

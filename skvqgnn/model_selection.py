@@ -160,6 +160,11 @@ def edge_split(
     edge_keys = pair_keys(candidate_edges(A, undirected), n)  # (m,)
 
     m = len(edge_keys)
+    if m == 0:
+        raise ValueError(
+            "A has no edge other than self-loops: there is nothing to split into train, "
+            "validation and test edges"
+        )
     n_val, n_test = int(round(val * m)), int(round(test * m))
     held_val, held_test, kept = np.split(rng.permutation(edge_keys), [n_val, n_val + n_test])
 

@@ -350,6 +350,20 @@ def save(estimator: Any, path: str | os.PathLike) -> None:
     )
 
 
+def _guess_kind(path: str | os.PathLike) -> str:
+    """What a file that ``torch.load`` refused most likely is, as the end of a message."""
+    with open(path, "rb") as file:
+        head = file.read(2)
+    if head[:1] == b"\x80":  # a pickle protocol header: joblib.dump or pickle.dump
+        return (
+            ": it is a pickle (joblib.dump or pickle.dump); read it with joblib.load, which "
+            "runs the code the file names, so only for files you trust"
+        )
+    if head == b"PK":
+        return ": it is a zip archive, but not one that save wrote"
+    return ""
+
+
 def load(path: str | os.PathLike) -> Any:
     """Read an estimator written by ``save``, unpickling tensors and plain values only.
 
@@ -375,7 +389,18 @@ def load(path: str | os.PathLike) -> Any:
     ValueError
         If the file is not a skvqgnn weights file or names an unknown estimator.
     """
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's note on foreign pickles
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load fails with, it is not ours
+        kind = _guess_kind(path)
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a skvqgnn weights file (written by "
+            f"skvqgnn.persistence.save){kind}"
+        ) from exc
     if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
         raise ValueError(f"{os.fspath(path)!r} is not a skvqgnn weights file")
     if blob["format_version"] > _FORMAT_VERSION:

@@ -8,21 +8,26 @@ page is current, so the table cannot drift from what the code does.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
+from unittest import mock
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
 from skvqgnn import Graph, VQGNNClassifier, VQGNNLinkPredictor
 from skvqgnn.datasets import make_csbm
+from skvqgnn.model_selection import edge_split
 
 PAGE = Path(__file__).resolve().parents[1] / "doc" / "input_validation.md"
 N = 60
@@ -60,6 +65,22 @@ def _trained() -> VQGNNClassifier:
     return _fitted[0]
 
 
+def _without_cuda(call):
+    """Run ``call`` as on a machine without CUDA (the same message on every machine)."""
+    with mock.patch.object(torch.cuda, "is_available", return_value=False):
+        return call()
+
+
+def _load_joblib_file():
+    import joblib
+
+    from skvqgnn.persistence import load
+
+    with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder):
+        joblib.dump(_trained(), "model.joblib")  # a relative name: the page shows no machine path
+        return load("model.joblib")
+
+
 def _with(matrix, value, where=(0, 0)):
     out = matrix.astype(np.float64, copy=True)
     if sp.issparse(out):
@@ -82,6 +103,20 @@ CASES = [
         "A must be 2-D",
     ),
     Case("A", "not square (50 × 60)", lambda: _clf().fit(A[:50], X, Y), ValueError, "square"),
+    Case(
+        "A",
+        "no node (0 × 0)",
+        lambda: _clf().fit(sp.csr_array((0, 0)), np.zeros((0, 8)), np.zeros(0, int)),
+        ValueError,
+        "the graph has no node",
+    ),
+    Case(
+        "A",
+        "complex edge weights",
+        lambda: _clf().fit(A * (1 + 1j), X, Y),
+        TypeError,
+        "A must hold real numbers",
+    ),
     Case("A", "a NaN edge weight", lambda: _clf().fit(_with(A, np.nan), X, Y), ValueError, "A "),
     Case("A", "an inf edge weight", lambda: _clf().fit(_with(A, np.inf), X, Y), ValueError, "A "),
     Case(
@@ -112,6 +147,28 @@ CASES = [
         "X contains",
     ),
     Case("X", "strings", lambda: _clf().fit(A, X.astype(str), Y), TypeError, "X must hold"),
+    Case("X", "complex numbers", lambda: _clf().fit(A, X + 1j, Y), TypeError, "real numbers"),
+    Case(
+        "X",
+        "a finite value beyond float32 (1e39)",
+        lambda: _clf().fit(A, _with(X, 1e39), Y),
+        ValueError,
+        "beyond float32's range",
+    ),
+    Case(
+        "X",
+        "given with a NodeSet: fit(nodes, X, y)",
+        lambda: _clf().fit(Graph(A, X).nodes([0, 1, 2]), X, Y[:3]),
+        TypeError,
+        "X was given with a NodeSet",
+    ),
+    Case(
+        "X",
+        "so large the training overflows (X * 1e30)",
+        lambda: _clf(max_epochs=3).fit(A, X * 1e30, Y),
+        ValueError,
+        "training diverged at epoch 0",
+    ),
     Case("X", "missing: fit(A, y)", lambda: _clf().fit(A, Y), ValueError, "X must be 2-D"),
     Case("X", "None", lambda: _clf().fit(A, None, Y), TypeError, "features X"),
     # -- the labels ---------------------------------------------------------------------------
@@ -126,10 +183,25 @@ CASES = [
     ),
     Case(
         "y",
-        "string labels",
-        lambda: _clf().fit(A, X, Y.astype(str)),
+        "labels of mixed types (ints and strings)",
+        lambda: _clf().fit(A, X, np.array(["a", *Y[1:]], dtype=object)),
         ValueError,
-        "y must hold integer class labels",
+        "y mixes labels of types",
+    ),
+    Case("y", "complex labels", lambda: _clf().fit(A, X, Y + 1j), ValueError, "y must hold"),
+    Case(
+        "y",
+        "a node twice in a NodeSet with two labels",
+        lambda: _clf().fit(Graph(A, X).nodes([0, 1, 0]), np.array([0, 1, 2])),
+        ValueError,
+        "node 0 appears more than once",
+    ),
+    Case(
+        "y",
+        "score where every label is -1",
+        lambda: _trained().score(A, X, np.full(N, -1)),
+        ValueError,
+        "no labelled node to score",
     ),
     Case(
         "y",
@@ -264,6 +336,76 @@ CASES = [
         ValueError,
         "validation_fraction",
     ),
+    Case(
+        "batch_size",
+        "True",
+        lambda: _clf(batch_size=True).fit(A, X, Y),
+        InvalidParameterError,
+        "'batch_size' parameter of VQGNNClassifier must be an int, not the boolean",
+    ),
+    Case(
+        "device",
+        "'gpu'",
+        lambda: _clf(device="gpu").fit(A, X, Y),
+        ValueError,
+        "device='gpu' is not a device PyTorch knows",
+    ),
+    Case(
+        "device",
+        "'cuda' on a machine without CUDA",
+        lambda: _without_cuda(lambda: _clf(device="cuda").fit(A, X, Y)),
+        ValueError,
+        "device='cuda' asks for CUDA",
+    ),
+    Case(
+        "device",
+        "a CUDA index (1) on a machine without CUDA",
+        lambda: _without_cuda(lambda: _clf(device=1).fit(A, X, Y)),
+        ValueError,
+        "device=1 asks for CUDA",
+    ),
+    Case(
+        "class_weight",
+        "a class that y does not have",
+        lambda: _clf(class_weight={7: 2.0}).fit(A, X, Y),
+        ValueError,
+        "class",
+    ),
+    Case(
+        "class_weight",
+        "with a multi-label indicator y",
+        lambda: _clf(class_weight="balanced").fit(A, X, np.stack([Y == 0, Y == 1], 1).astype(int)),
+        ValueError,
+        "class_weight is for class labels",
+    ),
+    Case(
+        "sample_weight",
+        "50 weights for 60 nodes",
+        lambda: _clf().fit(A, X, Y, sample_weight=np.ones(50)),
+        ValueError,
+        "sample_weight must have shape (60,)",
+    ),
+    Case(
+        "sample_weight",
+        "a negative weight",
+        lambda: _clf().fit(A, X, Y, sample_weight=-np.ones(N)),
+        ValueError,
+        "sample_weight must be finite and non-negative",
+    ),
+    Case(
+        "warm_start",
+        "after a change of hidden_layer_sizes",
+        lambda: _clf(warm_start=True).fit(A, X, Y).set_params(hidden_layer_sizes=(8,)).fit(A, X, Y),
+        ValueError,
+        "hidden_layer_sizes changed from (64,) to (8,)",
+    ),
+    Case(
+        "warm_start",
+        "with fewer features than the fitted network",
+        lambda: _clf(warm_start=True).fit(A, X, Y).fit(A, X[:, :5], Y),
+        ValueError,
+        "X has 5 features, the fitted network takes 8",
+    ),
     # -- prediction ---------------------------------------------------------------------------
     Case("(estimator)", "predict before fit", lambda: _clf().predict(A, X), NotFittedError, "fit"),
     Case(
@@ -288,6 +430,34 @@ CASES = [
         "out of range",
     ),
     Case(
+        "A",
+        "predict on a graph with no node",
+        lambda: _trained().predict(sp.csr_array((0, 0)), np.zeros((0, 8))),
+        ValueError,
+        "the graph has no node",
+    ),
+    Case(
+        "nodes",
+        "predict on an empty NodeSet",
+        lambda: _trained().predict(Graph(A, X).nodes([])),
+        ValueError,
+        "the NodeSet is empty",
+    ),
+    Case(
+        "X",
+        "given with a NodeSet: predict(nodes, X)",
+        lambda: _trained().predict(Graph(A, X).nodes([0]), X),
+        TypeError,
+        "X was given with a NodeSet",
+    ),
+    Case(
+        "inference",
+        "set to 'approx' after fit",
+        lambda: _clf().fit(A, X, Y).set_params(inference="approx").predict(A, X),
+        InvalidParameterError,
+        "'inference' parameter of VQGNNClassifier must be 'vq' or 'exact'",
+    ),
+    Case(
         "y",
         "score with labels of another length",
         lambda: _trained().score(Graph(A, X).nodes([0, 1, 2]), Y[:2]),
@@ -308,6 +478,20 @@ CASES = [
         lambda: VQGNNLinkPredictor(**FAST).fit(sp.csr_array((N, N)), X),
         ValueError,
         "no positive pair",
+    ),
+    Case(
+        "A",
+        "edge_split of a graph without edges",
+        lambda: edge_split(sp.csr_array((N, N)), val=0.1, test=0.1),
+        ValueError,
+        "A has no edge",
+    ),
+    Case(
+        "path",
+        "persistence.load of a joblib file",
+        lambda: _load_joblib_file(),
+        ValueError,
+        "it is a pickle (joblib.dump or pickle.dump)",
     ),
     Case(
         "decoder",

@@ -3,6 +3,7 @@
 import io
 import pickle
 from contextlib import redirect_stderr
+from types import SimpleNamespace
 
 import joblib
 import numpy as np
@@ -366,6 +367,52 @@ def test_predict_on_an_unseen_graph_assigns_nearest_codewords(csbm):
     assert (pred == clf.predict(A, X)).mean() > 0.9
     np.testing.assert_array_equal(clf.tables_[0].codes, codes)  # nothing changes at predict time
     assert torch.equal(clf.model_.codebooks[0].codewords, words)
+
+
+def test_the_training_graph_in_any_storage_is_the_training_graph(csbm, monkeypatch):
+    """The same content means the same graph: predictions on it in another storage (dtype,
+    format, index width, dense or sparse X, networkx, edge_index, torch tensors, a PyG-like
+    Data) use the training assignments, never the new-graph path, and equal the predictions
+    on the original."""
+    import networkx as nx
+    import scipy.sparse as sp
+
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(random_state=0, **FAST).fit(A, X, _labels(y, split))
+    proba = clf.predict_proba(A, X)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the training graph was taken for a new graph")
+
+    monkeypatch.setattr(clf, "_assign_new_graph", refuse)
+    wide = sp.csr_array(A)
+    wide.indptr, wide.indices = wide.indptr.astype(np.int64), wide.indices.astype(np.int64)
+    coo = sp.coo_array(A)
+    edge_index = np.stack([coo.col, coo.row])  # column e: an edge source -> target
+    round_trip = nx.to_scipy_sparse_array(
+        nx.from_scipy_sparse_array(sp.csr_array(A)), nodelist=range(A.shape[0])
+    )
+    forms = {
+        "sparse X": (A, sp.csr_matrix(X)),
+        "float64 X": (A, X.astype(np.float64)),
+        "int64 indices": (wide, X),
+        "dense A": (sp.csr_array(A).toarray(), X),
+        "networkx round trip": (round_trip, X),
+        "networkx graph": (nx.from_scipy_sparse_array(sp.csr_array(A)), X),
+        "edge_index (2, m), source -> target": (edge_index, X),
+        "torch edge_index and features": (torch.from_numpy(edge_index), torch.from_numpy(X)),
+        "torch sparse adjacency": (
+            torch.sparse_coo_tensor(np.stack([coo.row, coo.col]), coo.data, A.shape),
+            X,
+        ),
+        "PyG-like Data (duck-typed)": (
+            SimpleNamespace(x=torch.from_numpy(X), edge_index=torch.from_numpy(edge_index)),
+            None,
+        ),
+    }
+    for name, (A_, X_) in forms.items():
+        np.testing.assert_array_equal(clf.predict(A_, X_), clf.transduction_, err_msg=name)
+        np.testing.assert_allclose(clf.predict_proba(A_, X_), proba, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("backbone", ["gat", "gin", "transformer"])

@@ -30,11 +30,54 @@ def test_report_and_json(tmp_path, capsys):
     assert full["vq_error"] == []
 
 
-def test_full_batch_runs_once(capsys):
+def test_full_batch_runs_once_and_is_labelled_full_graph(capsys):
     argv = ["--dataset", "csbm", "--nodes", "300", "--batch-size", "full", "--epochs", "2"]
     assert main([*argv, "--quiet"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.endswith("MiB")]
+    assert len(rows) == 1 and rows[0].startswith("full graph")
+
+
+def test_a_batch_holding_the_whole_graph_is_reported_as_full_graph(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    argv = ["--dataset", "csbm", "--nodes", "300", "--batch-size", "512", "--epochs", "2"]
+    assert main([*argv, "--quiet", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "full graph" not in printed and "minus full graph" not in printed
+    assert "holds all 300 nodes" in printed and "VQ-GNN" not in printed
+    (run,) = json.loads(out.read_text())["runs"]
+    assert (run["model"], run["batch_size"]) == ("full graph", None)
+
+
+def test_hidden_sizes_and_learning_rate_reach_the_model(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    argv = ["--dataset", "csbm", "--nodes", "300", "--batch-size", "100", "--n-codewords", "8"]
+    argv += ["--hidden-sizes", "16,8", "--learning-rate", "0.01", "--epochs", "2"]
+    assert main([*argv, "--quiet", "--no-reference", "--json", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert len(run["vq_error"]) == 2  # two hidden layers: two quantised layer inputs
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: 512)" in text and "--hidden-sizes" in text and "--learning-rate" in text
+
+
+def test_the_json_path_is_checked_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--json", str(tmp_path / "missing" / "report.json")])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert "--json" in captured.err and "does not exist" in captured.err
+    assert captured.out == ""  # nothing was loaded or trained
+
+
+def test_bad_data_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "target.csv").write_text("id,target\n")
+    assert main(["--dataset", "csv", "--root", str(tmp_path), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "target.csv: no data row below the header" in err[0]
+    assert "Traceback" not in err[0]
 
 
 def test_csv_dataset_gets_a_split(tmp_path, capsys):
@@ -73,6 +116,9 @@ def test_every_backbone_is_offered():
         (["--epochs", "-1"], "argument --epochs: must be a positive integer"),
         (["--backbone", "gcnn"], "argument --backbone: invalid choice"),
         (["--inference", "fast"], "argument --inference: invalid choice"),
+        (["--device", "gpu"], "argument --device: device='gpu' is not a device PyTorch knows"),
+        (["--hidden-sizes", "64,x"], "argument --hidden-sizes: must be comma-separated"),
+        (["--learning-rate", "-1"], "argument --learning-rate: must be a positive number"),
     ],
 )
 def test_bad_arguments_name_the_argument(argv, fragment, capsys):

@@ -198,7 +198,28 @@ def test_edge_list_csv_contents(tiny_csv):
 
 def test_edge_list_csv_rejects_non_contiguous_ids(tiny_csv):
     write_csv(tiny_csv / "target.csv", "id,target", [(0, 0), (1, 1), (3, 1)])
-    with pytest.raises(ValueError, match=r"target\.csv.*0\.\.n_nodes-1"):
+    with pytest.raises(ValueError, match=r"target\.csv.*0\.\.2, each exactly once.*from 0 to 3"):
+        load_edge_list_csv(tiny_csv)
+
+
+def test_edge_list_csv_names_one_based_ids(tiny_csv):
+    write_csv(tiny_csv / "target.csv", "id,target", [(1, 0), (2, 1), (3, 1)])
+    with pytest.raises(ValueError, match=r"ids from 1 to 3\); they look 1-based"):
+        load_edge_list_csv(tiny_csv)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("target.csv", "id,target\n0,a\n1,b\n2,a\n", r"target\.csv: every cell below the header"),
+        ("features.csv", "node_id,feature_id,value\n", r"features\.csv: no data row"),
+        ("edges.csv", "", r"edges\.csv: the file is empty"),
+        ("target.csv", "id,target\n0\n1\n2\n", r"target\.csv: the header names 2 columns"),
+    ],
+)
+def test_edge_list_csv_bad_files_name_the_file(tiny_csv, name, text, message):
+    (tiny_csv / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
         load_edge_list_csv(tiny_csv)
 
 

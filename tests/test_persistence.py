@@ -212,8 +212,9 @@ def test_load_refuses_a_file_with_a_pickled_object(clf, tmp_path):
     blob = torch.load(path, weights_only=True)
     blob["attributes"]["extra_"] = _Trap()
     torch.save(blob, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match="is not a skvqgnn weights file") as exc:
         load(path)
+    assert isinstance(exc.value.__cause__, pickle.UnpicklingError)
     assert not _Trap.sprung
     torch.load(path, weights_only=False)  # the file really holds code that runs when unpickled
     assert _Trap.sprung
@@ -274,3 +275,11 @@ def test_load_from_another_version_warns(clf, tmp_path, monkeypatch, graphs):
         load(path)
     assert all(r.message.weights_only for r in record)
     np.testing.assert_array_equal(loaded.predict(A, X), clf.predict(A, X))
+
+
+def test_load_of_a_joblib_file_says_what_the_file_is(clf, tmp_path):
+    import joblib
+
+    joblib.dump(clf, tmp_path / "m.joblib")
+    with pytest.raises(ValueError, match=r"it is a pickle \(joblib.dump or pickle.dump\); read"):
+        load(tmp_path / "m.joblib")
