@@ -107,3 +107,14 @@ def test_index_lists_every_page():
     pages = [p for p in DOC.rglob("*.md") if p.name != "index.md"]
     for page in pages:
         assert f"({page.relative_to(DOC).as_posix()})" in index, f"index.md misses {page.name}"
+
+
+_MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|home|root|Users|mnt)/[\w.-]+")
+
+
+def test_docs_name_no_folder_of_a_machine():
+    """Commands and records in the docs use paths relative to the repository."""
+    pages = [ROOT / "README.md", *DOC.rglob("*.md"), *DOC.glob("*.json")]
+    for page in pages:
+        found = _MACHINE_PATH.findall(page.read_text(encoding="utf-8"))
+        assert not found, f"{page.relative_to(ROOT)} names machine paths: {sorted(set(found))[:3]}"
