@@ -35,6 +35,7 @@ MODULES: list[tuple[str, list[str] | None]] = [
     ("skvqgnn.graph", None),
     ("skvqgnn.datasets", None),
     ("skvqgnn.model_selection", None),
+    ("skvqgnn.preprocessing", None),
     ("skvqgnn.metrics", None),
     ("skvqgnn.persistence", None),
     (

@@ -559,7 +559,10 @@ class _GraphView:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         raise TypeError(
             f"a {type(self).__name__} is a view of graph {self._what} and cannot become a NumPy "
-            f"array; pass it to a skvqgnn estimator, or use {self._array_hint}"
+            f"array; pass it to a skvqgnn estimator, or use {self._array_hint}. Tools that "
+            "treat X as a 2-D array of columns (permutation_importance, ColumnTransformer) "
+            "cannot take a view: to measure a feature's importance, permute that column of "
+            "graph.X and score the estimator on Graph(graph.A, X_permuted).nodes(index)"
         )
 
     def __repr__(self) -> str:
