@@ -7,8 +7,10 @@ layer's aggregated inputs, the batch sampler) is derived from a ``Graph`` and ca
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -733,9 +735,13 @@ class BaseVQGNN(BaseEstimator):
         """Train on ``nodes.graph`` with the subclass's targets; ``val_nodes`` may be empty."""
         graph = nodes.graph
         device = resolve_device(self.device)
-        data = self._graph_data(graph)
-        sampler = self._sampler_for(graph, seed)
+        name = type(self).__name__
+        with _stage(self.verbose, name, f"graph structures ({graph.n_nodes:,} nodes)"):
+            data = self._graph_data(graph)
         full_graph = self._effective_batch_size(graph.n_nodes) >= graph.n_nodes
+        what = "batches" if full_graph or self.sampler == "random" else "METIS partition"
+        with _stage(self.verbose, name, what):
+            sampler = self._sampler_for(graph, seed)
         if not full_graph and self.n_codewords > graph.n_nodes:
             raise ValueError(
                 f"n_codewords={self.n_codewords} exceeds the {graph.n_nodes} nodes of the graph: "
@@ -764,8 +770,10 @@ class BaseVQGNN(BaseEstimator):
         elif reuse and self.graph_fingerprint_ == graph.fingerprint and self.tables_:
             tables, input_table = self.tables_, self.input_table_
         else:
-            tables = self._initialise_codebooks(model, data, sampler, gen, device)
-            input_table = self._initialise_input_codebook(model, data, gen, device)
+            levels = len(model.codebooks) + (model.input_codebook is not None)
+            with _stage(self.verbose, name, f"k-means of {levels} codebook(s)"):
+                tables = self._initialise_codebooks(model, data, sampler, gen, device)
+                input_table = self._initialise_input_codebook(model, data, gen, device)
 
         head = self.head_ if reuse and getattr(self, "head_", None) is not None else None
         head = self._make_head() if head is None else head
@@ -844,14 +852,14 @@ class BaseVQGNN(BaseEstimator):
                     )
                     record["val_score"] = self._val_score(logits, val_nodes)
                     if record["val_score"] > best[0] + 1e-12:
-                        best = (
-                            record["val_score"],
-                            FitState(
+                        snapshot = None
+                        if self.early_stopping:  # the best epoch's model is the one kept
+                            snapshot = FitState(
                                 copy.deepcopy(model),
                                 copy.deepcopy(tables),
                                 copy.deepcopy(self._head),
-                            ),
-                        )
+                            )
+                        best = (record["val_score"], snapshot)
                         stale = 0
                     else:
                         stale += 1
@@ -894,6 +902,8 @@ class BaseVQGNN(BaseEstimator):
         self.graph_fingerprint_ = graph.fingerprint
         self.history_ = history
         self.n_iter_ = len(history)
+        scores = [r["val_score"] for r in history[first_epoch:] if "val_score" in r]
+        self.best_validation_score_ = max(scores) if scores else None
         with np.errstate(invalid="ignore", divide="ignore"):
             self.vq_error_ = np.sqrt(vq_sq / vq_norm) if len(tables) else np.zeros(0)
         self._fit_seed_ = seed
@@ -1278,6 +1288,19 @@ class _NoProgress:
 
     def close(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def _stage(verbose: int, name: str, what: str) -> Iterator[None]:
+    """With ``verbose``, report a set-up stage of a fit on stderr as it starts and its time when
+    it ends, so that the seconds before the first epoch are accounted for."""
+    if not verbose:
+        yield
+        return
+    t0 = time.perf_counter()
+    print(f"{name} set-up: {what} ...", end="", file=sys.stderr, flush=True)
+    yield
+    print(f" {time.perf_counter() - t0:.2f} s", file=sys.stderr, flush=True)
 
 
 def _progress(n: int, verbose: int, desc: str) -> Any:

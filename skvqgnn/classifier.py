@@ -11,6 +11,7 @@ import torch
 from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.exceptions import DataConversionWarning
 from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.class_weight import compute_class_weight
@@ -19,7 +20,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ._base import BaseVQGNN, _check_not_empty, resolve_graph
-from .graph import Graph, NodeSet, is_pyg_data
+from .graph import Graph, NodeSet, _node_index, is_pyg_data
 from .layers import Backbone
 
 __all__ = ["VQGNNClassifier"]
@@ -108,6 +109,34 @@ def _check_indicator(y: np.ndarray, n: int, name: str) -> np.ndarray:
             "unknown), got other values"
         )
     return y.astype(np.int64)
+
+
+def _given_validation(
+    given: Any, nodes: NodeSet, labels: np.ndarray, n_labelled: int
+) -> np.ndarray:
+    """The graph's node ids of ``fit``'s ``validation_nodes``, checked: labelled, not all."""
+    index = np.asarray(given)
+    if index.dtype == bool and index.shape != (len(nodes),):
+        raise ValueError(
+            f"validation_nodes as a boolean mask must have shape ({len(nodes)},), one entry "
+            f"per label, got {index.shape}"
+        )
+    try:
+        positions = _node_index(index, len(nodes))
+    except IndexError as exc:
+        raise ValueError(f"validation_nodes: {exc}") from None
+    val = np.unique(nodes.index[positions])
+    if len(val) == 0:
+        raise ValueError("validation_nodes is empty")
+    unlabelled = val[(labels[val] < 0).reshape(len(val), -1).all(1)]
+    if len(unlabelled):
+        raise ValueError(
+            f"validation_nodes holds {len(unlabelled)} unlabelled node(s) (first: "
+            f"{unlabelled[0]}); a validation node needs a label to be scored"
+        )
+    if len(val) >= n_labelled:
+        raise ValueError("validation_nodes holds every labelled node: none is left to train on")
+    return val
 
 
 class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
@@ -204,8 +233,9 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         used in full-graph mode (one batch an epoch).
     max_epochs : int, default=200
     early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the labelled nodes (drawn afresh at every fit), stop
-        after ``n_iter_no_change`` epochs without improvement of their accuracy (multi-label:
+        Hold out ``validation_fraction`` of the labelled nodes (drawn afresh at every fit,
+        stratified by class), or ``fit``'s ``validation_nodes`` when given; stop after
+        ``n_iter_no_change`` epochs without improvement of their accuracy (multi-label:
         micro-averaged F1) and keep the best epoch's model.
     validation_fraction : float, default=0.1
     n_iter_no_change : int, default=20
@@ -234,6 +264,9 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     n_features_in_ : int
     transduction_ : ndarray of shape (n_nodes,) or (n_nodes, n_labels)
         Predicted label (multi-label: indicator row) of every node of the training graph.
+    best_validation_score_ : float or None
+        The best validation score over the epochs of the last fit (accuracy; multi-label:
+        micro-averaged F1), with ``early_stopping`` or ``validation_nodes``; else ``None``.
     history_ : list of dict
         Per epoch: ``loss``, ``time``, ``val_score`` (with early stopping) and, per VQ layer,
         ``vq_error``, ``assignments_changed``, ``codewords_reseeded``, ``codeword_shift``,
@@ -355,6 +388,28 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             terms = terms * weights[mask]
         return terms.sum(), count
 
+    def _draw_validation(
+        self, labels: np.ndarray, labelled: np.ndarray, multilabel: bool, rs: Any
+    ) -> np.ndarray:
+        """``validation_fraction`` of the labelled nodes, drawn afresh, stratified by class
+        when every class has two labelled nodes or more (so each class is validated in
+        proportion); at least one node."""
+        n_val = max(1, int(round(self.validation_fraction * len(labelled))))
+        if n_val >= len(labelled):
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} leaves no labelled node to "
+                f"train on ({len(labelled)} labelled)"
+            )
+        strata = None
+        if not multilabel:
+            counts = np.unique(labels[labelled], return_counts=True)[1]
+            if counts.min() >= 2 and n_val >= len(counts) and len(labelled) - n_val >= len(counts):
+                strata = labels[labelled]
+        _, val = train_test_split(
+            labelled, test_size=n_val, stratify=strata, random_state=rs.randint(2**31 - 1)
+        )
+        return np.sort(val)
+
     def _weights(self, encoded: np.ndarray, nodes: NodeSet, sample_weight: Any) -> Tensor | None:
         """Per-node loss weights (n,), mean 1 over the training nodes, or ``None`` (all 1)."""
         n = len(encoded)
@@ -409,7 +464,12 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(
-        self, A: Any, X: Any = None, y: Any = None, sample_weight: Any = None
+        self,
+        A: Any,
+        X: Any = None,
+        y: Any = None,
+        sample_weight: Any = None,
+        validation_nodes: Any = None,
     ) -> VQGNNClassifier:
         """Fit on a graph: ``fit(A, X, y)`` or ``fit(nodes, y)``.
 
@@ -431,6 +491,12 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             ``fit(nodes, y)``), times its class's ``class_weight``. The weights of the
             training nodes are rescaled to mean 1, so they change the balance of the loss,
             not the learning rate.
+        validation_nodes : array-like of int or bool, default=None
+            Your own validation nodes: positions in ``y`` (node ids with ``fit(A, X, y)``,
+            positions in the view with ``fit(nodes, y)``) or a boolean mask of ``y``'s length.
+            They must be labelled; they are left out of the loss and scored after every epoch
+            (``history_[i]["val_score"]``, ``best_validation_score_``); with
+            ``early_stopping=True`` they replace the random draw of ``validation_fraction``.
 
         Returns
         -------
@@ -462,14 +528,10 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         rs = check_random_state(self.random_state)
         seed = int(rs.randint(np.iinfo(np.int32).max))
         val_nodes = np.zeros(0, dtype=np.int64)
-        if self.early_stopping:
-            n_val = max(1, int(round(self.validation_fraction * len(labelled))))
-            if n_val >= len(labelled):
-                raise ValueError(
-                    f"validation_fraction={self.validation_fraction} leaves no labelled node to "
-                    f"train on ({len(labelled)} labelled)"
-                )
-            val_nodes = np.sort(rs.choice(labelled, n_val, replace=False))
+        if validation_nodes is not None:
+            val_nodes = _given_validation(validation_nodes, nodes, labels, len(labelled))
+        elif self.early_stopping:
+            val_nodes = self._draw_validation(labels, labelled, multilabel, rs)
         classes = np.arange(labels.shape[1]) if multilabel else found
         if (
             self.warm_start

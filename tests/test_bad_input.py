@@ -393,6 +393,27 @@ CASES = [
         "sample_weight must be finite and non-negative",
     ),
     Case(
+        "validation_nodes",
+        "an unlabelled node",
+        lambda: _clf().fit(A, X, np.where(np.arange(N) < 30, Y, -1), validation_nodes=[0, 40]),
+        ValueError,
+        "validation_nodes holds 1 unlabelled node(s) (first: 40)",
+    ),
+    Case(
+        "validation_nodes",
+        "every labelled node",
+        lambda: _clf().fit(A, X, Y, validation_nodes=np.ones(N, bool)),
+        ValueError,
+        "validation_nodes holds every labelled node",
+    ),
+    Case(
+        "validation_nodes",
+        "a boolean mask of 50 for 60 labels",
+        lambda: _clf().fit(A, X, Y, validation_nodes=np.ones(50, bool)),
+        ValueError,
+        "validation_nodes as a boolean mask must have shape (60,)",
+    ),
+    Case(
         "warm_start",
         "after a change of hidden_layer_sizes",
         lambda: _clf(warm_start=True).fit(A, X, Y).set_params(hidden_layer_sizes=(8,)).fit(A, X, Y),

@@ -240,3 +240,46 @@ def test_a_directed_networkx_edge_sends_from_its_source():
     G = nx.DiGraph([(0, 1), (1, 2)])
     A = Graph(G, np.eye(3)).A.toarray()
     np.testing.assert_array_equal(A, [[0, 0, 0], [1, 0, 0], [0, 1, 0]])  # row = receiver
+
+
+def test_verbose_reports_the_set_up_stages_before_the_epochs(graph, capsys):
+    A, X, _, _, labels = graph
+    VQGNNClassifier(**{**FAST, "max_epochs": 2, "verbose": 1}).fit(A, X, labels)
+    err = capsys.readouterr().err
+    stages = [err.find(s) for s in ("set-up: graph structures", "METIS partition", "k-means of")]
+    assert -1 not in stages and stages == sorted(stages)
+    assert stages[-1] < err.find("epoch")
+
+
+def test_own_validation_nodes_and_the_best_score(graph):
+    A, X, y, split, _ = graph
+    known = np.where(split.train_mask | split.val_mask, y, -1)
+    clf = VQGNNClassifier(**{**FAST, "early_stopping": True, "n_iter_no_change": 50})
+    clf.fit(A, X, known, validation_nodes=split.val_mask)
+    scores = [r["val_score"] for r in clf.history_]
+    assert len(scores) == FAST["max_epochs"] and clf.best_validation_score_ == max(scores)
+    # the best epoch's model is kept: its accuracy on the validation nodes is the best score
+    val = split.val_mask
+    assert clf.score(A, X, np.where(val, y, -1)) >= clf.best_validation_score_ - 0.02
+    # without early stopping the given nodes are scored, left out of the loss, and not kept
+    plain = VQGNNClassifier(**FAST).fit(A, X, known, validation_nodes=np.flatnonzero(val))
+    assert plain.best_validation_score_ == max(r["val_score"] for r in plain.history_)
+    assert VQGNNClassifier(**FAST).fit(A, X, known).best_validation_score_ is None
+
+
+def test_the_validation_draw_is_stratified(graph):
+    """140 labels in 7 classes of 20, validation_fraction 0.1: 2 of each class."""
+    A, X, _, _, _ = graph
+    y = np.full(A.shape[0], -1)
+    y[:140] = np.arange(140) % 7
+    seen = []
+    original = VQGNNClassifier._fit_graph
+
+    def record(self, nodes, val_nodes, seed):
+        seen.append(val_nodes)
+        return original(self, nodes, val_nodes, seed)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VQGNNClassifier, "_fit_graph", record)
+        VQGNNClassifier(**{**FAST, "max_epochs": 1, "early_stopping": True}).fit(A, X, y)
+    assert np.bincount(y[seen[0]], minlength=7).tolist() == [2] * 7
