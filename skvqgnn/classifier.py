@@ -81,7 +81,8 @@ def _check_labels(y: Any, n: int, name: str = "y") -> tuple[np.ndarray, np.ndarr
     if np.issubdtype(y.dtype, np.floating):
         if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
             raise ValueError(
-                f"{name} must hold integer class labels (-1 = unlabelled); a float array "
+                f"Unknown label type: {name} holds continuous values; {name} must hold integer "
+                "class labels (-1 = unlabelled); a float array "
                 "must hold whole numbers and no NaN (to mark unlabelled nodes use -1, or an "
                 "object array with None)"
             )
@@ -441,7 +442,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             weights[train] *= per_class[encoded[train]]
         total = weights[train].sum()
         if total <= 0:
-            raise ValueError("sample_weight is 0 for every labelled training node")
+            raise ValueError("sample_weight is zero for every labelled training node")
         weights *= train.sum() / total
         return torch.from_numpy(weights.astype(np.float32))
 
@@ -507,7 +508,10 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         nodes, is_view = resolve_graph(A, X)
         _check_not_empty(nodes)
         if y is None:
-            raise TypeError("fit needs the labels y")
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None: fit "
+                "needs the labels y"
+            )
         graph = nodes.graph
         y_view, found = _check_labels(y, len(nodes))
         multilabel = found is None
@@ -542,7 +546,9 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
                 "warm_start=True needs the same classes (or label columns) as the previous fit"
             )
         if not multilabel and len(classes) < 2:
-            raise ValueError(f"y must contain at least 2 classes, got {classes.tolist()}")
+            raise ValueError(
+                f"y must contain at least 2 classes, got one class: {classes.tolist()}"
+            )
         self.classes_ = classes
         self.multilabel_ = multilabel
         self.n_features_in_ = graph.n_features
@@ -577,6 +583,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         ndarray of shape (n, n_classes) or (n, n_labels)
             One row per node of the graph, or of the view.
         """
+        check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
         nodes, _ = resolve_graph(A, X)
         return self._decision(nodes).numpy()
 
@@ -598,6 +605,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         ndarray of shape (n, n_classes) or (n, n_labels)
             Columns in the order of ``classes_``.
         """
+        check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
         nodes, _ = resolve_graph(A, X)
         logits = self._decision(nodes)
         if self.multilabel_:
@@ -616,6 +624,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         -------
         ndarray of shape (n, n_classes) or (n, n_labels)
         """
+        check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
         nodes, _ = resolve_graph(A, X)
         logits = self._decision(nodes)
         if self.multilabel_:
@@ -643,6 +652,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             raise ValueError(
                 "a network without hidden layers (hidden_layer_sizes=()) has no embedding"
             )
+        check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
         nodes, _ = resolve_graph(A, X)
         return self._decision(nodes, hidden=True).numpy()
 
@@ -664,6 +674,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         ndarray of shape (n,) or (n, n_labels)
             Labels from ``classes_``, or the multi-label indicator.
         """
+        check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
         nodes, _ = resolve_graph(A, X)
         return self._labels_of(self._decision(nodes))
 

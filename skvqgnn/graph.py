@@ -26,7 +26,9 @@ def _check_float32_range(values: np.ndarray, name: str, what: str) -> None:
     """Reject NaN, infinities and finite values that float32 cannot hold, each by its name,
     before the conversion to float32 turns the last into infinities."""
     if values.dtype.kind == "c":
-        raise TypeError(f"{name} must hold real numbers, got complex dtype {values.dtype}")
+        raise ValueError(
+            f"Complex data not supported: {name} must hold real numbers, got {values.dtype}"
+        )
     if values.dtype.kind != "f" or values.size == 0:
         return
     if not np.all(np.isfinite(values)):
@@ -115,6 +117,7 @@ def _as_csr_adjacency(A: Any, n_nodes: int | None = None) -> sp.csr_array:
     if sp.issparse(A):
         if A.ndim != 2:
             raise ValueError(f"A must be 2-D (n_nodes, n_nodes), got a sparse {A.ndim}-D array")
+        A = sp.csr_array(A)  # any format (DOK, LIL, ...) has its values in .data after this
         _check_float32_range(A.data, "A", "edge weights")
         A = sp.csr_array(A, dtype=np.float32, copy=True)
     else:
@@ -146,6 +149,7 @@ def _as_csr_adjacency(A: Any, n_nodes: int | None = None) -> sp.csr_array:
 
 def _as_features(X: Any, n_nodes: int) -> np.ndarray | sp.csr_array:
     if sp.issparse(X):
+        X = sp.csr_array(X)
         _check_float32_range(X.data, "X", "values")
         X = sp.csr_array(X, dtype=np.float32, copy=True)
         X.sum_duplicates()
@@ -153,13 +157,18 @@ def _as_features(X: Any, n_nodes: int) -> np.ndarray | sp.csr_array:
         values = X.data
     else:
         X = np.asarray(X)
+        if X.dtype == object:  # numbers held as objects are numbers
+            try:
+                X = X.astype(np.float64)
+            except (TypeError, ValueError):
+                pass
         if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
             raise TypeError(f"X must hold numbers (or booleans), got dtype {X.dtype}")
         _check_float32_range(X, "X", "values")
         if X.ndim == 1:
             raise ValueError(
                 f"X must be 2-D (n_nodes, n_features), got a 1-D array of shape {X.shape}; "
-                "use X.reshape(-1, 1) for a single feature"
+                "Reshape your data with X.reshape(-1, 1) for a single feature"
             )
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (n_nodes, n_features), got shape {X.shape}")
@@ -168,7 +177,10 @@ def _as_features(X: Any, n_nodes: int) -> np.ndarray | sp.csr_array:
     if X.shape[0] != n_nodes:
         raise ValueError(f"X has {X.shape[0]} rows but A has {n_nodes} nodes; they must match")
     if X.shape[1] < 1:
-        raise ValueError("X must have at least one feature column")
+        raise ValueError(
+            f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required: X must have "
+            "at least one feature column"
+        )
     if not np.all(np.isfinite(values)):
         raise ValueError("X contains NaN or infinite values")
     return X

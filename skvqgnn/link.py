@@ -623,6 +623,7 @@ device, sparse_backend, random_state, verbose
     # -- inference -------------------------------------------------------------------------------
     def _resolve_pairs(self, A: Any, X: Any, pairs: Any) -> tuple[Graph, np.ndarray]:
         """(message-passing graph, pairs (m, 2)) of ``(pairs_view)`` or ``(A, X, pairs)``."""
+        check_is_fitted(self, "model_")
         if isinstance(A, PairSet):
             if X is not None or pairs is not None:
                 raise TypeError("pass either a PairSet alone or (A, X, pairs)")
@@ -770,5 +771,6 @@ device, sparse_backend, random_state, verbose
         ndarray of shape (n, embedding_dim)
             One row per node of the graph, or of the view.
         """
+        check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
         nodes, _ = resolve_graph(A, X)
         return self._decision(nodes).numpy()

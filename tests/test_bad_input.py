@@ -114,7 +114,7 @@ CASES = [
         "A",
         "complex edge weights",
         lambda: _clf().fit(A * (1 + 1j), X, Y),
-        TypeError,
+        ValueError,
         "A must hold real numbers",
     ),
     Case("A", "a NaN edge weight", lambda: _clf().fit(_with(A, np.nan), X, Y), ValueError, "A "),
@@ -147,7 +147,7 @@ CASES = [
         "X contains",
     ),
     Case("X", "strings", lambda: _clf().fit(A, X.astype(str), Y), TypeError, "X must hold"),
-    Case("X", "complex numbers", lambda: _clf().fit(A, X + 1j, Y), TypeError, "real numbers"),
+    Case("X", "complex numbers", lambda: _clf().fit(A, X + 1j, Y), ValueError, "real numbers"),
     Case(
         "X",
         "a finite value beyond float32 (1e39)",
@@ -234,7 +234,7 @@ CASES = [
         ValueError,
         "no label column",
     ),
-    Case("y", "missing", lambda: _clf().fit(A, X), TypeError, "fit needs the labels y"),
+    Case("y", "missing", lambda: _clf().fit(A, X), ValueError, "fit needs the labels y"),
     # -- parameters ---------------------------------------------------------------------------
     Case(
         "n_codewords",

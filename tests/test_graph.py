@@ -92,6 +92,7 @@ def test_fingerprint_ignores_storage_dtype_format_and_index_width():
         "sparse X": (A, sp.csr_matrix(X)),
         "COO X": (A, sp.coo_array(X)),
         "float32 X": (A, X.astype(np.float32)),
+        "numbers held as objects": (A, X.astype(object)),
         "int64 indices": (wide, X),
         "int32 indices": (narrow, X),
         "dense A": (A.toarray(), X),
@@ -145,3 +146,12 @@ def test_node_index_errors():
     with pytest.raises(IndexError, match="boolean node mask"):
         G.nodes(np.array([True, False]))
     assert G.nodes([-1]).index.tolist() == [3]
+
+
+def test_every_scipy_sparse_format_is_taken():
+    A = _path()
+    X = np.arange(8.0).reshape(4, 2)
+    reference = Graph(A, X).fingerprint
+    for fmt in ("dok_array", "lil_array", "dia_array", "bsr_array", "dok_matrix", "lil_matrix"):
+        convert = getattr(sp, fmt)
+        assert Graph(convert(A), convert(X)).fingerprint == reference, fmt
