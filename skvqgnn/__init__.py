@@ -1,10 +1,11 @@
 """skvqgnn: VQ-GNN (Ding et al., NeurIPS 2021) as scikit-learn estimators."""
 
+from . import _version
 from .classifier import VQGNNClassifier
 from .graph import Graph, NodeSet, PairSet
 from .link import VQGNNLinkPredictor
 
 #: The installed version of skvqgnn, a string such as ``"0.1.0"``.
-__version__ = "0.1.0"
+__version__ = _version.__version__
 
 __all__ = ["Graph", "NodeSet", "PairSet", "VQGNNClassifier", "VQGNNLinkPredictor", "__version__"]

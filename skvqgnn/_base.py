@@ -27,9 +27,9 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError, Str
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
+from ._version import PICKLE_VERSION_KEY, check_version, package_version
 from .graph import Graph, NodeSet, is_pyg_data
 from .layers import BACKBONES, VQGNN, Backbone, Batch, Groups, attend, attend_chunked, kind_of
-from .persistence import PICKLE_VERSION_KEY, check_version, package_version
 from .samplers import ClusterSampler, NodeSampler, RandomNodeSampler
 from .sketch import (
     BatchEdges,
@@ -613,6 +613,9 @@ class BaseVQGNN(BaseEstimator):
         """Trainable module applied after the network (``None``: the logits are the output)."""
         return None
 
+    def _check_same_head(self, head: torch.nn.Module) -> None:
+        """Raise if ``warm_start`` would continue a head the current parameters do not build."""
+
     # -- validation helpers ----------------------------------------------------------------------
     def _hidden_sizes(self) -> list[int]:
         sizes = self.hidden_layer_sizes
@@ -786,6 +789,8 @@ class BaseVQGNN(BaseEstimator):
                 input_table = self._initialise_input_codebook(model, data, gen, device)
 
         head = self.head_ if reuse and getattr(self, "head_", None) is not None else None
+        if head is not None:
+            self._check_same_head(head)
         head = self._make_head() if head is None else head
         self._head = None if head is None else head.to(device)
         parameters = [*model.parameters(), *(() if head is None else head.parameters())]

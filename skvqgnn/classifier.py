@@ -27,21 +27,50 @@ __all__ = ["VQGNNClassifier"]
 
 
 def _is_unlabelled(values: np.ndarray) -> np.ndarray:
-    """Which entries of an object array of labels mark an unlabelled node: ``None`` or NaN."""
-    return np.array([v is None or (isinstance(v, float) and v != v) for v in values], dtype=bool)
+    """Which entries of an object array of labels mark an unlabelled node: ``None``, NaN or
+    pandas' ``NA`` (a nullable integer column arrives so)."""
+    return np.array(
+        [
+            v is None or (isinstance(v, float) and v != v) or type(v).__name__ == "NAType"
+            for v in values
+        ],
+        dtype=bool,
+    )
+
+
+def _labelled(y: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Which entries of 1-D labels ``y`` are labels, not the unlabelled marker.
+
+    A masked array's mask marks the unlabelled nodes and every other value is a label (-1
+    too, and in dtypes such as uint8 that cannot hold -1); otherwise ``-1`` (integers and
+    floats), NaN (floats) and ``None``/NaN/``NA`` (objects) mark them."""
+    if y.dtype == object:
+        known = ~_is_unlabelled(y)
+    elif y.dtype == bool or y.dtype.kind in "US":
+        known = np.ones(len(y), dtype=bool)
+    elif np.issubdtype(y.dtype, np.floating):
+        known = ~np.isnan(y) if mask is not None else ~np.isnan(y) & (y != -1)
+    else:
+        known = np.ones(len(y), dtype=bool) if mask is not None else y != -1
+    return known if mask is None else known & ~mask
 
 
 def _check_labels(y: Any, n: int, name: str = "y") -> tuple[np.ndarray, np.ndarray | None]:
     """``y`` as int64 codes and its classes.
 
-    Class labels (n,) may be integers (``-1`` = unlabelled), integer-valued floats, booleans,
-    strings or objects (``None`` or NaN = unlabelled; pandas categoricals arrive so); they come
-    back as codes into the sorted classes, ``-1`` where unlabelled, and the classes in the
-    user's own values. A column vector (n, 1) is read as class labels, with a warning, as
-    scikit-learn does. A multi-label 0/1 indicator (n, n_labels), ``-1`` = unknown entry,
+    Class labels (n,) may be integers (``-1`` = unlabelled), integer-valued floats (``-1`` or
+    NaN = unlabelled), booleans, strings or objects (``None``, NaN or pandas' ``NA`` =
+    unlabelled; pandas categoricals arrive so), or a masked array of any of these whose mask
+    marks the unlabelled nodes (then every value is a label, -1 included). They come back as
+    codes into the sorted classes, ``-1`` where unlabelled, and the classes in the user's own
+    values. A column vector (n, 1) is read as class labels, with a warning, as scikit-learn
+    does. A multi-label 0/1 indicator (n, n_labels), ``-1`` (or masked) = unknown entry,
     comes back as it is, with ``None`` for the classes."""
     if sp.issparse(y):
         y = y.toarray()
+    mask = None
+    if isinstance(y, np.ma.MaskedArray):  # (np.ma.getdata would read pandas' private _data)
+        y, mask = y.data, np.ma.getmaskarray(y)
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         warnings.warn(
@@ -51,7 +80,10 @@ def _check_labels(y: Any, n: int, name: str = "y") -> tuple[np.ndarray, np.ndarr
             stacklevel=3,
         )
         y = y.ravel()
+        mask = None if mask is None else mask.ravel()
     if y.ndim == 2:
+        if mask is not None and mask.any():
+            y = np.where(mask, -1, y.astype(np.int64) if y.dtype.kind in "ub" else y)
         return _check_indicator(y, n, name), None
     if y.ndim != 1:
         raise ValueError(
@@ -60,36 +92,33 @@ def _check_labels(y: Any, n: int, name: str = "y") -> tuple[np.ndarray, np.ndarr
         )
     if len(y) != n:
         raise ValueError(f"{name} has {len(y)} entries but {n} nodes were given")
-    if y.dtype == bool or y.dtype.kind in "USO":
-        known = ~_is_unlabelled(y) if y.dtype == object else np.ones(len(y), dtype=bool)
-        try:
-            classes, codes = np.unique(y[known], return_inverse=True)
-        except TypeError as exc:
-            raise ValueError(
-                f"{name} mixes labels of types that cannot be ordered "
-                f"({sorted({type(v).__name__ for v in y[known]})}); give every class label "
-                "the same type (None marks an unlabelled node)"
-            ) from exc
-        out = np.full(len(y), -1, dtype=np.int64)
-        out[known] = codes.ravel()
-        return out, classes
-    if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
+    if (
+        y.dtype != object
+        and y.dtype.kind not in "USb"
+        and (not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y))
+    ):
         raise ValueError(
             f"{name} must hold class labels (integers with -1 = unlabelled, or strings, "
             f"booleans or objects with None = unlabelled), got dtype {y.dtype}"
         )
-    if np.issubdtype(y.dtype, np.floating):
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise ValueError(
-                f"Unknown label type: {name} holds continuous values; {name} must hold integer "
-                "class labels (-1 = unlabelled); a float array "
-                "must hold whole numbers and no NaN (to mark unlabelled nodes use -1, or an "
-                "object array with None)"
-            )
-    if np.any(y < -1):
+    known = _labelled(y, mask)
+    if np.issubdtype(y.dtype, np.floating) and not (
+        np.all(np.isfinite(y[known])) and np.all(y[known] == np.round(y[known]))
+    ):
+        raise ValueError(
+            f"Unknown label type: {name} holds continuous values; {name} must hold integer "
+            "class labels (-1 or NaN = unlabelled); a float array must hold whole numbers"
+        )
+    if np.issubdtype(y.dtype, np.number) and mask is None and np.any(y[known] < -1):
         raise ValueError(f"{name} holds labels < -1; use -1 for unlabelled nodes")
-    known = y != -1
-    classes, codes = np.unique(y[known], return_inverse=True)
+    try:
+        classes, codes = np.unique(y[known], return_inverse=True)
+    except TypeError as exc:
+        raise ValueError(
+            f"{name} mixes labels of types that cannot be ordered "
+            f"({sorted({type(v).__name__ for v in y[known]})}); give every class label "
+            "the same type (None marks an unlabelled node)"
+        ) from exc
     if np.issubdtype(y.dtype, np.floating):
         classes = classes.astype(np.int64)
     out = np.full(len(y), -1, dtype=np.int64)
@@ -484,9 +513,13 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         y : array-like of shape (n_nodes,) or (n_nodes, n_labels)
             Integer class labels, ``-1`` for unlabelled nodes; or a multi-label 0/1 indicator
             (dense or sparse), ``-1`` for an unknown entry (a row of -1: unlabelled node).
-            Labels may also be strings, booleans or objects (pandas categoricals too), with
-            ``None`` for an unlabelled node; ``classes_`` holds them as given. A column
-            vector (n, 1) is read as class labels, with a ``DataConversionWarning``.
+            Labels may also be integer-valued floats (NaN = unlabelled, as a pandas column
+            with missing values), strings, booleans or objects (pandas categoricals and
+            nullable integers too), with ``None`` or ``NA`` for an unlabelled node;
+            ``classes_`` holds them as given. A ``numpy.ma`` masked array marks the
+            unlabelled nodes by its mask, and then every value is a label (for -1 as a class,
+            or dtypes such as uint8 that cannot hold -1). A column vector (n, 1) is read as
+            class labels, with a ``DataConversionWarning``.
         sample_weight : array-like of shape (n_nodes,), default=None
             Non-negative weight of each node's loss term (one per node of the view with
             ``fit(nodes, y)``), times its class's ``class_weight``. The weights of the
@@ -527,7 +560,9 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
                 )
         labelled = np.flatnonzero((labels >= 0).reshape(graph.n_nodes, -1).any(1))
         if len(labelled) == 0:
-            raise ValueError("y has no labelled node: every entry is -1")
+            raise ValueError(
+                "y has no labelled node: every entry is unlabelled (-1, NaN, None or masked)"
+            )
         self._hidden_sizes()
         rs = check_random_state(self.random_state)
         seed = int(rs.randint(np.iinfo(np.int32).max))
@@ -546,8 +581,14 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
                 "warm_start=True needs the same classes (or label columns) as the previous fit"
             )
         if not multilabel and len(classes) < 2:
+            hint = ""
+            if not isinstance(y, np.ma.MaskedArray) and np.isin(-1, np.asarray(y)):
+                hint = (
+                    " (-1 marks an unlabelled node; if -1 is one of your classes, pass y as "
+                    "numpy.ma.masked_array(y, mask=unlabelled) or as strings)"
+                )
             raise ValueError(
-                f"y must contain at least 2 classes, got one class: {classes.tolist()}"
+                f"y must contain at least 2 classes, got one class: {classes.tolist()}{hint}"
             )
         self.classes_ = classes
         self.multilabel_ = multilabel
@@ -567,7 +608,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         return self
 
     def decision_function(self, A: Any, X: Any = None) -> np.ndarray:
-        """Logits (n, n_classes), or (n, n_labels) multi-label, for ``(A, X)`` or ``nodes``.
+        """Logits (n, n_classes), (n,) for two classes, or (n, n_labels) multi-label, for
+        ``(A, X)`` or ``nodes``.
 
         Parameters
         ----------
@@ -580,12 +622,17 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
 
         Returns
         -------
-        ndarray of shape (n, n_classes) or (n, n_labels)
-            One row per node of the graph, or of the view.
+        ndarray of shape (n,), (n, n_classes) or (n, n_labels)
+            One row per node of the graph, or of the view. With two classes, as in
+            scikit-learn, one score per node: positive favours ``classes_[1]`` (the difference
+            of the two logits, so that ``predict_proba[:, 1]`` is its sigmoid).
         """
         check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
         nodes, _ = resolve_graph(A, X)
-        return self._decision(nodes).numpy()
+        logits = self._decision(nodes)
+        if not self.multilabel_ and logits.shape[1] == 2:
+            return (logits[:, 1] - logits[:, 0]).numpy()
+        return logits.numpy()
 
     def predict_proba(self, A: Any, X: Any = None) -> np.ndarray:
         """Class probabilities (n, n_classes), softmax; multi-label: per-label probabilities
@@ -681,7 +728,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     def score(self, A: Any, X: Any = None, y: Any = None, sample_weight: Any = None) -> float:
         """Accuracy (multi-label: subset accuracy): ``score(nodes, y)`` or ``score(A, X, y)``.
 
-        Unlabelled nodes (``-1``, or ``None`` in object labels) are left out, as in ``fit``.
+        Unlabelled nodes (``-1``, NaN, ``None`` in object labels, masked entries) are left
+        out, as in ``fit``.
 
         Parameters
         ----------
@@ -706,22 +754,20 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         pred = self.predict(A, X)
         if y is None:
             raise TypeError("score needs the true labels y")
-        truth = np.asarray(y.toarray() if sp.issparse(y) else y)
+        masked = isinstance(y, np.ma.MaskedArray)
+        mask = np.ma.getmaskarray(y) if masked else np.zeros(np.shape(y), dtype=bool)
+        truth = np.asarray(y.toarray() if sp.issparse(y) else y.data if masked else y)
         if truth.ndim == 2 and truth.shape[1] == 1 and not self.multilabel_:
-            truth = truth.ravel()
+            truth, mask = truth.ravel(), mask.ravel()
         if len(truth) != len(pred):
             raise ValueError(
                 f"Found input variables with inconsistent numbers of samples: y has "
                 f"{len(truth)} entries for {len(pred)} nodes"
             )
         if truth.ndim == 2:
-            known = (truth != -1).any(1)
-        elif truth.dtype == object:
-            known = ~_is_unlabelled(truth)
-        elif truth.dtype.kind in "USb":
-            known = np.ones(len(truth), dtype=bool)
+            known = (truth != -1).any(1) & ~mask.reshape(truth.shape).all(1)
         else:
-            known = truth != -1
+            known = _labelled(truth, mask if masked else None)
         if not known.any():
             raise ValueError("y has no labelled node to score: every entry is unlabelled")
         weight = None if sample_weight is None else np.asarray(sample_weight)[known]

@@ -157,13 +157,14 @@ def _as_features(X: Any, n_nodes: int) -> np.ndarray | sp.csr_array:
         values = X.data
     else:
         X = np.asarray(X)
+        why = ""
         if X.dtype == object:  # numbers held as objects are numbers
             try:
                 X = X.astype(np.float64)
-            except (TypeError, ValueError):
-                pass
+            except (TypeError, ValueError) as exc:
+                why = f" ({exc})"
         if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-            raise TypeError(f"X must hold numbers (or booleans), got dtype {X.dtype}")
+            raise TypeError(f"X must hold numbers (or booleans), got dtype {X.dtype}{why}")
         _check_float32_range(X, "X", "values")
         if X.ndim == 1:
             raise ValueError(

@@ -40,6 +40,7 @@ the rows per step. On Cora (sage, seed 0, batch n/8, 200 epochs) test ROC AUC / 
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral
 from typing import Any
 
@@ -48,13 +49,14 @@ import scipy.sparse as sp
 import torch
 from scipy.special import expit
 from sklearn.base import ClassifierMixin, _fit_context
+from sklearn.exceptions import DataConversionWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._base import BaseVQGNN, resolve_graph
+from ._base import BaseVQGNN, _check_not_empty, resolve_graph
 from .graph import (
     Graph,
     NodeSet,
@@ -110,7 +112,15 @@ class LinkHead(nn.Module):
 
 
 def _check_targets(t: Any, m: int) -> np.ndarray:
-    t = np.asarray(t)
+    t = np.asarray(t.toarray() if sp.issparse(t) else t)
+    if t.ndim == 2 and t.shape[1] == 1:
+        warnings.warn(
+            "A column-vector t was passed when a 1d array was expected. Please change the "
+            "shape of t to (n_pairs, ), for example using ravel().",
+            DataConversionWarning,
+            stacklevel=3,
+        )
+        t = t.ravel()
     if t.ndim != 1:
         raise ValueError(f"t must be 1-D (one 0/1 target per pair), got shape {t.shape}")
     if len(t) != m:
@@ -409,6 +419,18 @@ device, sparse_backend, random_state, verbose
     def _make_head(self) -> LinkHead:
         return LinkHead(self.decoder, self.embedding_dim, self.dropout)
 
+    def _check_same_head(self, head: LinkHead) -> None:
+        """``warm_start`` continues the fitted decoder only if ``decoder`` is unchanged (the
+        embedding width is checked with the network); its dropout takes the current value."""
+        if head.decoder != self.decoder:
+            raise ValueError(
+                f"warm_start=True continues the fitted network, but decoder changed from "
+                f"{head.decoder!r} to {self.decoder!r}. Set warm_start=False to fit a new network"
+            )
+        for module in head.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = self.dropout
+
     def _extend_batch(self, nodes: np.ndarray) -> np.ndarray:
         """Add ``partner_nodes`` positive partners from outside the batch, then
         ``negative_nodes`` uniformly drawn nodes as negative partners, to the batch."""
@@ -530,7 +552,9 @@ device, sparse_backend, random_state, verbose
                     "a link predictor is fitted on an adjacency (fit(A, X)) or on a PairSet "
                     "(fit(Graph(A, X).pairs(P), t)), not on a NodeSet"
                 )
-            graph = resolve_graph(A, X)[0].graph
+            nodes = resolve_graph(A, X)[0]
+            _check_not_empty(nodes)
+            graph = nodes.graph
             pairs = candidate_edges(graph.A, graph.is_symmetric)
             targets = np.ones(len(pairs), dtype=np.int64)
             explicit = False

@@ -210,7 +210,20 @@ CASES = [
         ValueError,
         "y must hold integer class labels",
     ),
-    Case("y", "a NaN", lambda: _clf().fit(A, X, _with(Y, np.nan, 0)), ValueError, "y must hold"),
+    Case(
+        "y",
+        "every entry NaN (NaN marks an unlabelled node)",
+        lambda: _clf().fit(A, X, np.full(N, np.nan)),
+        ValueError,
+        "no labelled node",
+    ),
+    Case(
+        "y",
+        "integer labels -1 and 1 (-1 marks an unlabelled node)",
+        lambda: _clf().fit(A, X, np.where(Y == 0, -1, 1)),
+        ValueError,
+        "if -1 is one of your classes",
+    ),
     Case("y", "a label < -1", lambda: _clf().fit(A, X, Y - 2), ValueError, "y holds labels < -1"),
     Case("y", "3-D array", lambda: _clf().fit(A, X, Y[:, None, None]), ValueError, "y must be"),
     Case(
@@ -502,6 +515,25 @@ CASES = [
     ),
     Case(
         "A",
+        "link predictor on a 0-node graph",
+        lambda: VQGNNLinkPredictor(**FAST).fit(sp.csr_array((0, 0)), np.zeros((0, 3))),
+        ValueError,
+        "the graph has no node",
+    ),
+    Case(
+        "decoder",
+        "changed under warm_start=True",
+        lambda: (
+            VQGNNLinkPredictor(warm_start=True, **FAST)
+            .fit(A, X)
+            .set_params(decoder="dot")
+            .fit(A, X)
+        ),
+        ValueError,
+        "decoder changed from 'hadamard' to 'dot'",
+    ),
+    Case(
+        "A",
         "edge_split of a graph without edges",
         lambda: edge_split(sp.csr_array((N, N)), val=0.1, test=0.1),
         ValueError,
@@ -620,14 +652,14 @@ def test_unusual_directed_graph_sends_along_rows_only():
     A_ = sp.csr_array(([1.0, 1.0], ([0, 2], [1, 3])), shape=(4, 4))
     X_ = np.eye(4, dtype=np.float32)
     clf = _fit_exact(A_, X_, np.array([0, 1, 0, 1]), batch_size=None)
-    base = clf.decision_function(A_, X_)
+    base = clf.predict_proba(A_, X_)
     X1 = X_.copy()
     X1[1] += 5.0
-    changed = np.abs(clf.decision_function(A_, X1) - base).max(1) > 1e-6
+    changed = np.abs(clf.predict_proba(A_, X1) - base).max(1) > 1e-6
     assert changed.tolist() == [True, True, False, False]
     X0 = X_.copy()
     X0[0] += 5.0
-    changed = np.abs(clf.decision_function(A_, X0) - base).max(1) > 1e-6
+    changed = np.abs(clf.predict_proba(A_, X0) - base).max(1) > 1e-6
     assert changed.tolist() == [True, False, False, False]
 
 

@@ -451,3 +451,29 @@ def test_pairset_views_behave_like_nodesets(split):
     np.testing.assert_array_equal(P[[3, 1]].pairs, train.pairs[[3, 1]])
     np.testing.assert_array_equal(P[(np.array([2]), Ellipsis)].pairs, train.pairs[[2]])
     assert P[2].graph is P.graph
+
+
+def test_targets_as_a_column_vector_are_read_with_a_warning(split):
+    """As scikit-learn ravels a column-vector y: the same fit as with t of shape (m,)."""
+    from sklearn.exceptions import DataConversionWarning
+
+    A, X, train, _, test = split
+    G = Graph(A, X)
+    params = dict(max_epochs=3, batch_size=80, random_state=0)
+    flat = VQGNNLinkPredictor(**params).fit(G.pairs(train.pairs), train.targets)
+    with pytest.warns(DataConversionWarning, match="column-vector t"):
+        column = VQGNNLinkPredictor(**params).fit(G.pairs(train.pairs), train.targets[:, None])
+    np.testing.assert_array_equal(
+        column.decision_function(G.pairs(test.pairs)), flat.decision_function(G.pairs(test.pairs))
+    )
+
+
+def test_warm_start_continues_the_decoder_with_the_current_dropout(split):
+    A, X, *_ = split
+    lp = VQGNNLinkPredictor(decoder="hadamard", max_epochs=2, batch_size=80, random_state=0)
+    lp.fit(A, X)
+    head = lp.head_
+    lp.set_params(warm_start=True, dropout=0.1).fit(A, X)
+    assert lp.head_ is head and head.mlp[2].p == 0.1
+    with pytest.raises(ValueError, match="decoder changed from 'hadamard' to 'dot'"):
+        lp.set_params(decoder="dot").fit(A, X)

@@ -12,8 +12,9 @@ from sklearn.exceptions import NotFittedError
 
 import skvqgnn
 from skvqgnn import Graph, VQGNNClassifier, VQGNNLinkPredictor
+from skvqgnn._version import PICKLE_VERSION_KEY
 from skvqgnn.layers import GCN
-from skvqgnn.persistence import PICKLE_VERSION_KEY, InconsistentVersionWarning, load, save
+from skvqgnn.persistence import InconsistentVersionWarning, load, save
 
 from .conftest import random_graph
 
@@ -78,7 +79,7 @@ def test_pickle_carries_the_version_and_reloads_silently(clf):
 def test_pickle_from_another_version_warns(clf, monkeypatch):
     blob = pickle.dumps(clf)
     saved = skvqgnn.__version__
-    monkeypatch.setattr(skvqgnn, "__version__", "99.0")
+    monkeypatch.setattr(skvqgnn._version, "__version__", "99.0")
     with pytest.warns(InconsistentVersionWarning) as record:
         loaded = pickle.loads(blob)
     (w,) = [r.message for r in record if isinstance(r.message, InconsistentVersionWarning)]
@@ -268,7 +269,7 @@ def test_load_from_another_version_warns(clf, tmp_path, monkeypatch, graphs):
         warnings.simplefilter("error", InconsistentVersionWarning)
         load(path)
     saved = skvqgnn.__version__
-    monkeypatch.setattr(skvqgnn, "__version__", "99.0")
+    monkeypatch.setattr(skvqgnn._version, "__version__", "99.0")
     with pytest.warns(InconsistentVersionWarning, match=re.escape(f"{saved} and is loaded with")):
         loaded = load(path)
     with pytest.warns(InconsistentVersionWarning) as record:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.utils._param_validation import InvalidParameterError
 
-from skvqgnn import VQGNNClassifier, VQGNNLinkPredictor
+from skvqgnn import Graph, VQGNNClassifier, VQGNNLinkPredictor
 from skvqgnn.graph import gcn_norm
 
 BACKBONES = ["gcn", "sage", "gin", "gat", "transformer"]
@@ -223,7 +223,8 @@ def _check_classifier_outputs(clf: VQGNNClassifier, A: Any, X: Any) -> None:
     logits = clf.decision_function(A, X)
     proba = clf.predict_proba(A, X)
     pred = clf.predict(A, X)
-    assert logits.shape == proba.shape == (n, k)
+    binary = k == 2 and not clf.multilabel_  # scikit-learn's (n,) scores of classes_[1]
+    assert proba.shape == (n, k) and logits.shape == ((n,) if binary else (n, k))
     assert np.isfinite(logits).all() and np.isfinite(proba).all()
     assert ((proba >= 0) & (proba <= 1)).all()
     if clf.multilabel_:
@@ -234,7 +235,40 @@ def _check_classifier_outputs(clf: VQGNNClassifier, A: Any, X: Any) -> None:
         assert pred.shape == (n,)
         np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
         assert np.isin(pred, clf.classes_).all()
-        np.testing.assert_array_equal(pred, clf.classes_[logits.argmax(1)])
+        best = (logits > 0).astype(int) if binary else logits.argmax(1)
+        np.testing.assert_array_equal(pred, clf.classes_[best])
+
+
+GRAPH_FORMS = ["scipy", "torch dense", "torch sparse", "networkx", "PyG Data"]
+
+
+def _in_form(form: str, A: Any, X: Any) -> Any:
+    """The graph ``(A, X)`` as a user may hold it: ``(A', X)`` or one object with both."""
+    from types import SimpleNamespace
+
+    import networkx as nx
+
+    if form == "scipy":
+        return A, X
+    dense = A.toarray() if sp.issparse(A) else np.asarray(A)
+    if form == "torch dense":
+        return torch.from_numpy(dense), X
+    if form == "torch sparse":
+        return torch.from_numpy(dense).to_sparse(), X
+    coo = sp.coo_array(dense)
+    if form == "networkx":  # A[i, j] is the edge j -> i, which networkx sends to row i
+        G = nx.DiGraph()
+        G.add_nodes_from(range(dense.shape[0]))
+        edges = zip(coo.col.tolist(), coo.row.tolist(), coo.data.tolist(), strict=True)
+        G.add_weighted_edges_from(edges)
+        return G, X
+    x = X.toarray() if sp.issparse(X) else np.asarray(X)
+    return SimpleNamespace(  # PyG's Data: edge_index (2, m) source -> target
+        x=torch.from_numpy(x),
+        edge_index=torch.from_numpy(np.stack([coo.col, coo.row]).astype(np.int64)),
+        edge_weight=torch.from_numpy(coo.data),
+        num_nodes=dense.shape[0],
+    )
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -245,12 +279,13 @@ def test_classifier_fit_predict_is_finite_and_well_formed(backbone, data):
     assume(_within_float32(A, X, params))
     _events(A, params)
     event("multi-label" if np.ndim(y) == 2 else "single-label")
-    as_torch = data.draw(st.booleans(), label="A as a torch tensor")
-    A_given = A
-    if as_torch:  # a dense or sparse torch tensor holds the same graph
-        dense = torch.from_numpy(A.toarray() if sp.issparse(A) else np.asarray(A))
-        A_given = dense.to_sparse() if data.draw(st.booleans(), label="sparse") else dense
-    clf = VQGNNClassifier(**params).fit(A_given, X, y)
+    form = data.draw(st.sampled_from(GRAPH_FORMS), label="the graph's form")
+    event(f"graph given as {form}")
+    clf = VQGNNClassifier(**params)
+    given_graph = _in_form(form, A, X)
+    clf.fit(*given_graph, y) if isinstance(given_graph, tuple) else clf.fit(given_graph, y)
+    # the same content in any form is the training graph, not a new one
+    assert clf.graph_fingerprint_ == Graph(A, X).fingerprint
     y = y.toarray() if sp.issparse(y) else np.asarray(y)
     if y.ndim == 2:
         np.testing.assert_array_equal(clf.classes_, np.arange(y.shape[1]))
@@ -485,7 +520,7 @@ def y_not_integer(draw: Any) -> Invalid:
     y = _labels_1d(draw, n)
     y[draw(st.integers(0, n - 1))] = draw(
         st.one_of(
-            st.sampled_from([np.nan, np.inf, -np.inf, 0.5]),
+            st.sampled_from([np.inf, -np.inf, 0.5]),  # (NaN marks an unlabelled node)
             st.integers(-1, 9).map(lambda v: v + 0.25),
         )
     )

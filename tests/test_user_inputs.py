@@ -45,7 +45,16 @@ def _as_names(labels):
 
 @pytest.mark.parametrize(
     "form",
-    ["object with None", "pandas categorical", "numpy strings", "float integers"],
+    [
+        "object with None",
+        "pandas categorical",
+        "numpy strings",
+        "float integers",
+        "float with NaN",
+        "pandas nullable integers",
+        "masked uint8",
+        "masked with -1 as a class",
+    ],
 )
 def test_labels_in_the_users_own_values(graph, reference, form):
     """The same fit as with integer labels, with classes_ and predictions in the user's values."""
@@ -57,12 +66,23 @@ def test_labels_in_the_users_own_values(graph, reference, form):
     elif form == "numpy strings":  # no unlabelled marker: every node labelled
         labels = np.where(labels < 0, reference.transduction_, labels)
         y = NAMES[labels]
-    else:
+    elif form == "float integers":
         y = labels.astype(np.float64)
+    elif form == "float with NaN":  # a pandas column with missing values
+        y = np.where(labels < 0, np.nan, labels)
+    elif form == "pandas nullable integers":
+        y = pd.Series(pd.array(np.where(labels < 0, None, labels), dtype="Int64"))
+    elif form == "masked uint8":  # a dtype that cannot say -1
+        y = np.ma.masked_array((labels + 7).astype(np.uint8), mask=labels < 0)
+    else:
+        y = np.ma.masked_array(labels - 1, mask=labels < 0)
     clf = VQGNNClassifier(**FAST).fit(A, X, y)
-    if form == "float integers":
-        assert clf.classes_.tolist() == [0, 1, 2]
-        np.testing.assert_array_equal(clf.transduction_, reference.transduction_)
+    if form not in ("object with None", "pandas categorical", "numpy strings"):
+        offset = {"masked uint8": 7, "masked with -1 as a class": -1}.get(form, 0)
+        assert clf.classes_.tolist() == [offset, 1 + offset, 2 + offset]
+        np.testing.assert_array_equal(clf.transduction_, reference.transduction_ + offset)
+        np.testing.assert_allclose(clf.predict_proba(A, X), reference.predict_proba(A, X))
+        assert clf.score(A, X, y) == pytest.approx(reference.score(A, X, labels))
         return
     assert clf.classes_.tolist() == NAMES.tolist()
     assert set(clf.predict(A, X)) <= set(NAMES)
@@ -70,6 +90,30 @@ def test_labels_in_the_users_own_values(graph, reference, form):
         np.testing.assert_array_equal(clf.transduction_, NAMES[reference.transduction_])
         proba = clf.predict_proba(A, X)
         np.testing.assert_allclose(proba, reference.predict_proba(A, X), atol=1e-6)
+
+
+def test_minus_one_as_a_class_says_how_to_keep_it(graph):
+    A, X, y, split, _ = graph
+    with pytest.raises(ValueError, match=r"one class: \[1\] \(-1 marks an unlabelled.*masked"):
+        VQGNNClassifier(**FAST).fit(A, X, np.where(y == 0, -1, 1))
+
+
+def test_binary_decision_function_is_one_score_per_node(graph):
+    """As scikit-learn's binary classifiers: (n,) scores, positive for classes_[1], whose
+    sigmoid is predict_proba[:, 1]; a roc_auc scorer takes them."""
+    from scipy.special import expit
+    from sklearn.metrics import get_scorer
+
+    A, X, y, split, labels = graph
+    binary = np.where(labels < 0, -1, labels == 0).astype(np.int64)
+    clf = VQGNNClassifier(**FAST).fit(A, X, binary)
+    scores = clf.decision_function(A, X)
+    assert scores.shape == (len(y),)
+    np.testing.assert_allclose(expit(scores), clf.predict_proba(A, X)[:, 1], atol=1e-5)
+    np.testing.assert_array_equal(clf.classes_[(scores > 0).astype(int)], clf.predict(A, X))
+    nodes = Graph(A, X).nodes(np.flatnonzero(split.test_mask))
+    auc = get_scorer("roc_auc")(clf, nodes, (y == 0)[split.test_mask].astype(int))
+    assert auc > 0.9
 
 
 def test_boolean_labels(graph):
