@@ -401,11 +401,14 @@ def initialise_codebook(
 
 
 @dataclass
-class FitState:
-    """Everything a fit produces that predict needs, kept together for best-epoch snapshots."""
+class Snapshot:
+    """The network (codebooks included) and head of the best validation epoch.
+
+    The assignment tables, O(n) each, are not copied: the end of fit reassigns every node's
+    feature codes from the kept network anyway (``_refresh_codebooks``), so the tables of the
+    best epoch would be overwritten; gradient codes are used by training steps only."""
 
     model: VQGNN
-    tables: list[AssignmentTable]
     head: torch.nn.Module | None = None
 
 
@@ -869,11 +872,7 @@ class BaseVQGNN(BaseEstimator):
                     if record["val_score"] > best[0] + 1e-12:
                         snapshot = None
                         if self.early_stopping:  # the best epoch's model is the one kept
-                            snapshot = FitState(
-                                copy.deepcopy(model),
-                                copy.deepcopy(tables),
-                                copy.deepcopy(self._head),
-                            )
+                            snapshot = Snapshot(copy.deepcopy(model), copy.deepcopy(self._head))
                         best = (record["val_score"], snapshot)
                         stale = 0
                     else:
@@ -899,7 +898,7 @@ class BaseVQGNN(BaseEstimator):
         _warn_if_diverging(history[first_epoch:], self.learning_rate)
         head = self._head
         if self.early_stopping and best[1] is not None:
-            model, tables, head = best[1].model, best[1].tables, best[1].head
+            model, head = best[1].model, best[1].head
         if tables:
             self._refresh_codebooks(model, data, tables, input_table, sampler, device)
         elif model.codebooks:
