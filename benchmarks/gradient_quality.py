@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from skvqgnn import Graph, VQGNNClassifier
-from skvqgnn._base import make_batch
+from skvqgnn import Callback, Graph, VQGNNClassifier
+from skvqgnn.convolutions import make_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_DATA_DIR, load_dataset  # noqa: E402
@@ -54,29 +54,27 @@ def _level_gradients(model, batch, targets, norm, blue):
     return [t.x.grad.detach().clone() for t in traces]
 
 
-def measure(clf, graph, labels, n_batches):
+class FitState(Callback):
+    """Keeps the graph structures and the batch sampler of the last fit (``on_fit_end``)."""
+
+    def on_fit_end(self, fit):
+        self.data, self.sampler = fit.data, fit.sampler
+
+
+def measure(clf, state, labels):
     """Per level, mean over one epoch's batches of (cos vq, cos none, rel vq, rel none)."""
     model = clf.model_.train()
     saved = model.dropout, model.attention_dropout
     model.dropout = model.attention_dropout = 0.0
-    data = clf._graph_data(graph)
+    data, sampler = state.data, state.sampler
     targets = torch.from_numpy(labels)
+    n_batches = len(list(sampler.inference_batches()))
     norm = max(1.0, (labels >= 0).sum() / n_batches)
-    everything = make_batch(data, np.arange(graph.n_nodes), [], clf.n_codewords, CPU, False)
+    everything = make_batch(data, np.arange(data.n_nodes), [], CPU)
     true = _level_gradients(model, everything, targets, norm, False)
-    sampler = clf._sampler_for(graph, clf._fit_seed_)
     rows = []
     for nodes in sampler.epoch(np.random.default_rng(0)):
-        batch = make_batch(
-            data,
-            nodes,
-            clf.tables_,
-            clf.n_codewords,
-            CPU,
-            True,
-            labels >= 0,
-            clf.input_table_,
-        )
+        batch = make_batch(data, nodes, clf.tables_, CPU, True, labels >= 0, clf.input_table_)
         found = [_level_gradients(model, batch, targets[nodes], norm, b) for b in (True, False)]
         if found[0] is None:
             continue
@@ -124,14 +122,14 @@ def run(dataset, backbone, sampler, depth, epochs, seed, data_dir):
         **RECIPES.get(backbone, {}),
     )
     graph = Graph(A, X)
-    n_batches = len(list(clf._sampler_for(graph, 0).inference_batches()))
+    state = FitState()
     records, done = [], 0
     for epoch in epochs:
         clf.set_params(max_epochs=epoch - done, warm_start=done > 0)
-        clf.fit(graph.nodes(), labels)
+        clf.fit(graph.nodes(), labels, callbacks=[state])
         done = epoch
         acc = float((clf.transduction_[split.test_mask] == y[split.test_mask]).mean())
-        levels = measure(clf, graph, labels, n_batches)
+        levels = measure(clf, state, labels)
         records.append({"epoch": epoch, "test_acc": acc, "levels": levels})
         print(
             f"  {dataset} {backbone} {sampler} depth {depth} epoch {epoch}: "

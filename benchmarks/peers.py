@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from _common import (
     BAR_POINTS,
@@ -153,22 +152,6 @@ class TrainingClock:
             "epoch_time_s": statistics.median(self.epoch_times),
             **curves,
         }
-
-
-class _Progress:
-    """Stands in for the estimator's progress bar: its epochs are the clock's."""
-
-    def __init__(self, epochs: Iterator[int]):
-        self._epochs = epochs
-
-    def __iter__(self) -> Iterator[int]:
-        return self._epochs
-
-    def set_postfix(self, *_: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,81 +361,38 @@ def train_pyg(method: str, backbone: str, dataset: Any, seed: int, settings: Rec
 # --------------------------------------------------------------------------------------------
 
 
-def _probed_classifier(**params: Any) -> Any:
-    """A ``VQGNNClassifier`` that keeps hold of its fit's live training state (network, codebook
-    assignment tables, graph data, batch sampler) in ``live_*`` attributes, so that it can be
-    evaluated between epochs exactly as ``transduction_`` is computed after the last one."""
-    from skvqgnn import VQGNNClassifier
+def clock_callback(clock: TrainingClock, nodes: Any, accuracies: Callable[[Any], Any]) -> Any:
+    """A ``skvqgnn.Callback`` that times a ``VQGNNClassifier`` fit with ``clock``: the clock
+    laps when the set-up ends and after every epoch, and then evaluates the live model
+    (``FitLoop.predict``, the inference ``transduction_`` uses, on copies of the codebooks)
+    while the training runs unchanged.
 
-    class ProbedClassifier(VQGNNClassifier):
-        def _graph_data(self, graph: Any) -> Any:
-            self.live_data = super()._graph_data(graph)
-            return self.live_data
+    Parameters
+    ----------
+    clock : TrainingClock
+        Its ``evaluate`` is set here: ``accuracies`` of the live classes of ``nodes``.
+    nodes : ndarray
+        The nodes evaluated after every epoch.
+    accuracies : callable
+        ``accuracies(classes of nodes) -> (val_acc, test_acc)``.
+    """
+    from skvqgnn import Callback
 
-        def _sampler_for(self, graph: Any, seed: int) -> Any:
-            self.live_sampler = super()._sampler_for(graph, seed)
-            return self.live_sampler
+    class Clock(Callback):
+        def on_fit_start(self, fit: Any) -> None:
+            clock.evaluate = lambda: accuracies(live_classes(fit, nodes))
+            clock.lap()
 
-        def _build_model(self, *args: Any) -> Any:
-            self.live_model = super()._build_model(*args)
-            self.live_tables = []  # full-graph training has no codebooks
-            self.live_input_table = None
-            return self.live_model
+        def on_epoch_end(self, fit: Any, record: Any) -> None:
+            clock.lap()
 
-        def _initialise_codebooks(self, *args: Any) -> Any:
-            self.live_tables = super()._initialise_codebooks(*args)
-            return self.live_tables
-
-        def _initialise_input_codebook(self, *args: Any) -> Any:
-            self.live_input_table = super()._initialise_input_codebook(*args)
-            return self.live_input_table
-
-    return ProbedClassifier(**params)
+    return Clock()
 
 
-def _live_predict(clf: Any, nodes: Any) -> Any:
-    """Classes of ``nodes`` from the live state of a fit in progress (`_probed_classifier`), by
-    the inference ``transduction_`` uses: in mini-batch mode, VQ inference over the training
-    batches after the refresh of the feature codebooks that ends a fit (on copies, so that
-    training goes on unchanged), exact layer-wise inference in full-graph mode."""
-    import copy
-
-    import torch
-
-    model = clf.live_model.eval()
-    device = torch.device(DEVICE)
-    if clf.live_tables:
-        model = copy.deepcopy(model)
-        tables = copy.deepcopy(clf.live_tables)
-        clf._refresh_codebooks(
-            model, clf.live_data, tables, clf.live_input_table, clf.live_sampler, device
-        )
-        logits = clf._infer(
-            model,
-            clf.live_data,
-            tables,
-            clf.live_input_table,
-            clf.live_sampler,
-            nodes,
-            device,
-        ).numpy()
-    else:
-        logits = clf._exact_layers(model, clf.live_data, device)[nodes]
-    return clf.classes_[logits.argmax(1)]
-
-
-def fit_with_clock(clf: Any, clock: TrainingClock, *fit_args: Any) -> Any:
-    """``clf.fit(*fit_args)`` timed by ``clock``: the clock starts with ``fit`` and stands in
-    for the estimator's progress bar, so that it laps before the first epoch and after each
-    (`TrainingClock.epochs`) while the estimator's training loop runs unchanged."""
-    from skvqgnn import _base
-
-    def progress(n_epochs: int, *_: Any) -> _Progress:
-        return _Progress(clock.epochs(n_epochs))
-
-    with mock.patch.object(_base, "_progress", progress):
-        clock.start()
-        return clf.fit(*fit_args)
+def live_classes(fit: Any, nodes: Any) -> Any:
+    """Classes of ``nodes`` by the live state of a running fit (a ``skvqgnn.FitLoop``)."""
+    logits = fit.predict(nodes).numpy()
+    return fit.estimator.classes_[logits.argmax(1)]
 
 
 def train_skvqgnn(method: str, backbone: str, dataset: Any, seed: int, settings: Record) -> Record:
@@ -460,10 +400,9 @@ def train_skvqgnn(method: str, backbone: str, dataset: Any, seed: int, settings:
     the same with ``n_codewords=1024``; ``"full"``: ``batch_size=None``) with its defaults
     otherwise, in this process.
 
-    The estimator's own training loop runs unchanged; its epochs are counted by a
-    `TrainingClock` standing in for its progress bar, which evaluates the live model
-    after each epoch. ``fit`` computes ``transduction_`` after the last epoch; the peak RSS is
-    read after it.
+    The estimator's own training loop runs unchanged; a callback (`clock_callback`) laps a
+    `TrainingClock` after the set-up and each epoch and evaluates the live model then. ``fit``
+    computes ``transduction_`` after the last epoch; the peak RSS is read after it.
 
     Returns
     -------
@@ -473,12 +412,13 @@ def train_skvqgnn(method: str, backbone: str, dataset: Any, seed: int, settings:
     """
     import numpy as np
 
-    from skvqgnn import Graph
+    from skvqgnn import Graph, VQGNNClassifier
 
     A, X, y, split = dataset
     n = A.shape[0]
     batch_size = n // N_BATCHES if method in VQ_METHODS else None
-    clf = _probed_classifier(
+
+    clf = VQGNNClassifier(
         backbone=backbone,
         batch_size=batch_size,
         random_state=seed,
@@ -489,15 +429,17 @@ def train_skvqgnn(method: str, backbone: str, dataset: Any, seed: int, settings:
     labels = np.where(split.train_mask, y, -1)
     evaluated = np.flatnonzero(split.val_mask | split.test_mask)
 
-    def evaluate() -> tuple[float, float]:
+    def evaluate(classes: Any) -> tuple[float, float]:
         pred = np.full(n, -1)
-        pred[evaluated] = _live_predict(clf, evaluated)
+        pred[evaluated] = classes
         return accuracies(pred, y, split)
 
-    clock = TrainingClock(evaluate)
+    clock = TrainingClock()
+    callback = clock_callback(clock, evaluated, evaluate)
     gc.collect()
     baseline = _max_rss_mib()
-    fit_with_clock(clf, clock, A, X, labels)
+    clock.start()
+    clf.fit(A, X, labels, callbacks=[callback])
     peak = _max_rss_mib()
     val_acc, test_acc = accuracies(clf.transduction_, y, split)
     record = {

@@ -34,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,11 +198,10 @@ def torch_allocation_peak(profiler: Any) -> float | None:
 
 
 class StepProbe:
-    """Measures training steps by wrapping the batch sampler of a fit.
+    """Measures training steps through the training loop's callbacks (`callback`).
 
-    The training loop asks the sampler for the next batch when the previous step (batch
-    assembly, forward, backward, optimiser and codebook updates) is over, so every step runs
-    between two ``next()`` calls on the sampler's epoch iterator. Steps ``warmup`` to
+    Every step runs between the loop's ``on_step_start`` and ``on_step_end`` (batch assembly,
+    forward, backward, optimiser and codebook updates). Steps ``warmup`` to
     ``warmup + measured - 1`` (counted across epochs) are measured with a `MemoryProbe`; with
     ``profile`` the step after them runs under ``torch.profiler`` for `torch_allocation_peak`.
 
@@ -234,12 +233,28 @@ class StepProbe:
         self.torch_peak_mib: float | None = None
         self.epochs: list[Record] = []
         self._count = 0
+        self._role: str | None = None
+        self._profiler: Any = None
 
-    def wrap(self, sampler: Any) -> _ProbedSampler:
-        """``sampler`` with its training epochs measured; inference batches unchanged."""
-        return _ProbedSampler(sampler, self)
+    def callback(self) -> Any:
+        """This probe as a ``skvqgnn.Callback``, for ``fit(..., callbacks=[...])``."""
+        from skvqgnn import Callback
 
-    def _role(self, step: int) -> str | None:
+        probe = self
+
+        class Probe(Callback):
+            def on_epoch_start(self, fit: Any) -> None:
+                probe.epoch_start()
+
+            def on_step_start(self, fit: Any, batch_nodes: Any) -> None:
+                probe.step_start()
+
+            def on_step_end(self, fit: Any, batch_nodes: Any, n_terms: int) -> None:
+                probe.step_end()
+
+        return Probe()
+
+    def _role_of(self, step: int) -> str | None:
         if step < self.warmup:
             return "warmup"
         if step < self.warmup + self.measured:
@@ -248,68 +263,37 @@ class StepProbe:
             return "profile"
         return None
 
-    def batches(self, epoch: Iterator[Any]) -> Iterator[Any]:
-        """The batches of one training epoch, each step measured if its turn has come."""
+    def epoch_start(self) -> None:
+        """A new epoch's record."""
+        self.epochs.append({"steps": 0, "timed": True, "probe_s": 0.0})
+
+    def step_start(self) -> None:
+        """Before a step: start measuring it if its turn has come."""
         from torch.profiler import ProfilerActivity, profile
 
-        record = {"steps": 0, "timed": True, "probe_s": 0.0}
-        self.epochs.append(record)
-        for nodes in epoch:
-            role = self._role(self._count)
-            self._count += 1
-            record["steps"] += 1
-            if role is not None:
-                record["timed"] = False
-            if role in (None, "warmup"):
-                yield nodes
-                continue
-            start = time.perf_counter()
-            if role == "memory":
-                self.memory.start()
-            else:
-                profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-                profiler.start()
-            record["probe_s"] += time.perf_counter() - start
-            yield nodes
-            start = time.perf_counter()
-            if role == "memory":
-                self.steps.append(self.memory.stop())
-            else:
-                profiler.stop()
-                self.torch_peak_mib = torch_allocation_peak(profiler)
-            record["probe_s"] += time.perf_counter() - start
+        record = self.epochs[-1]
+        self._role = self._role_of(self._count)
+        self._count += 1
+        record["steps"] += 1
+        if self._role is not None:
+            record["timed"] = False
+        start = time.perf_counter()
+        if self._role == "memory":
+            self.memory.start()
+        elif self._role == "profile":
+            self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self._profiler.start()
+        record["probe_s"] += time.perf_counter() - start
 
-
-class _ProbedSampler:
-    """A node sampler whose training epochs go through a `StepProbe`."""
-
-    def __init__(self, inner: Any, probe: StepProbe):
-        self.inner = inner
-        self.probe = probe
-        self.n_nodes = inner.n_nodes
-        self.batch_size = inner.batch_size
-
-    def epoch(self, rng: Any) -> Iterator[Any]:
-        return self.probe.batches(self.inner.epoch(rng))
-
-    def inference_batches(self) -> Iterator[Any]:
-        return self.inner.inference_batches()
-
-
-def probed_classifier() -> type:
-    """``VQGNNClassifier`` whose training sampler is wrapped by the `StepProbe` set as its
-    ``step_probe`` attribute (``None``: unchanged). Only the private ``_sampler_for`` is
-    overridden: the training loop itself is the estimator's."""
-    from skvqgnn import VQGNNClassifier
-
-    class ProbedClassifier(VQGNNClassifier):
-        step_probe: StepProbe | None = None
-
-        def _sampler_for(self, graph: Any, seed: int) -> Any:
-            sampler = super()._sampler_for(graph, seed)
-            return sampler if self.step_probe is None else self.step_probe.wrap(sampler)
-
-    return ProbedClassifier
+    def step_end(self) -> None:
+        """After a step: stop measuring it."""
+        start = time.perf_counter()
+        if self._role == "memory":
+            self.steps.append(self.memory.stop())
+        elif self._role == "profile":
+            self._profiler.stop()
+            self.torch_peak_mib = torch_allocation_peak(self._profiler)
+        self.epochs[-1]["probe_s"] += time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,7 +367,7 @@ def measure(spec: Record, record: Record) -> None:
     import numpy as np
     import torch
 
-    from skvqgnn import Graph
+    from skvqgnn import Graph, VQGNNClassifier
     from skvqgnn.datasets import make_csbm
 
     cuda = torch.cuda.is_available()
@@ -414,7 +398,7 @@ def measure(spec: Record, record: Record) -> None:
 
     record["failed_stage"] = "fit"
     probe = StepProbe(memory, WARMUP_STEPS, MEMORY_STEPS, profile=not cuda)
-    clf = probed_classifier()(
+    clf = VQGNNClassifier(
         spec["backbone"],
         batch_size=None if spec["mode"] == "full" else spec["batch_size"],
         n_codewords=spec["n_codewords"],
@@ -423,11 +407,9 @@ def measure(spec: Record, record: Record) -> None:
         random_state=spec["seed"],
         device="cuda" if cuda else "cpu",
     )
-    clf.step_probe = probe
     start = time.perf_counter()
-    clf.fit(graph.nodes(), labels)
+    clf.fit(graph.nodes(), labels, callbacks=[probe.callback()])
     fit_time = time.perf_counter() - start
-    clf.step_probe = None
     epoch_times = [
         epoch["time"]
         for epoch, seen in zip(clf.history_, probe.epochs, strict=True)
@@ -982,10 +964,9 @@ def render(
         "Every configuration is a fresh Python process (this script with `--worker`) that "
         "generates its graph, wraps it in a `Graph` (whose normalised adjacency and METIS "
         "batches are then cached for fit and predict), fits and predicts. *Per-step peak*: the "
-        "estimator's own training loop runs (`fit`); a wrapper around its batch sampler (a "
-        "subclass overriding the private `_sampler_for`) sees each step begin and end, because "
-        "the loop asks for the next batch only when the previous step, from batch assembly to "
-        "the codebook update, is over. After "
+        "estimator's own training loop runs (`fit`); a callback of the loop (`skvqgnn.Callback`, "
+        "`on_step_start` and `on_step_end`) sees each step begin and end, from batch assembly "
+        "to the codebook update. After "
         f"{WARMUP_STEPS} warm-up steps, before each of {MEMORY_STEPS} steps the worker calls "
         "glibc's `malloc_trim(0)` (so that the heap's freed pages do not hide the step's own), "
         "resets the kernel's peak resident set size (`echo 5 > /proc/self/clear_refs`, which "

@@ -5,8 +5,9 @@ Usage::
     python doc/build_api.py --out doc/api.md     # or: python doc/build_api.py > doc/api.md
     python doc/build_api.py --check              # list undocumented names and parameters
 
-The public API is ``skvqgnn.__all__``, the ``__all__`` of the public modules and the backbone
-classes of ``skvqgnn.layers`` (``LAYERS``). Each class and function is rendered with its signature
+The public API is ``skvqgnn.__all__``, the ``__all__`` of the public modules, and the classes
+a user extends: backbones (``skvqgnn.layers``), convolution kinds (``skvqgnn.convolutions``) and
+attention scores (``skvqgnn.attention``). Each class and function is rendered with its signature
 and its numpydoc docstring; the sections "Parameters", "Returns", "Attributes", "Raises" and the
 like become lists, "Examples" a code block. A class also gets its public methods and properties
 (those it defines itself; an override without a docstring of its own is documented on the base
@@ -40,18 +41,15 @@ MODULES: list[tuple[str, list[str] | None]] = [
     ("skvqgnn.persistence", None),
     (
         "skvqgnn.layers",
-        [
-            "Backbone",
-            "GCN",
-            "SAGE",
-            "GIN",
-            "GAT",
-            "Transformer",
-            "LinearCombination",
-            "Attention",
-            "AttentionConvolution",
-        ],
+        ["Backbone", "GCN", "SAGE", "GIN", "GAT", "Transformer", "LinearCombination"],
     ),
+    (
+        "skvqgnn.convolutions",
+        ["Convolution", "Identity", "Fixed", "Attention", "MaskedAttention", "GlobalAttention"],
+    ),
+    ("skvqgnn.attention", ["AttentionConvolution", "GATAttention", "DotProductAttention"]),
+    ("skvqgnn.training", ["ProgressBar"]),
+    ("skvqgnn.inference", None),
 ]
 
 #: Numpydoc sections whose entries are ``name : type`` lines with indented descriptions.
@@ -85,6 +83,8 @@ def members(cls: type) -> list[tuple[str, Any]]:
     on their own class; an override without a docstring of its own keeps the base's)."""
     out = []
     for name, value in vars(cls).items():
+        if isinstance(value, (classmethod, staticmethod)):
+            value = value.__func__  # documented like a method
         if name.startswith("_") or not (inspect.isfunction(value) or isinstance(value, property)):
             continue
         overrides = any(name in vars(base) for base in cls.__mro__[1:])

@@ -4,8 +4,19 @@ from . import _version
 from .classifier import VQGNNClassifier
 from .graph import Graph, NodeSet, PairSet
 from .link import VQGNNLinkPredictor
+from .training import Callback, FitLoop, Task
 
 #: The installed version of skvqgnn, a string such as ``"0.1.0"``.
 __version__ = _version.__version__
 
-__all__ = ["Graph", "NodeSet", "PairSet", "VQGNNClassifier", "VQGNNLinkPredictor", "__version__"]
+__all__ = [
+    "Callback",
+    "FitLoop",
+    "Graph",
+    "NodeSet",
+    "PairSet",
+    "Task",
+    "VQGNNClassifier",
+    "VQGNNLinkPredictor",
+    "__version__",
+]

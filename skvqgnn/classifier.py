@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from ._base import BaseVQGNN, _check_not_empty, resolve_graph
 from .graph import Graph, NodeSet, _node_index, is_pyg_data
 from .layers import Backbone
+from .training import Task
 
 __all__ = ["VQGNNClassifier"]
 
@@ -167,6 +168,72 @@ def _given_validation(
     if len(val) >= n_labelled:
         raise ValueError("validation_nodes holds every labelled node: none is left to train on")
     return val
+
+
+class NodeClassification(Task):
+    """The classifier's task: cross-entropy (or, multi-label, binary cross-entropy per label)
+    on the labelled training nodes, accuracy (micro F1) on the validation nodes.
+
+    Parameters
+    ----------
+    targets : ndarray of shape (n_nodes,) or (n_nodes, n_labels), int64
+        Codes into ``classes_`` (multi-label: the 0/1 indicator); -1 where a node (or label)
+        is not a training target, the validation nodes included.
+    val_labels : ndarray
+        Codes of the validation nodes, in the order the loop scores them.
+    n_outputs : int
+        Number of classes (multi-label: of labels).
+    multilabel : bool
+    node_weights : Tensor of shape (n_nodes,) or None
+        Per-node weights of the loss terms (``sample_weight`` times ``class_weight``, mean 1
+        over the training nodes); ``None``: all 1.
+    """
+
+    def __init__(
+        self,
+        targets: np.ndarray,
+        val_labels: np.ndarray,
+        n_outputs: int,
+        multilabel: bool,
+        node_weights: Tensor | None = None,
+    ):
+        n = len(targets)
+        self.targets = torch.from_numpy(targets)
+        self.val_labels = val_labels
+        self.multilabel = multilabel
+        self.node_weights = node_weights
+        self.loss_mask = (targets >= 0).reshape(n, -1).any(1)
+        self.n_outputs = n_outputs
+        self.n_targets = int((targets >= 0).sum())
+
+    def loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:  # noqa: D102
+        # the targets stay on the host; the batch's node ids may be on the training device
+        targets = self.targets[nodes.cpu()].to(logits.device)
+        mask = targets >= 0
+        count = int(mask.sum())
+        if count == 0:
+            return logits.sum() * 0.0, 0
+        weights = None
+        if self.node_weights is not None:
+            weights = self.node_weights[nodes.cpu()].to(logits.device)
+        if self.multilabel:
+            terms = F.binary_cross_entropy_with_logits(
+                logits[mask], targets[mask].to(logits.dtype), reduction="none"
+            )
+            if weights is not None:
+                terms = terms * weights.unsqueeze(1).expand_as(mask)[mask]
+            return terms.sum(), count
+        terms = F.cross_entropy(logits[mask], targets[mask], reduction="none")
+        if weights is not None:
+            terms = terms * weights[mask]
+        return terms.sum(), count
+
+    def val_score(self, logits: Tensor, nodes: np.ndarray) -> float:  # noqa: D102
+        if self.multilabel:
+            known = self.val_labels >= 0
+            predicted = (logits.numpy() > 0).astype(np.int64)
+            return f1_score(self.val_labels[known], predicted[known], average="micro")
+        return accuracy_score(self.val_labels, logits.argmax(1).numpy())
 
 
 class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
@@ -392,32 +459,6 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         )
         self.class_weight = class_weight
 
-    _n_outputs: int
-    _n_targets: int
-    _node_weights: Tensor | None = None  # per-node loss weights during a fit (None: all 1)
-
-    def _loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:
-        # the targets stay on the host; the batch's node ids may be on the training device
-        targets = self._targets[nodes.cpu()].to(logits.device)
-        mask = targets >= 0
-        count = int(mask.sum())
-        if count == 0:
-            return logits.sum() * 0.0, 0
-        weights = None
-        if self._node_weights is not None:
-            weights = self._node_weights[nodes.cpu()].to(logits.device)
-        if self.multilabel_:
-            terms = F.binary_cross_entropy_with_logits(
-                logits[mask], targets[mask].to(logits.dtype), reduction="none"
-            )
-            if weights is not None:
-                terms = terms * weights.unsqueeze(1).expand_as(mask)[mask]
-            return terms.sum(), count
-        terms = F.cross_entropy(logits[mask], targets[mask], reduction="none")
-        if weights is not None:
-            terms = terms * weights[mask]
-        return terms.sum(), count
-
     def _draw_validation(
         self, labels: np.ndarray, labelled: np.ndarray, multilabel: bool, rs: Any
     ) -> np.ndarray:
@@ -475,13 +516,6 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         weights *= train.sum() / total
         return torch.from_numpy(weights.astype(np.float32))
 
-    def _val_score(self, logits: Tensor, nodes: np.ndarray) -> float:
-        if self.multilabel_:
-            known = self._val_labels >= 0
-            predicted = (logits.numpy() > 0).astype(np.int64)
-            return f1_score(self._val_labels[known], predicted[known], average="micro")
-        return accuracy_score(self._val_labels, logits.argmax(1).numpy())
-
     def _labels_of(self, logits: Tensor) -> np.ndarray:
         if self.multilabel_:
             return (logits.numpy() > 0).astype(np.int64)
@@ -500,6 +534,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         y: Any = None,
         sample_weight: Any = None,
         validation_nodes: Any = None,
+        callbacks: Any = None,
     ) -> VQGNNClassifier:
         """Fit on a graph: ``fit(A, X, y)`` or ``fit(nodes, y)``.
 
@@ -531,6 +566,9 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             They must be labelled; they are left out of the loss and scored after every epoch
             (``history_[i]["val_score"]``, ``best_validation_score_``); with
             ``early_stopping=True`` they replace the random draw of ``validation_fraction``.
+        callbacks : list of skvqgnn.Callback, default=None
+            Hooks into the training loop (after each step and epoch, at the start and end of
+            the fit): to record or plot a measure over the epochs, or to stop a fit early.
 
         Returns
         -------
@@ -594,16 +632,17 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         self.multilabel_ = multilabel
         self.n_features_in_ = graph.n_features
         encoded = labels.copy()  # codes into classes_ (multi-label: the indicator)
-        self._val_labels = encoded[val_nodes]
+        val_labels = encoded[val_nodes]
         encoded[val_nodes] = -1
-        self._targets = torch.from_numpy(encoded)
-        self._loss_mask = (encoded >= 0).reshape(graph.n_nodes, -1).any(1)
-        self._node_weights = self._weights(encoded, nodes, sample_weight)
-        self._n_outputs = len(classes)
-        self._n_targets = int((encoded >= 0).sum())
+        task = NodeClassification(
+            encoded,
+            val_labels,
+            len(classes),
+            multilabel,
+            self._weights(encoded, nodes, sample_weight),
+        )
         with torch.random.fork_rng(devices=[]):
-            self._fit_graph(nodes, val_nodes, seed)
-        del self._targets, self._val_labels, self._loss_mask, self._node_weights
+            self._fit_graph(nodes, val_nodes, seed, task, callbacks)
         self.transduction_ = self._labels_of(self._decision(graph.nodes()))
         return self
 

@@ -71,6 +71,7 @@ from .graph import (
 from .layers import Backbone
 from .metrics import roc_auc
 from .sketch import gather_rows
+from .training import Task
 
 __all__ = ["VQGNNLinkPredictor", "LinkHead"]
 
@@ -203,6 +204,125 @@ class _NegativeSampler:
         keep = np.ones(len(anchors), dtype=bool)
         keep[todo] = False
         return np.flatnonzero(keep), w[keep]
+
+
+class LinkPrediction(Task):
+    """The link predictor's task: binary cross-entropy of the decoder's scores of the
+    positive pairs, the given negatives and ``n_negatives`` sampled negatives per positive
+    incidence, among the nodes of a step; ROC-AUC of the held-out pairs for validation.
+
+    A pair enters a step's loss when both its nodes are in the step; the anchor's embedding
+    carries the gradient, the partner's enters detached. `extend_batch` brings partners and
+    negative nodes from outside the batch into the step.
+
+    Parameters
+    ----------
+    pairs, targets : ndarray of shape (m, 2) and (m,)
+        Training pairs and their 0/1 targets.
+    n_nodes : int
+    negatives : _NegativeSampler
+        Draws the sampled negatives (excluding the known pairs, or not).
+    rng : numpy.random.Generator
+        For the partners and negatives drawn each step.
+    n_outputs : int
+        The embedding width.
+    n_negatives : int
+    partner_nodes, negative_nodes : int or "batch_size"
+        How many outside partners and uniform negative nodes a step adds.
+    val_pairs : (ndarray (v, 2), ndarray (v,)) or None
+        Held-out pairs and their targets.
+    """
+
+    def __init__(
+        self,
+        pairs: np.ndarray,
+        targets: np.ndarray,
+        n_nodes: int,
+        negatives: _NegativeSampler,
+        rng: np.random.Generator,
+        n_outputs: int,
+        n_negatives: int,
+        partner_nodes: int | str,
+        negative_nodes: int | str,
+        val_pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
+        self.incidences = _Incidences(pairs, targets, n_nodes)
+        self.negatives, self.rng = negatives, rng
+        self.n_negatives = n_negatives
+        self.partner_nodes, self.negative_nodes = partner_nodes, negative_nodes
+        self.val_pairs = val_pairs
+        self.pool: np.ndarray | None = None  # the negative nodes of the current step
+        self.position = np.full(n_nodes, -1, dtype=np.int64)  # -1 outside the current step
+        anchors = np.bincount(np.concatenate([pairs[:, 0], pairs[:, 1]]), minlength=n_nodes)
+        self.loss_mask = anchors > 0
+        self.n_outputs = n_outputs
+        self.n_targets = self.incidences.total + n_negatives * self.incidences.n_positive
+
+    def extend_batch(self, nodes: np.ndarray) -> np.ndarray:
+        """Add ``partner_nodes`` positive partners from outside the batch, then
+        ``negative_nodes`` uniformly drawn nodes as negative partners, to the batch."""
+        extra = [nodes]
+        size = len(nodes) if self.partner_nodes == "batch_size" else int(self.partner_nodes)
+        if size:
+            _, partners, targets = self.incidences.of(nodes)
+            position = self.position  # -1 outside the batch; reset below (O(batch) a step)
+            position[nodes] = 0
+            try:
+                partners = partners[(targets == 1) & (position[partners] < 0)]
+            finally:
+                position[nodes] = -1
+            if len(partners):
+                # by incidence: a partner of several batch nodes brings several pairs
+                drawn = partners[self.rng.integers(len(partners), size=size)]
+                extra.append(np.unique(drawn))
+        size = len(nodes) if self.negative_nodes == "batch_size" else int(self.negative_nodes)
+        self.pool = None
+        if size:
+            self.pool = self.rng.integers(len(self.position), size=size)
+            extra.append(self.pool)
+        if len(extra) == 1:
+            return nodes
+        added = np.unique(np.concatenate(extra[1:]))
+        return np.concatenate([nodes, added[~np.isin(added, nodes)]])
+
+    def loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:  # noqa: D102
+        batch = nodes.cpu().numpy()
+        pool = batch if self.pool is None else self.pool
+        local, partners, targets = self.incidences.of(batch)
+        position = self.position
+        position[batch] = np.arange(len(batch))
+        try:
+            where = position[partners]
+            inside = where >= 0
+            local, where, targets = local[inside], where[inside], targets[inside]
+            positive = np.flatnonzero(targets == 1)
+            pieces = [(local, where, targets)]
+            for _ in range(self.n_negatives):
+                which, w = self.negatives.sample(batch[local[positive]], self.rng, pool)
+                anchors = local[positive[which]]
+                pieces.append((anchors, position[w], np.zeros(len(w), np.float32)))
+        finally:
+            position[batch] = -1
+        local, where, targets = (np.concatenate(part) for part in zip(*pieces, strict=True))
+        count = len(local)
+        if count == 0:
+            return logits.sum() * 0.0, 0
+        device = logits.device
+        z_anchor = logits[torch.from_numpy(local).to(device)]
+        z_partner = logits.detach()[torch.from_numpy(where).to(device)]
+        scores = self.head(z_anchor, z_partner)
+        t = torch.from_numpy(np.asarray(targets, dtype=np.float32)).to(device)
+        return F.binary_cross_entropy_with_logits(scores, t, reduction="sum"), count
+
+    def val_score(self, logits: Tensor, nodes: np.ndarray) -> float:  # noqa: D102
+        pairs, targets = self.val_pairs
+        head = self.head
+        with torch.no_grad():
+            z_u = logits[torch.from_numpy(np.searchsorted(nodes, pairs[:, 0]))]
+            z_v = logits[torch.from_numpy(np.searchsorted(nodes, pairs[:, 1]))]
+            device = next((p.device for p in head.parameters()), z_u.device)
+            scores = head(z_u.to(device), z_v.to(device)).cpu().numpy()
+        return roc_auc(targets, scores)
 
 
 class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
@@ -431,33 +551,6 @@ device, sparse_backend, random_state, verbose
             if isinstance(module, nn.Dropout):
                 module.p = self.dropout
 
-    def _extend_batch(self, nodes: np.ndarray) -> np.ndarray:
-        """Add ``partner_nodes`` positive partners from outside the batch, then
-        ``negative_nodes`` uniformly drawn nodes as negative partners, to the batch."""
-        extra = [nodes]
-        size = len(nodes) if self.partner_nodes == "batch_size" else int(self.partner_nodes)
-        if size:
-            _, partners, targets = self._incidences.of(nodes)
-            position = self._position  # -1 outside the batch; reset below (O(batch) a step)
-            position[nodes] = 0
-            try:
-                partners = partners[(targets == 1) & (position[partners] < 0)]
-            finally:
-                position[nodes] = -1
-            if len(partners):
-                # by incidence: a partner of several batch nodes brings several pairs
-                drawn = partners[self._rng.integers(len(partners), size=size)]
-                extra.append(np.unique(drawn))
-        size = len(nodes) if self.negative_nodes == "batch_size" else int(self.negative_nodes)
-        self._pool = None
-        if size:
-            self._pool = self._rng.integers(len(self._position), size=size)
-            extra.append(self._pool)
-        if len(extra) == 1:
-            return nodes
-        added = np.unique(np.concatenate(extra[1:]))
-        return np.concatenate([nodes, added[~np.isin(added, nodes)]])
-
     def _crossing_fraction(self, graph: Graph, positives: np.ndarray, seed: int) -> float:
         """Share of the positive pairs whose endpoints fall in different batches of an epoch
         (0 in full-graph mode)."""
@@ -470,48 +563,11 @@ device, sparse_backend, random_state, verbose
             which[batch] = i
         return float(np.mean(which[positives[:, 0]] != which[positives[:, 1]]))
 
-    def _loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:
-        batch = nodes.cpu().numpy()
-        pool = batch if self._pool is None else self._pool
-        local, partners, targets = self._incidences.of(batch)
-        position = self._position
-        position[batch] = np.arange(len(batch))
-        try:
-            where = position[partners]
-            inside = where >= 0
-            local, where, targets = local[inside], where[inside], targets[inside]
-            positive = np.flatnonzero(targets == 1)
-            pieces = [(local, where, targets)]
-            for _ in range(self.n_negatives):
-                which, w = self._negatives.sample(batch[local[positive]], self._rng, pool)
-                anchors = local[positive[which]]
-                pieces.append((anchors, position[w], np.zeros(len(w), np.float32)))
-        finally:
-            position[batch] = -1
-        local, where, targets = (np.concatenate(part) for part in zip(*pieces, strict=True))
-        count = len(local)
-        if count == 0:
-            return logits.sum() * 0.0, 0
-        device = logits.device
-        z_anchor = logits[torch.from_numpy(local).to(device)]
-        z_partner = logits.detach()[torch.from_numpy(where).to(device)]
-        scores = self._head(z_anchor, z_partner)
-        t = torch.from_numpy(np.asarray(targets, dtype=np.float32)).to(device)
-        return F.binary_cross_entropy_with_logits(scores, t, reduction="sum"), count
-
-    def _val_score(self, logits: Tensor, nodes: np.ndarray) -> float:
-        pairs, targets = self._val_pairs
-        head = self._head
-        with torch.no_grad():
-            z_u = logits[torch.from_numpy(np.searchsorted(nodes, pairs[:, 0]))]
-            z_v = logits[torch.from_numpy(np.searchsorted(nodes, pairs[:, 1]))]
-            device = next((p.device for p in head.parameters()), z_u.device)
-            scores = head(z_u.to(device), z_v.to(device)).cpu().numpy()
-        return roc_auc(targets, scores)
-
     # -- fit -------------------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, A: Any, X: Any = None, t: Any = None) -> VQGNNLinkPredictor:
+    def fit(
+        self, A: Any, X: Any = None, t: Any = None, callbacks: Any = None
+    ) -> VQGNNLinkPredictor:
         """Fit on the edges of a graph, ``fit(A, X)``, or on labelled pairs, ``fit(pairs, t)``.
 
         Parameters
@@ -525,6 +581,9 @@ device, sparse_backend, random_state, verbose
         t : array-like of shape (n_pairs,)
             0/1 targets of the pairs of a ``PairSet``; the 0-pairs are used as given negatives
             (in addition to ``n_negatives`` sampled ones per positive incidence).
+        callbacks : list of skvqgnn.Callback, default=None
+            Hooks into the training loop (after each step and epoch, at the start and end of
+            the fit): to record or plot a measure over the epochs, or to stop a fit early.
 
         Returns
         -------
@@ -605,43 +664,34 @@ device, sparse_backend, random_state, verbose
 
         known = np.concatenate([pair_keys(positives, n), pair_keys(val_pairs, n)])
         sampler_rng = np.random.default_rng(seed + 1)
-        self._negatives = _NegativeSampler(
-            n, known if self.negative_sampling == "exclude" else None
-        )
+        negatives = _NegativeSampler(n, known if self.negative_sampling == "exclude" else None)
         val_nodes = np.zeros(0, dtype=np.int64)
+        val = None
         if len(val_pairs):
-            which, w = self._negatives.sample(val_pairs[:, 0], sampler_rng)
+            which, w = negatives.sample(val_pairs[:, 0], sampler_rng)
             negs = np.stack([val_pairs[which, 0], w], 1)
             val_all = np.concatenate([val_pairs, negs])
             val_t = np.concatenate([np.ones(len(val_pairs)), np.zeros(len(negs))]).astype(int)
-            self._val_pairs = (val_all, val_t)
+            val = (val_all, val_t)
             val_nodes = np.unique(val_all)
 
-        self._incidences = _Incidences(pairs, targets, n)
-        self._rng = sampler_rng
-        self._pool = None
-        self._position = np.full(n, -1, dtype=np.int64)
-        anchors = np.bincount(np.concatenate([pairs[:, 0], pairs[:, 1]]), minlength=n)
-        self._loss_mask = anchors > 0
-        self._n_outputs = self.embedding_dim
-        self._n_targets = self._incidences.total + self.n_negatives * self._incidences.n_positive
+        task = LinkPrediction(
+            pairs,
+            targets,
+            n,
+            negatives,
+            sampler_rng,
+            self.embedding_dim,
+            self.n_negatives,
+            self.partner_nodes,
+            self.negative_nodes,
+            val,
+        )
         self.classes_ = np.array([0, 1])
         self.n_features_in_ = graph.n_features
         self.crossing_fraction_ = self._crossing_fraction(mp_graph, pairs[targets == 1], seed)
-        try:
-            with torch.random.fork_rng(devices=[]):
-                self._fit_graph(mp_graph.nodes(), val_nodes, seed)
-        finally:
-            for name in (
-                "_incidences",
-                "_negatives",
-                "_rng",
-                "_pool",
-                "_position",
-                "_loss_mask",
-                "_val_pairs",
-            ):
-                self.__dict__.pop(name, None)
+        with torch.random.fork_rng(devices=[]):
+            self._fit_graph(mp_graph.nodes(), val_nodes, seed, task, callbacks)
         return self
 
     # -- inference -------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from ._version import (
     check_version,
     package_version,
 )
+from .convolutions import KINDS, Convolution
 from .layers import VQGNN, Backbone
 from .vq import AssignmentTable
 
@@ -101,14 +102,14 @@ def _encode(value: Any, name: str, estimator: Any) -> Any:
             "grad_usage": _encode_array(value.grad_usage, name),
         }
     if isinstance(value, VQGNN):
-        n_outputs = getattr(estimator, "_n_outputs", None)  # set by fit (see BaseVQGNN)
+        n_outputs = getattr(value, "built_with", {}).get("n_outputs")  # see _build_model
         if n_outputs is None:
             raise TypeError(f"cannot store attribute {name!r}: the output width is not recorded")
         return {
             _TAG: "vqgnn",
             "n_features": int(estimator.n_features_in_),
             "n_outputs": int(n_outputs),
-            "kinds": list(value.kinds),
+            "kinds": [kind.name for kind in value.kinds],
             "state": _state(value),
         }
     if isinstance(value, torch.nn.Module):
@@ -190,9 +191,9 @@ def _decode(value: Any, estimator: Any) -> Any:
         return table
     if tag == "vqgnn":
         with torch.random.fork_rng(devices=[]):  # rebuilding draws initial weights
-            model = estimator._build_model(value["n_features"], value["n_outputs"], value["kinds"])
+            kinds = [_convolution_kind(name) for name in value["kinds"]]
+            model = estimator._build_model(value["n_features"], value["n_outputs"], kinds)
         model.load_state_dict(value["state"])
-        estimator._n_outputs = value["n_outputs"]  # as fit leaves it, so that it saves again
         return model.eval()
     if tag == "head":
         with torch.random.fork_rng(devices=[]):
@@ -206,6 +207,13 @@ def _decode(value: Any, estimator: Any) -> Any:
     if tag == "torch_device":
         return torch.device(value["device"])
     raise ValueError(f"unknown entry {tag!r} in a skvqgnn weights file")
+
+
+def _convolution_kind(name: str) -> type[Convolution]:
+    """The built-in convolution kind stored under ``name``."""
+    if name not in KINDS:
+        raise ValueError(f"unknown convolution kind {name!r} in a skvqgnn weights file")
+    return KINDS[name]
 
 
 def _decode_array(entry: dict[str, Any]) -> np.ndarray:

@@ -35,6 +35,9 @@ __all__ = [
     "SketchBags",
     "sketch_product",
     "spmm",
+    "is_sparse",
+    "dense",
+    "sparse_dropout",
 ]
 
 
@@ -250,3 +253,34 @@ def spmm(M: Tensor, x: Tensor, backend: str = "torch") -> Tensor:
         st = SparseTensor(row=idx[0], col=idx[1], value=M.values(), sparse_sizes=M.shape)
         return matmul(st, x)
     return torch.sparse.mm(M, x)
+
+
+def is_sparse(x: Tensor) -> bool:
+    """Whether ``x`` is a sparse tensor of any layout (COO or CSR)."""
+    return x.layout != torch.strided
+
+
+def dense(x: Tensor) -> Tensor:
+    """``x`` as a dense tensor."""
+    return x.to_dense() if is_sparse(x) else x
+
+
+def sparse_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout on the stored values of a sparse (COO or CSR) tensor, or plain dropout on a
+    dense one."""
+    if not is_sparse(x):
+        return F.dropout(x, p, training)
+    if not training or p == 0:
+        return x
+    if x.layout == torch.sparse_csr:
+        values = F.dropout(x.values(), p, True)
+        return torch.sparse_csr_tensor(
+            x.crow_indices(), x.col_indices(), values, x.shape, check_invariants=False
+        )
+    return torch.sparse_coo_tensor(
+        x.indices(),
+        F.dropout(x.values(), p, True),
+        x.shape,
+        is_coalesced=True,
+        check_invariants=False,
+    )

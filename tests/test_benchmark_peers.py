@@ -88,20 +88,22 @@ def test_clocked_fit_is_the_plain_fit(tiny):
         "device": "cpu",
     }
     plain = VQGNNClassifier(**params).fit(A, X, labels)
-    probed = peers._probed_classifier(**params)
+    clocked = VQGNNClassifier(**params)
     test = np.flatnonzero(split.test_mask)
-    clock = peers.TrainingClock(
-        lambda: (0.0, float(np.mean(peers._live_predict(probed, test) == y[test])))
+    clock = peers.TrainingClock()
+    callback = peers.clock_callback(
+        clock, test, lambda classes: (0.0, float(np.mean(classes == y[test])))
     )
-    peers.fit_with_clock(probed, clock, A, X, labels)
-    np.testing.assert_array_equal(probed.transduction_, plain.transduction_)
+    clock.start()
+    clocked.fit(A, X, labels, callbacks=[callback])
+    np.testing.assert_array_equal(clocked.transduction_, plain.transduction_)
     for (name, p), q in zip(
-        plain.model_.state_dict().items(), probed.model_.state_dict().values(), strict=True
+        plain.model_.state_dict().items(), clocked.model_.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
-    assert len(clock.curve) == probed.n_iter_ == 4
+    assert len(clock.curve) == clocked.n_iter_ == 4
     # the evaluation after the last epoch is the inference of transduction_
-    assert clock.curve[-1][2] == np.mean(probed.transduction_[test] == y[test])
+    assert clock.curve[-1][2] == np.mean(clocked.transduction_[test] == y[test])
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,8 +118,12 @@ def test_every_method_runs_and_measures(tiny, method, backbone, monkeypatch):
     # the tiny graph has fewer nodes than 1024 codewords: the parameters reach the estimator
     monkeypatch.setitem(peers.METHOD_PARAMS, "vq-k1024", {"n_codewords": 48})
     seen = []
-    probed = peers._probed_classifier
-    monkeypatch.setattr(peers, "_probed_classifier", lambda **p: seen.append(p) or probed(**p))
+    fit = VQGNNClassifier.fit
+    monkeypatch.setattr(
+        VQGNNClassifier,
+        "fit",
+        lambda self, *a, **k: seen.append(self.get_params()) or fit(self, *a, **k),
+    )
     record = peers.run_method(method, backbone, tiny, seed=0, max_epochs=2)
     vq = n // 8
     expected_batch = {
@@ -128,7 +134,7 @@ def test_every_method_runs_and_measures(tiny, method, backbone, monkeypatch):
     }
     assert record["batch_size"] == expected_batch.get(method)
     if method in peers.VQ_METHODS + ("full",):
-        assert seen[0].get("n_codewords") == (48 if method == "vq-k1024" else None)
+        assert seen[0]["n_codewords"] == (48 if method == "vq-k1024" else 256)
     assert record["epochs"] == record["max_epochs"] == 2
     assert record["recipe"]["hidden_layer_sizes"] == [64]
     accuracies = [record["test_acc"], record["val_acc"], *record["curve_test_acc"]]

@@ -67,33 +67,24 @@ def test_torch_allocation_peak_counts_a_freed_tensor():
     assert 4.0 <= scale.torch_allocation_peak(profiler) < 4.5
 
 
-class _Sampler:
-    n_nodes, batch_size = 9, 3
-
-    def epoch(self, rng):
-        return iter([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
-
-    def inference_batches(self):
-        return iter([[0, 1, 2, 3, 4, 5, 6, 7, 8]])
-
-
 def test_step_probe_measures_the_steps_after_warm_up_and_times_clean_epochs_only():
     probe = scale.StepProbe(scale.MemoryProbe(), warmup=2, measured=3, profile=True)
-    sampler = probe.wrap(_Sampler())
-    assert (sampler.n_nodes, sampler.batch_size) == (9, 3)
+    hooks = probe.callback()
     peaks = []
     for _ in range(3):  # 9 steps: 2 warm-up, 3 measured (the 2nd allocates), 1 profiled, 3 free
-        for i, _nodes in enumerate(sampler.epoch(None)):
+        hooks.on_epoch_start(None)
+        for i in range(3):
+            hooks.on_step_start(None, np.arange(3))
             if len(probe.steps) == 1 and i == 0:
                 block = _touch(64)
                 del block
+            hooks.on_step_end(None, np.arange(3), 3)
             peaks.append(len(probe.steps))
-    assert peaks == [0, 0, 0, 1, 2, 3, 3, 3, 3]
+    assert peaks == [0, 0, 1, 2, 3, 3, 3, 3, 3]
     assert len(probe.steps) == 3 and probe.steps[1]["peak_mib"] >= 60
     assert probe.torch_peak_mib is not None
     assert [e["timed"] for e in probe.epochs] == [False, False, True]
     assert [e["steps"] for e in probe.epochs] == [3, 3, 3]
-    assert list(sampler.inference_batches()) == [list(range(9))]
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, cross_val_predict, cross_val_score
 from sklearn.utils._param_validation import InvalidParameterError
 
-import skvqgnn._base as base
-from skvqgnn import Graph, NodeSet, VQGNNClassifier
+from skvqgnn import Callback, Graph, NodeSet, VQGNNClassifier, inference, training
+from skvqgnn.convolutions import GraphData
 from skvqgnn.datasets import load_cora
+from skvqgnn.layers import make_backbone
 from skvqgnn.sketch import resolve_backend
 
 FAST = dict(
@@ -57,38 +58,39 @@ def test_cora_public_split_accuracy_floor():
 _GRADIENT_STATE = ("grad_counts", "grad_feature_sums", "grad_sums", "grad_var", "trust_den")
 
 
-def _watch_steps(monkeypatch):
-    """Record, around every real codebook update of a fit, each level's codebook state and
+class _WatchSteps(Callback):
+    """Record, around every training step of a fit, each level's codebook state and
     assignments before and after, and whether the step had a backward pass."""
-    steps = []
-    update = base.BaseVQGNN._update_codebooks
 
-    def watched(self, model, traces, tables, batch_nodes, *args, backward, **kwargs):
-        def state():
-            return [
-                (
-                    {k: v.clone() for k, v in cb.state_dict().items()},
-                    t.codes.copy(),
-                    t.grad_codes.copy(),
-                )
-                for cb, t in zip(model.codebooks, tables, strict=True)
-            ]
+    def __init__(self):
+        self.steps = []
 
-        before = state()
-        update(self, model, traces, tables, batch_nodes, *args, backward=backward, **kwargs)
-        steps.append((backward, batch_nodes.copy(), before, state()))
+    @staticmethod
+    def _state(fit):
+        return [
+            (
+                {k: v.clone() for k, v in cb.state_dict().items()},
+                t.codes.copy(),
+                t.grad_codes.copy(),
+            )
+            for cb, t in zip(fit.model.codebooks, fit.tables, strict=True)
+        ]
 
-    monkeypatch.setattr(base.BaseVQGNN, "_update_codebooks", watched)
-    return steps
+    def on_step_start(self, fit, batch_nodes):
+        self.before = self._state(fit)
+
+    def on_step_end(self, fit, batch_nodes, n_terms):
+        self.steps.append((n_terms > 0, batch_nodes.copy(), self.before, self._state(fit)))
 
 
-def test_liveness_every_step_moves_codewords_counts_gradient_codewords_and_codes(csbm, monkeypatch):
+def test_liveness_every_step_moves_codewords_counts_gradient_codewords_and_codes(csbm):
     """DESIGN §3.1/§8, per step and at every level: feature codewords, counts, gradient
     codewords and both assignments of the batch nodes change in every training step."""
     A, X, y, split = csbm
-    steps = _watch_steps(monkeypatch)
+    watch = _WatchSteps()
     params = {**FAST, "max_epochs": 2, "hidden_layer_sizes": (16, 16), "sampler": "random"}
-    clf = VQGNNClassifier(random_state=0, **params).fit(A, X, _labels(y, split))
+    clf = VQGNNClassifier(random_state=0, **params).fit(A, X, _labels(y, split), callbacks=[watch])
+    steps = watch.steps
     assert len(steps) == 2 * 6 and all(backward for backward, *_ in steps)
     for _, nodes, before, after in steps:
         for (s0, codes0, grad0), (s1, codes1, grad1) in zip(before, after, strict=True):
@@ -103,16 +105,17 @@ def test_liveness_every_step_moves_codewords_counts_gradient_codewords_and_codes
         assert all(0 < t <= 1 for level in record["grad_trust"] for t in level)
 
 
-def test_batches_without_a_loss_never_enter_a_gradient_codeword(csbm, monkeypatch):
+def test_batches_without_a_loss_never_enter_a_gradient_codeword(csbm):
     """A step without a labelled node has no backward pass: its gradients are unknown, not
     zero, so no level's gradient codebook (codewords, counts, moments, trust) changes; its
     feature codebooks still do."""
     A, X, y, split = csbm
     labels = np.full(len(y), -1)
     labels[:12] = y[:12]  # 12 labelled nodes: most batches of 20 have none
-    steps = _watch_steps(monkeypatch)
+    watch = _WatchSteps()
     params = {**FAST, "max_epochs": 1, "hidden_layer_sizes": (16, 16), "batch_size": 20}
-    VQGNNClassifier(random_state=0, sampler="random", **params).fit(A, X, labels)
+    VQGNNClassifier(random_state=0, sampler="random", **params).fit(A, X, labels, callbacks=[watch])
+    steps = watch.steps
     with_loss = [backward for backward, *_ in steps]
     assert 0 < sum(with_loss) < len(steps)
     for backward, _, before, after in steps:
@@ -130,15 +133,15 @@ def test_gradient_moments_of_a_fit_start_from_its_first_batch(csbm, monkeypatch)
     (within a factor 2), not the variance 1 it is built with."""
     A, X, y, split = csbm
     seen = []
-    update = base.BaseVQGNN._update_gradient_codebook
+    update = training._update_gradient_codebook
 
     def watched(cb, trace, table, x, batch_nodes, rows, gen):
-        g, _ = base._gradient_channels(trace)
+        g, _ = training.gradient_channels(trace)
         seen.append((cb, cb.split(g[:, torch.from_numpy(rows)]).var(1)))
         update(cb, trace, table, x, batch_nodes, rows, gen)
         seen[-1] = (*seen[-1], cb.grad_var.clone())
 
-    monkeypatch.setattr(base.BaseVQGNN, "_update_gradient_codebook", staticmethod(watched))
+    monkeypatch.setattr(training, "_update_gradient_codebook", watched)
     params = {**FAST, "max_epochs": 1, "hidden_layer_sizes": (16, 16)}
     VQGNNClassifier(random_state=0, **params).fit(A, X, _labels(y, split))
     for _cb, batch_var, after in seen[:2]:  # the first step's update of each level
@@ -349,7 +352,8 @@ def test_sparse_and_dense_features_give_the_same_network_output(csbm, backbone):
     X = np.where(np.abs(X) > 4.0, X, 0.0)  # mostly zeros
     clf = VQGNNClassifier(backbone, random_state=0, inference="exact", **{**FAST, "max_epochs": 2})
     if backbone == "gcn":  # the sparse path of precomputed inputs
-        assert sp.issparse(clf._graph_data(Graph(A, sp.csr_array(X))).inputs[0])
+        data = GraphData(Graph(A, sp.csr_array(X)), make_backbone("gcn"))
+        assert sp.issparse(data.convolutions[0].inputs)
     clf.fit(A, sp.csr_array(X), _labels(y, split))
     np.testing.assert_allclose(
         clf.predict_proba(A, sp.csr_array(X)), clf.predict_proba(A, X), atol=1e-5
@@ -384,7 +388,7 @@ def test_the_training_graph_in_any_storage_is_the_training_graph(csbm, monkeypat
     def refuse(*args, **kwargs):
         raise AssertionError("the training graph was taken for a new graph")
 
-    monkeypatch.setattr(clf, "_assign_new_graph", refuse)
+    monkeypatch.setattr(inference, "assign_new_graph", refuse)
     wide = sp.csr_array(A)
     wide.indptr, wide.indices = wide.indptr.astype(np.int64), wide.indices.astype(np.int64)
     coo = sp.coo_array(A)
@@ -447,7 +451,7 @@ def test_grid_search_over_a_learnable_backbone(csbm):
 
 
 def test_a_user_backbone_instance_fits_clones_and_pickles(csbm):
-    from .test_layers import CosineBackbone
+    from .test_convolutions import CosineBackbone
 
     A, X, y, split = csbm
     clf = VQGNNClassifier(CosineBackbone(), random_state=0, **{**FAST, "max_epochs": 100})

@@ -6,8 +6,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from skvqgnn import Graph, VQGNNClassifier
+from skvqgnn import Graph, VQGNNClassifier, inference
+from skvqgnn.convolutions import GraphData, make_batch
 from skvqgnn.datasets import make_csbm
+from skvqgnn.inference import assign_new_graph
+from skvqgnn.layers import make_backbone
+from skvqgnn.samplers import ClusterSampler, RandomNodeSampler
 
 FAST = dict(
     max_epochs=30, batch_size=100, n_codewords=16, hidden_layer_sizes=(16,), learning_rate=0.01
@@ -127,10 +131,9 @@ def test_new_nodes_get_the_nearest_standardised_feature_codeword(extended):
     words = cb.codewords.double().numpy() * scale[:, None]  # (P, k, D)
     dist = (((H * scale)[:, :, None, :] - words[None]) ** 2).sum(-1)  # (n, P, k)
 
-    graph = Graph(A, X)
-    sampler = clf._sampler_for(graph, clf._fit_seed_)
-    data = clf._graph_data(graph)
-    tables, _ = clf._assign_new_graph(clf.model_, data, sampler, torch.device("cpu"))
+    data = GraphData(Graph(A, X), make_backbone(clf.backbone))
+    sampler = RandomNodeSampler(A.shape[0], clf.batch_size)
+    tables, _ = assign_new_graph(clf.model_, data, sampler, torch.device("cpu"))
     codes = tables[0].codes.astype(np.int64)  # (n, P)
     chosen = np.take_along_axis(dist, codes[:, :, None], 2)[..., 0]
     best = dist.min(-1)
@@ -154,22 +157,18 @@ def test_vq_inference_on_a_new_graph_assigns_in_mini_batches_without_an_exact_pa
     def no_exact_pass(*args, **kwargs):
         raise AssertionError("VQ inference on a new graph ran the exact layer-wise pass")
 
-    monkeypatch.setattr(VQGNNClassifier, "_exact_layers", no_exact_pass)
+    monkeypatch.setattr(inference, "exact_layers", no_exact_pass)
     pred = clf.predict(A2, X2)
     assert (pred == y2).mean() > 0.8
     graph = Graph(A2, X2)
-    data = clf._graph_data(graph)
-    sampler = clf._sampler_for(graph, clf._fit_seed_)
-    tables, input_table = clf._assign_new_graph(clf.model_, data, sampler, torch.device("cpu"))
+    data = GraphData(graph, make_backbone(clf.backbone))
+    sampler = ClusterSampler(graph.A, clf.batch_size, clf.parts_per_batch)
+    tables, input_table = assign_new_graph(clf.model_, data, sampler, torch.device("cpu"))
     assert input_table is None  # gcn: no learnable convolution, no input codebook
     model = clf.model_.eval()
-    from skvqgnn._base import make_batch
-
     for level, cb in enumerate(model.codebooks):
         for nodes in sampler.inference_batches():
-            batch = make_batch(
-                data, nodes, tables[:level], cb.n_codewords, torch.device("cpu"), False
-            )
+            batch = make_batch(data, nodes, tables[:level], torch.device("cpu"))
             with torch.no_grad():
                 x = cb.split(model(batch, upto=level)[0])
             inv = cb.feature_var.rsqrt()

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-import skvqgnn._base as base
-from skvqgnn import VQGNNClassifier, VQGNNLinkPredictor
+from skvqgnn import Callback, VQGNNClassifier, VQGNNLinkPredictor
 
 # one optimiser step per batch, so that a few epochs train the model
 FAST = dict(
@@ -17,57 +16,55 @@ FAST = dict(
 )
 
 
-def _interrupt_at_step(monkeypatch, step):
-    """Raise KeyboardInterrupt (what Ctrl-C raises) at the end of training step ``step``, in
-    its codebook update (which runs once per training step, never at inference)."""
-    calls = {"n": 0}
-    update = base.BaseVQGNN._update_codebooks
+class _InterruptAt(Callback):
+    """Raise KeyboardInterrupt (what Ctrl-C raises) at the end of training step ``step``."""
 
-    def interrupting(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == step:
+    def __init__(self, step):
+        self.step, self.n = step, 0
+
+    def on_step_end(self, fit, batch_nodes, n_terms):
+        self.n += 1
+        if self.n == self.step:
             raise KeyboardInterrupt
-        return update(self, *args, **kwargs)
-
-    monkeypatch.setattr(base.BaseVQGNN, "_update_codebooks", interrupting)
 
 
-def test_interrupted_fit_keeps_the_model_and_says_so(csbm, monkeypatch):
+def test_interrupted_fit_keeps_the_model_and_says_so(csbm):
     A, X, y, split = csbm
     labels = np.where(split.train_mask, y, -1)
     steps_per_epoch = 6  # 600 nodes, batches of 100
-    _interrupt_at_step(monkeypatch, 3 * steps_per_epoch + 2)  # inside the 4th epoch
+    stop = _InterruptAt(3 * steps_per_epoch + 2)  # inside the 4th epoch
     clf = VQGNNClassifier(max_epochs=50, **FAST)
-    with pytest.warns(RuntimeWarning, match="interrupted after 3 epochs; keeping the model as it"):
-        clf.fit(A, X, labels)
+    said = "interrupted after 3 epochs; keeping the model as it"
+    with pytest.warns(RuntimeWarning, match=said) as seen:
+        clf.fit(A, X, labels, callbacks=[stop])
+    assert seen[0].filename == __file__  # the warning points at the call of fit
     assert clf.n_iter_ == 3 and len(clf.history_) == 3
     pred = clf.predict(A, X)
     assert pred.shape == y.shape and clf.transduction_.shape == y.shape
     assert (pred[split.test_mask] == y[split.test_mask]).mean() > 0.5  # trained, not random
-    monkeypatch.undo()
     # it predicts like a model trained for 3 epochs (it has 2 more steps)
     ref = VQGNNClassifier(max_epochs=3, **FAST).fit(A, X, labels)
     assert (ref.predict(A, X) == pred).mean() > 0.8
 
 
-def test_interrupted_fit_with_early_stopping_keeps_the_best_epoch(csbm, monkeypatch):
+def test_interrupted_fit_with_early_stopping_keeps_the_best_epoch(csbm):
     A, X, y, split = csbm
     labels = np.where(split.train_mask | split.val_mask, y, -1)
-    _interrupt_at_step(monkeypatch, 6 * 8 + 1)  # first step of the 9th epoch
+    stop = _InterruptAt(6 * 8 + 1)  # first step of the 9th epoch
     clf = VQGNNClassifier(max_epochs=50, early_stopping=True, n_iter_no_change=50, **FAST)
     with pytest.warns(RuntimeWarning, match="of the best validation epoch"):
-        clf.fit(A, X, labels)
+        clf.fit(A, X, labels, callbacks=[stop])
     scores = [h["val_score"] for h in clf.history_]
     assert len(scores) == 8 and clf.n_iter_ == 8
     assert clf.predict(A, X).shape == y.shape
 
 
-def test_interrupted_link_fit_keeps_the_model(csbm, monkeypatch):
+def test_interrupted_link_fit_keeps_the_model(csbm):
     A, X, _, _ = csbm
-    _interrupt_at_step(monkeypatch, 8)
+    stop = _InterruptAt(8)
     lp = VQGNNLinkPredictor(max_epochs=50, **FAST)
     with pytest.warns(RuntimeWarning, match="interrupted after 1 epochs"):
-        lp.fit(A, X)
+        lp.fit(A, X, callbacks=[stop])
     assert lp.n_iter_ == 1
     scores = lp.decision_function(A, X, np.array([[0, 1], [2, 3]]))
     assert np.isfinite(scores).all()

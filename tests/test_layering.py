@@ -12,8 +12,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "skvqgnn"
 #: Lowest first. A module may import the modules of the layers below its own.
 LAYERS = [
     {"_version", "graph", "vq", "sketch", "samplers", "metrics", "datasets"},  # foundation
-    {"layers"},  # the network: VQ-GNN layers and backbones
-    {"_base"},  # training and inference shared by the estimators
+    {"attention"},  # softmax attention, the learnable convolutions' arithmetic
+    {"convolutions"},  # the convolution kinds (Eq. 6, Eq. 7) and the batches they make
+    {"layers"},  # the network: backbones and the VQ-GNN stack
+    {"inference"},  # whole-graph passes: codebook initialisation, exact and VQ inference
+    {"training"},  # the training loop, its task and callbacks, the codebook updates
+    {"_base"},  # the estimators' shared parameters, fit and predict
     {"classifier", "link"},  # the estimators
     {"model_selection", "preprocessing", "persistence"},  # tools around the estimators
     {"__init__"},  # the package's public names

@@ -1,7 +1,6 @@
 """VQGNNLinkPredictor: the API of the issue, no leakage, negatives, exactness, persistence."""
 
 import collections
-from unittest import mock
 
 import joblib
 import numpy as np
@@ -12,10 +11,12 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from torch.nn import functional as F
 
-from skvqgnn import Graph, PairSet, VQGNNLinkPredictor
-from skvqgnn._base import GraphData
+from skvqgnn import Callback, Graph, PairSet, VQGNNLinkPredictor
+from skvqgnn.convolutions import GraphData
 from skvqgnn.datasets import load_cora
-from skvqgnn.link import LinkHead, _Incidences, _NegativeSampler
+from skvqgnn.inference import exact_layers
+from skvqgnn.layers import make_backbone
+from skvqgnn.link import LinkHead, LinkPrediction, _NegativeSampler
 from skvqgnn.metrics import hits_at_50_scorer, roc_auc
 from skvqgnn.model_selection import edge_split
 from skvqgnn.vq import AssignmentTable
@@ -179,6 +180,15 @@ def test_negatives_are_never_known_edges_nor_self_pairs():
     assert len(w) == len(anchors) and np.any(A[anchors, w])
 
 
+def _task(pairs, t, n, n_negatives=1, negative_nodes=0, partner_nodes=0, seed=0):
+    """The link predictor's task over ``pairs`` (no validation pairs), as fit builds it."""
+    negatives = _NegativeSampler(n, None)
+    rng = np.random.default_rng(seed)
+    return LinkPrediction(
+        pairs, t, n, negatives, rng, 4, n_negatives, partner_nodes, negative_nodes
+    )
+
+
 @pytest.mark.parametrize("whole_graph", [True, False])
 def test_batch_loss_reaches_each_endpoint_once(whole_graph):
     """The loss's gradient in the batch embeddings equals that of Σ BCE(⟨z_u, z_v⟩, t) over the
@@ -189,15 +199,12 @@ def test_batch_loss_reaches_each_endpoint_once(whole_graph):
     pairs = rng.integers(n, size=(40, 2))
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     t = rng.integers(0, 2, size=len(pairs))
-    lp = VQGNNLinkPredictor(n_negatives=0)
-    lp._incidences = _Incidences(pairs, t, n)
-    lp._position = np.full(n, -1, dtype=np.int64)
-    lp._pool = None
-    lp._head = LinkHead("dot", d, 0.0)
+    task = _task(pairs, t, n, n_negatives=0)
+    task.head = LinkHead("dot", d, 0.0)
     batch = np.arange(n) if whole_graph else np.sort(rng.choice(n, 12, replace=False))
     z_all = torch.randn(n, d)
     z = z_all[batch].clone().requires_grad_(True)
-    loss, count = lp._loss(z, torch.from_numpy(batch))
+    loss, count = task.loss(z, torch.from_numpy(batch))
     inside = np.isin(pairs, batch).all(1)
     assert count == 2 * inside.sum() and (whole_graph or inside.sum() < len(pairs))
     (grad,) = torch.autograd.grad(loss, z)
@@ -221,29 +228,25 @@ def test_negative_partners_are_drawn_uniformly_from_the_whole_graph():
     t = np.ones(len(pairs), dtype=np.int64)
     batch = np.arange(10)  # one "region" of the graph
     for size in (0, 8):
-        lp = VQGNNLinkPredictor(n_negatives=1, negative_nodes=size, partner_nodes=0)
-        lp._incidences = _Incidences(pairs, t, n)
-        lp._negatives = _NegativeSampler(n, None)
-        lp._rng = np.random.default_rng(1)
-        lp._position = np.full(n, -1, dtype=np.int64)
-        lp._head = LinkHead("dot", d, 0.0)
+        task = _task(pairs, t, n, negative_nodes=size, partner_nodes=0, seed=1)
+        task.head = LinkHead("dot", d, 0.0)
         drawn, partners = [], []
-        sample = lp._negatives.sample
+        sample = task.negatives.sample
 
         def spy(anchors, rng, candidates=None, sample=sample, out=partners):
             which, w = sample(anchors, rng, candidates)
             out.append(w)
             return which, w
 
-        lp._negatives.sample = spy
+        task.negatives.sample = spy
         for _ in range(300):
-            nodes = lp._extend_batch(batch)
+            nodes = task.extend_batch(batch)
             assert np.array_equal(nodes[: len(batch)], batch)
             assert len(np.unique(nodes)) == len(nodes)
             if size:
-                assert len(lp._pool) == size and np.all(np.isin(lp._pool, nodes))
-                drawn.append(lp._pool)
-            lp._loss(torch.randn(len(nodes), d), torch.from_numpy(nodes))
+                assert len(task.pool) == size and np.all(np.isin(task.pool, nodes))
+                drawn.append(task.pool)
+            task.loss(torch.randn(len(nodes), d), torch.from_numpy(nodes))
         partners = np.concatenate(partners)
         assert len(partners) > 0
         if size == 0:
@@ -269,13 +272,10 @@ def test_positive_partners_from_outside_the_batch_join_it():
     pairs = np.concatenate([inner, crossing, negative, far])
     t = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1])
     for size, expected in ((0, set()), (2, None), ("batch_size", {20, 21, 22, 23})):
-        lp = VQGNNLinkPredictor(negative_nodes=0, partner_nodes=size)
-        lp._incidences = _Incidences(pairs, t, n)
-        lp._rng = np.random.default_rng(0)
-        lp._position = np.full(n, -1, dtype=np.int64)
+        task = _task(pairs, t, n, negative_nodes=0, partner_nodes=size)
         seen = collections.Counter()
         for _ in range(400):
-            nodes = lp._extend_batch(batch)
+            nodes = task.extend_batch(batch)
             assert np.array_equal(nodes[: len(batch)], batch)
             assert len(np.unique(nodes)) == len(nodes)
             added = set(nodes[len(batch) :].tolist())
@@ -330,16 +330,13 @@ def test_partner_nodes_train_the_crossing_pairs():
             n_codewords=8,
         )
         seen = []
-        loss = VQGNNLinkPredictor._loss
 
-        def spy(self, logits, nodes, seen=seen, loss=loss):
-            batch = nodes.numpy()
-            _, partners, targets = self._incidences.of(batch)
-            seen.append(int(((targets == 1) & np.isin(partners, batch)).sum()))
-            return loss(self, logits, nodes)
+        class Scored(Callback):
+            def on_step_end(self, fit, batch, n_terms, seen=seen):
+                _, partners, targets = fit.task.incidences.of(batch)
+                seen.append(int(((targets == 1) & np.isin(partners, batch)).sum()))
 
-        with mock.patch.object(VQGNNLinkPredictor, "_loss", spy):
-            lp.fit(A, X)
+        lp.fit(A, X, callbacks=[Scored()])
         covered[partners] = sum(seen) / (2 * sp.triu(A, 1).nnz)
     assert covered[0] < 0.25  # about b / n = 1/8 of the pairs fall inside a random batch
     assert covered["batch_size"] > 0.5
@@ -354,8 +351,8 @@ def test_embeddings_are_exact_at_k_n_with_identity_assignment():
     lp = VQGNNLinkPredictor(n_codewords=n, batch_size=16, max_epochs=2, random_state=0)
     lp.fit(A, X)
     graph = Graph(A, X)
-    data = lp._graph_data(graph)
-    H1 = torch.from_numpy(lp._exact_layers(lp.model_, data, torch.device("cpu"), upto=1))
+    data = GraphData(graph, make_backbone(lp.backbone))
+    H1 = torch.from_numpy(exact_layers(lp.model_, data, torch.device("cpu"), upto=1))
     cb = lp.model_.codebooks[0]
     cb.feature_sums.copy_(cb.split(H1).transpose(0, 1))
     cb.counts.fill_(1.0)

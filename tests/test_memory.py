@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from skvqgnn._base import GraphData, make_batch
+from skvqgnn.convolutions import GraphData, make_batch
 from skvqgnn.datasets import make_csbm
 from skvqgnn.graph import Graph
-from skvqgnn.layers import BACKBONES, VQGNN, Backbone
+from skvqgnn.layers import BACKBONES, VQGNN, Backbone, make_backbone
 from skvqgnn.vq import AssignmentTable
 
 B, K = 100, 16
@@ -34,7 +34,7 @@ def _elements(value) -> int:
 
 
 def _backbone(name: str) -> Backbone:
-    return BACKBONES[name](heads=2) if name in ("gat", "transformer") else BACKBONES[name]()
+    return make_backbone(name, heads=2)
 
 
 def _step_elements(n: int, degree: float, backbone: str) -> tuple[int, int]:
@@ -43,8 +43,7 @@ def _step_elements(n: int, degree: float, backbone: str) -> tuple[int, int]:
     bb = _backbone(backbone)
     data = GraphData(Graph(A, X), bb)
     torch.manual_seed(0)
-    learnable = any(kind in ("attention", "global") for kind in data.kinds)
-    D = None if learnable else 4  # codeword_dim="auto"
+    D = None if any(kind.learnable for kind in data.kinds) else 4  # codeword_dim="auto"
     model = VQGNN(bb, data.kinds, [8, 8, 8, 4], K, D, 0.99, 1.0, 0.0).train()
     rng = np.random.default_rng(0)
     tables = []
@@ -60,7 +59,7 @@ def _step_elements(n: int, degree: float, backbone: str) -> tuple[int, int]:
         input_table = AssignmentTable(n, 1, K)
         input_table.set(np.arange(n), rng.integers(0, K, size=(n, 1)))
     nodes = np.sort(rng.choice(n, B, replace=False))
-    batch = make_batch(data, nodes, tables, K, torch.device("cpu"), True, None, input_table)
+    batch = make_batch(data, nodes, tables, torch.device("cpu"), True, None, input_table)
     saved = []
 
     def pack(t):

@@ -10,6 +10,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from torch.nn import functional as F
 
 from skvqgnn import Graph, VQGNNClassifier
+from skvqgnn.classifier import NodeClassification
 from skvqgnn.persistence import load, save
 
 # one optimiser step per batch, so that a few epochs train the model
@@ -50,12 +51,11 @@ def test_fit_predict_indicator_and_per_label_probabilities(multilabel):
 def test_unknown_entries_get_no_gradient():
     """-1 entries of the indicator are left out of the BCE: the loss over a batch equals the
     BCE summed over the known entries only."""
-    clf = VQGNNClassifier()
-    clf.multilabel_ = True
     targets = torch.tensor([[1, -1, 0], [-1, -1, -1], [0, 1, -1]])
-    clf._targets = targets
+    task = NodeClassification(targets.numpy(), np.zeros((0, 3), np.int64), 3, multilabel=True)
+    assert task.loss_mask.tolist() == [True, False, True] and task.n_targets == 4
     logits = torch.randn(3, 3, requires_grad=True)
-    loss, count = clf._loss(logits, torch.arange(3))
+    loss, count = task.loss(logits, torch.arange(3))
     known = targets >= 0
     assert count == int(known.sum())
     expected = F.binary_cross_entropy_with_logits(

@@ -11,7 +11,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
 from sklearn.metrics import recall_score
 
-from skvqgnn import Graph, VQGNNClassifier
+from skvqgnn import Callback, Graph, VQGNNClassifier
 
 FAST = dict(
     max_epochs=15,
@@ -202,8 +202,9 @@ def test_a_graph_smaller_than_a_batch_fills_its_codebooks(graph):
 
 def test_a_diverging_fit_warns(graph):
     A, X, _, _, labels = graph
-    with pytest.warns(ConvergenceWarning, match="training diverged: the loss rose"):
+    with pytest.warns(ConvergenceWarning, match="training diverged: the loss rose") as seen:
         VQGNNClassifier(**{**FAST, "learning_rate": 1e6}).fit(A, X, labels)
+    assert seen[0].filename == __file__  # the warning points at the call of fit
 
 
 def test_a_converging_fit_does_not_warn(graph):
@@ -317,13 +318,11 @@ def test_the_validation_draw_is_stratified(graph):
     y = np.full(A.shape[0], -1)
     y[:140] = np.arange(140) % 7
     seen = []
-    original = VQGNNClassifier._fit_graph
 
-    def record(self, nodes, val_nodes, seed):
-        seen.append(val_nodes)
-        return original(self, nodes, val_nodes, seed)
+    class Record(Callback):
+        def on_fit_start(self, fit):
+            seen.append(fit.val_nodes)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(VQGNNClassifier, "_fit_graph", record)
-        VQGNNClassifier(**{**FAST, "max_epochs": 1, "early_stopping": True}).fit(A, X, y)
+    clf = VQGNNClassifier(**{**FAST, "max_epochs": 1, "early_stopping": True})
+    clf.fit(A, X, y, callbacks=[Record()])
     assert np.bincount(y[seen[0]], minlength=7).tolist() == [2] * 7

@@ -1,5 +1,5 @@
-"""DESIGN §8: exactness at k >= n through the model's own forward and backward, at every depth
-and for every backbone.
+"""DESIGN §8: the convolution kinds' Eq. 6 and Eq. 7 are exact at k >= n, through the model's
+own forward and backward, at every depth and for every backbone.
 
 The reference is the model's forward and backward over the whole graph, whose messages are in
 turn checked against a dense computation (dense convolution matrices, dense masked softmax),
@@ -12,24 +12,26 @@ import torch
 from torch import nn
 from torch.nn import functional as F_
 
-from skvqgnn._base import GraphData, _gradient_channels, make_batch
-from skvqgnn.graph import Graph, attention_mask
-from skvqgnn.layers import (
-    BACKBONES,
-    VQGNN,
+from skvqgnn.attention import AttentionConvolution
+from skvqgnn.convolutions import (
     Attention,
-    AttentionConvolution,
-    Backbone,
-    attend,
-    segment_sum,
+    Convolution,
+    Fixed,
+    GraphData,
+    Identity,
+    Part,
+    make_batch,
 )
+from skvqgnn.graph import Graph, attention_mask
+from skvqgnn.layers import BACKBONES, VQGNN, Backbone
+from skvqgnn.training import gradient_channels
 from skvqgnn.vq import AssignmentTable
 
 from .conftest import random_graph
 
 N, F_IN, F, OUT, D = 40, 5, 10, 3, 4  # F = 10 is not a multiple of D: the last slice is padded
 CPU = torch.device("cpu")
-ALL = ["gcn", "sage", "gin", "gat", "transformer", "cosine"]
+ALL = ["gcn", "sage", "gin", "gat", "transformer", "cosine", "mean"]
 
 
 class CosineAttention(AttentionConvolution):
@@ -73,9 +75,86 @@ class CosineBackbone(Backbone):
         return CosineLayer(in_features, out_features)
 
 
+class Mean(Convolution):
+    """A user-defined convolution kind: every node receives the graph's mean input,
+    ``C = 11ᵀ / n``. A new kind is this one class: its batch data (how many out-of-batch nodes
+    each codeword stands for), Eq. 6, Eq. 7 and its exact pass."""
+
+    backward_by_default = True
+
+    def prepare(self, graph):
+        self.n = graph.n_nodes
+        self.mean = np.asarray(graph.X.mean(0), dtype=np.float32)[None]  # (1, f0)
+
+    def batch(self, ctx, edges, tedges, backward):
+        b = len(ctx.nodes)
+        part = Part(inputs=torch.from_numpy(np.repeat(self.mean, b, 0)).to(ctx.device))
+        for level, table in enumerate(ctx.tables):
+            part.senders.append(_outside_counts(table.codes, table.usage, ctx.nodes))
+            if backward:
+                marked, usage = ctx.nodes, table.grad_usage
+                if ctx.restricted(level):  # the output layer: receivers with a loss only
+                    marked = ctx.nodes[ctx.receivers[ctx.nodes]]
+                    usage = _usage(table.grad_codes[ctx.receivers], table.n_codewords)
+                part.receivers.append(_outside_counts(table.grad_codes, usage, marked))
+        return part
+
+    @classmethod
+    def n_channels(cls, attention):
+        return 1
+
+    @classmethod
+    def messages(cls, part, level, x, codebook, attention, network):
+        counts = part.senders[level] if part.senders else None  # (P, k)
+        total = x.sum(0)
+        if counts is not None:  # out-of-batch senders: Σ_v count_v X̃_v per slice
+            total = total + codebook.merge(torch.einsum("pk,pkd->pd", counts, codebook.codewords))
+        n = x.shape[0] if counts is None else x.shape[0] + int(counts[0].sum())
+        return (total / n).expand(x.shape[0], -1), None
+
+    @classmethod
+    def blue_messages(cls, part, level, x, codebook, attention, channels, aux):
+        if not part.receivers:
+            return None
+        counts = part.receivers[level]
+        n = x.shape[0] + int(part.senders[level][0].sum())
+        c = channels.start
+        g = codebook.grad_codewords[c] * codebook.grad_trust[c]  # (P, k, D)
+        return (codebook.merge(torch.einsum("pk,pkd->pd", counts, g)) / n).expand_as(x)
+
+    @classmethod
+    def gradient_channels(cls, messages, grad, lse):
+        return [grad], []
+
+    def exact_messages(self, layer, source, rows, attention, network, device):
+        mean = self.mean if layer == 0 else source.mean(0, keepdims=True)
+        return torch.from_numpy(np.repeat(mean, len(rows), 0)).to(device)
+
+
+def _usage(codes, k):
+    return np.stack([np.bincount(codes[:, p], minlength=k) for p in range(codes.shape[1])])
+
+
+def _outside_counts(codes, usage, inside):
+    """(P, k) nodes per codeword outside ``inside``."""
+    return torch.from_numpy((usage - _usage(codes[inside], usage.shape[1])).astype(np.float32))
+
+
+class MeanBackbone(Backbone):
+    """``Z = X W₁ + (11ᵀ/n) X W₂ + b`` with the default layer."""
+
+    name = "mean"
+    n_convolutions = 2
+
+    def convolutions(self, A):
+        return [Identity(), Mean()]
+
+
 def _backbone(name):
     if name == "cosine":
         return CosineBackbone()
+    if name == "mean":
+        return MeanBackbone()
     if name == "gat":  # hidden layers concatenate 2 heads, the output layer averages 2
         return BACKBONES["gat"](heads=2, output_heads=2)
     return BACKBONES[name](heads=2) if name == "transformer" else BACKBONES[name]()
@@ -98,7 +177,7 @@ def _setup(name: str, n_levels: int, symmetric: bool = True, seed: int = 0, n: i
 
 
 def _full_batch(data):
-    return make_batch(data, np.arange(data.n_nodes), [], data.n_nodes, CPU, False)
+    return make_batch(data, np.arange(data.n_nodes), [], CPU)
 
 
 def _full_graph(data, model, U, weight=None):
@@ -121,7 +200,7 @@ def _full_graph(data, model, U, weight=None):
     (logits * U).sum().backward()
     levels = []
     for t in traces:
-        G, aux = _gradient_channels(t)
+        G, aux = gradient_channels(t)
         levels.append((t.x.detach(), t.x.grad.clone(), G, aux))
     deltas = [z.grad.clone() for z in outputs]
     model.zero_grad()
@@ -187,7 +266,7 @@ def _batch_step(data, model, U, batch, tables, input_table, receivers=None):
     """The model's own training step on ``batch`` with backward messages: logits, per level
     the gradient of the layer input, and every parameter's gradient."""
     model.zero_grad()
-    b = make_batch(data, batch, tables, data.n_nodes, CPU, True, receivers, input_table)
+    b = make_batch(data, batch, tables, CPU, True, receivers, input_table)
     logits, traces = model(b, blue=True)
     for t in traces:
         t.x.retain_grad()
@@ -252,9 +331,9 @@ def test_full_graph_messages_match_a_dense_reference(backbone):
         (model.aggregate(full, 0, X1)[0], _dense_messages(data, model, X1, 1), 1),
         (model.input_messages(full), _dense_messages(data, model, X0, 0), 0),
     ):
-        for s, kind in enumerate(data.kinds):
+        for s in range(len(data.kinds)):
             e = expected[s]
-            conv = model._attention(conv_layer, s) if kind in ("attention", "global") else None
+            conv = model.attention(conv_layer, s)
             if conv_layer == 0 and conv is not None and hasattr(conv, "value"):
                 e = torch.einsum("bhf,hfd->bhd", e, conv.weight)  # GAT: projected values
             g = got[s].to_dense() if got[s].layout != torch.strided else got[s]
@@ -290,61 +369,63 @@ def _dense_attention(conv, X, mask):
 
 def _dense_messages(data, model, X, layer):
     messages, lses = [], []
-    for s, (kind, M) in enumerate(zip(data.kinds, data.matrices, strict=True)):
-        if kind == "identity":
+    for s, conv in enumerate(data.convolutions):
+        M = conv.matrix
+        if isinstance(conv, Identity):
             messages.append(X)
-        elif kind == "fixed":
+        elif isinstance(conv, Fixed):
             messages.append(torch.from_numpy(M.toarray()) @ X)
+        elif isinstance(conv, Mean):
+            messages.append(torch.full((len(X), len(X)), 1.0 / len(X)) @ X)
         else:
+            assert isinstance(conv, Attention)
             mask = None if M is None else torch.from_numpy(M.toarray() != 0)
-            m, lse = _dense_attention(model._attention(layer, s), X, mask)
+            m, lse = _dense_attention(model.attention(layer, s), X, mask)
             messages.append(m)
             lses.append(lse)
     return messages, lses
 
 
-def test_segment_sum_matches_a_dense_product():
-    gen = torch.Generator().manual_seed(0)
-    rows = torch.tensor([2, 0, 0, 1, 2, 2])
-    cols = torch.tensor([1, 3, 0, 2, 2, 0])
-    w = torch.rand(6, 2, generator=gen, requires_grad=True)
-    src = torch.randn(4, 3, generator=gen, requires_grad=True)
-    out = segment_sum(rows, cols, w, src, 4)  # row 3 has no entry
-    dense = torch.zeros(4, 4, 2).index_put((rows, cols), w, accumulate=True)
-    expected = torch.einsum("ijh,jf->ihf", dense, src)
-    torch.testing.assert_close(out, expected)
-    (out * torch.arange(24.0).reshape(4, 2, 3)).sum().backward()
-    gw, gs = w.grad.clone(), src.grad.clone()
-    w.grad = src.grad = None
-    (expected * torch.arange(24.0).reshape(4, 2, 3)).sum().backward()
-    torch.testing.assert_close(gw, w.grad)
-    torch.testing.assert_close(gs, src.grad)
-    per_head = torch.randn(4, 2, 3, generator=gen)  # (m, H, f)
-    torch.testing.assert_close(
-        segment_sum(rows, cols, w, per_head, 4), torch.einsum("ijh,jhf->ihf", dense, per_head)
+def test_no_module_compares_a_convolution_kind_by_name():
+    """Kinds are classes: no comparison in the package involves a kind's name."""
+    import ast
+    from pathlib import Path
+
+    names = {kind.name for kind in (Identity, Fixed, Attention, *Attention.__subclasses__())}
+    assert {"identity", "fixed", "attention", "global"} <= names
+    package = Path(__file__).resolve().parents[1] / "skvqgnn"
+    found = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                strings = {
+                    c.value
+                    for c in ast.walk(node)
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                }
+                if strings & names:
+                    found.append(f"{path.name}:{node.lineno}")
+    assert not found
+
+
+def test_a_user_defined_kind_fits_pickles_and_predicts():
+    """A new kind needs nothing but its class: the estimator fits and predicts with it in both
+    inference modes, and a pickled model keeps its kinds."""
+    import pickle
+
+    from skvqgnn import VQGNNClassifier
+
+    A = random_graph(60, 4.0, 0)
+    X = np.random.default_rng(0).normal(size=(60, 4))
+    y = np.arange(60) % 2
+    clf = VQGNNClassifier(
+        MeanBackbone(), batch_size=20, n_codewords=8, max_epochs=3, random_state=0
     )
-
-
-@pytest.mark.parametrize("global_", [False, True])
-def test_attention_dropout_drops_whole_terms_and_is_unbiased(global_):
-    """``attend(dropout=p)`` zeroes each attention weight with probability p and rescales the
-    rest: on average it gives the undropped messages; ``p=0`` changes nothing."""
-    torch.manual_seed(0)
-    conv = BACKBONES["gat"]().layer(6, 8, first=False, last=False).attention[0]
-    if global_:
-        conv = BACKBONES["transformer"]().layer(6, 8, first=False, last=False).attention[0]
-    x = torch.randn(30, 6)
-    edges = None
-    if not global_:
-        rows = torch.arange(10).repeat_interleave(5)
-        cols = torch.randint(30, (50,))
-        edges = (rows, cols)
-    M, lse = attend(conv, 10, x, edges)
-    M0, lse0 = attend(conv, 10, x, edges, dropout=0.0)
-    torch.testing.assert_close(M0, M)
-    draws = [attend(conv, 10, x, edges, dropout=0.5) for _ in range(2000)]
-    # the log normaliser is the undropped one; single draws differ, their mean does not
-    torch.testing.assert_close(draws[0][1], lse)
-    assert (draws[0][0] - M).abs().max() > 1e-2
-    mean = torch.stack([d[0] for d in draws]).mean(0)
-    assert (mean - M).abs().max() < 0.1 * M.abs().max()
+    clf.fit(A, X, y)
+    assert clf.model_.kinds == [Identity, Mean]
+    assert clf.history_[-1]["blue_message_norm"][0] > 0  # Eq. 7 of the new kind
+    again = pickle.loads(pickle.dumps(clf))
+    assert again.model_.kinds == [Identity, Mean]
+    np.testing.assert_array_equal(again.predict_proba(A, X), clf.predict_proba(A, X))
+    exact = clf.set_params(inference="exact").predict_proba(A, X)
+    assert np.isfinite(exact).all() and exact.shape == (60, 2)

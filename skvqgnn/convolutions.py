@@ -1,0 +1,1011 @@
+"""The kinds of convolution a backbone aggregates with, one class each, and the batches they make.
+
+A layer computes ``Z = Σ_s combine(M^(s))`` from the messages ``M^(s) = C^(s) X`` of each of its
+convolutions. For a batch ``B`` the messages from nodes outside ``B`` come from codewords
+(Eq. 6), and the gradient that batch nodes receive from receivers outside ``B`` comes from
+gradient codewords (Eq. 7, the "blue" messages). How both are computed depends on the kind:
+
+==================  ==============================  ==========================================
+kind                Eq. 6, out-of-batch senders     Eq. 7, out-of-batch receivers
+==================  ==============================  ==========================================
+``Identity``        none (``M = X``)                none
+``Fixed(C)``        ``C̃_out X̃``: codeword sketch    ``(Cᵀ)_out R G̃``: transposed sketch
+                    times feature codewords          times gradient codewords
+``MaskedAttention``  senders with equal codes, one   ``attention_blue`` over the receivers'
+                    term weighted by their count     gradient codewords
+``GlobalAttention``  every codeword, weighted by     ``attention_blue`` over every gradient
+                    the out-of-batch nodes it holds  codeword
+==================  ==============================  ==========================================
+
+Each kind owns every step of its convolution, so that the rest of the package never asks a
+convolution what it is:
+
+* ``prepare`` (host, once per graph): what the kind needs of the graph (transposes, the first
+  layer's aggregated input ``C X``);
+* ``split`` and ``batch`` (host to device, once per batch): its share of a `Batch`, a `Part`;
+* ``input_messages``: the first layer's messages, which aggregate the raw features;
+* ``messages``: Eq. 6 at a VQ layer; ``blue_messages``: Eq. 7;
+* ``gradient_channels``: what of ``∂ℓ/∂M`` the gradient codebook clusters;
+* ``exact_messages``: the full-neighbour messages of exact inference.
+
+The device-side methods are class methods: the network holds its convolutions' classes, the
+graph-side objects belong to one graph (``GraphData``). A new kind is a subclass.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from .attention import AttentionConvolution, attend, attend_chunked, attention_blue
+from .graph import Graph
+from .sketch import (
+    BatchEdges,
+    SketchBags,
+    codeword_sketch,
+    dense,
+    gather_rows,
+    group_by_codes,
+    sketch_product,
+    sparse_dropout,
+    split_batch_edges,
+    spmm,
+    to_torch_sketch,
+)
+from .vq import AssignmentTable, ProductCodebook
+
+__all__ = [
+    "KINDS",
+    "Attention",
+    "Batch",
+    "Convolution",
+    "Fixed",
+    "GlobalAttention",
+    "GraphData",
+    "Groups",
+    "Identity",
+    "MaskedAttention",
+    "Part",
+    "as_convolution",
+    "dense_rows",
+    "input_rows",
+    "make_batch",
+]
+
+_PAIRS = 1 << 24  # (receiver, sender, head) scores computed at once by exact global attention
+
+
+# -- host rows to the device -----------------------------------------------------------------------
+def input_rows(M: np.ndarray | sp.csr_array, rows: np.ndarray, device: torch.device) -> Tensor:
+    """Rows of a first-layer input as a device tensor: sparse CSR when ``M`` is sparse (torch's
+    CSR product is several times faster than its COO one on the CPU)."""
+    if not sp.issparse(M):
+        return torch.from_numpy(M[rows]).to(device)
+    _, cols, vals = gather_rows(M, rows)
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(M.indptr[rows + 1] - M.indptr[rows], out=indptr[1:])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": used here as documented
+        warnings.simplefilter("ignore", UserWarning)
+        out = torch.sparse_csr_tensor(
+            torch.from_numpy(indptr),
+            torch.from_numpy(cols),
+            torch.from_numpy(np.asarray(vals, dtype=np.float32)),
+            (len(rows), M.shape[1]),
+            check_invariants=False,
+        )
+    return out.to(device)
+
+
+def dense_rows(M: np.ndarray | sp.csr_array, rows: np.ndarray, device: torch.device) -> Tensor:
+    """Rows of a dense or CSR matrix as a dense float32 device tensor."""
+    out = M[rows].toarray() if sp.issparse(M) else M[rows]
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(device)
+
+
+def _long(a: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
+
+
+# -- what a batch carries --------------------------------------------------------------------------
+@dataclass
+class Groups:
+    """Out-of-batch terms of a learnable convolution, grouped by codes.
+
+    Senders (or receivers) with the same codes have the same reconstruction, so they are one
+    term weighted by their number. For the forward pass ``rows`` are batch receivers and
+    ``cols`` sender groups; for the backward pass ``rows`` are batch senders and ``cols``
+    receiver groups. Both are ``None`` for global attention (every row meets every group).
+
+    log_count : per pair (E,), or per group (U,) for global attention
+    codes : (U, P) the codes of each group's reconstruction
+    """
+
+    rows: Tensor | None
+    cols: Tensor | None
+    log_count: Tensor
+    codes: Tensor
+
+
+@dataclass
+class Part:
+    """One convolution's share of a batch, on the device (the fields its kind uses).
+
+    inputs : the first layer's aggregated input rows ``(C X)_B`` (b, f0) of an identity or
+        fixed convolution (dense, or sparse CSR)
+    intra : intra-batch pairs: ``C_in`` as a sparse (b, b) tensor (fixed), or (rows, cols) of
+        the mask inside the batch (masked attention)
+    input_pairs : (rows, cols into ``Batch.raw``) of a masked attention's first layer: the
+        intra-batch pairs and those of the senders read exactly
+    input_senders : ``Groups`` of a learnable convolution's other out-of-batch senders in the
+        first layer, by their input codes; ``None`` when every sender is read exactly
+    senders : per VQ layer, the out-of-batch senders of Eq. 6: the codeword sketch
+        ``C̃_out R`` (``SketchBags``, fixed) or ``Groups`` (attention)
+    receivers : per VQ layer, the out-of-batch receivers of Eq. 7: the transposed sketch
+        ``(Cᵀ)_out R`` or ``Groups``; empty without backward messages
+    """
+
+    inputs: Tensor | None = None
+    intra: Any = None
+    input_pairs: tuple[Tensor, Tensor] | None = None
+    input_senders: Groups | None = None
+    senders: list[Any] = field(default_factory=list)
+    receivers: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """Device tensors of one mini-batch.
+
+    nodes : (b,) the batch's node ids (host)
+    parts : per convolution, its `Part`
+    raw : input features of the batch rows, then of the out-of-batch senders a learnable
+        convolution's first layer reads exactly (dense, or sparse CSR); ``None`` without one
+    backward : whether the parts carry the receivers of Eq. 7
+    """
+
+    nodes: Tensor
+    parts: list[Part]
+    raw: Tensor | None = None
+    backward: bool = False
+
+
+@dataclass
+class BatchContext:
+    """What every convolution's ``batch`` reads: the batch, the codes and the device.
+
+    nodes : (b,) node ids
+    halo : sorted ids of the out-of-batch senders whose raw features the first layer reads
+        exactly (learnable convolutions)
+    tables : per VQ layer, the feature and gradient codes of every node
+    input_table : input codes of the raw features, or ``None``
+    receivers : (n,) bool, the nodes with a loss term, or ``None``: the output layer's
+        gradient is zero elsewhere, so its backward messages come only from those
+    device : where the part goes
+    """
+
+    nodes: np.ndarray
+    halo: np.ndarray
+    tables: Sequence[AssignmentTable]
+    input_table: AssignmentTable | None
+    receivers: np.ndarray | None
+    device: torch.device
+
+    def restricted(self, level: int) -> bool:
+        """Whether the out-of-batch receivers of VQ layer ``level`` are the marked ones only."""
+        return self.receivers is not None and level == len(self.tables) - 1
+
+
+# -- the kinds -------------------------------------------------------------------------------------
+class Convolution:
+    """One convolution ``C^(s)`` of a backbone, prepared for one graph.
+
+    Subclasses are the kinds: `Identity`, `Fixed`, `MaskedAttention` and `GlobalAttention`. A
+    backbone's ``convolutions(A)`` lists instances; the class attributes tell the network what
+    a layer needs for it.
+
+    Attributes
+    ----------
+    name : str
+        The name of a built-in kind in weights-only files (``skvqgnn.persistence``, which
+        stores built-in backbones only).
+    learnable : bool
+        Whether every layer holds an ``AttentionConvolution`` for it (in its ``attention``
+        list, in the order of the backbone's learnable convolutions).
+    whole_vectors : bool
+        Whether its codewords must be whole vectors (one slice per layer input).
+    backward_by_default : bool
+        Whether ``backward_messages="auto"`` adds its backward messages.
+    matrix : csr_array or None
+        The (receiver, sender) pattern it aggregates over; ``None`` for the identity and for
+        every pair.
+    """
+
+    name: ClassVar[str] = ""
+    learnable: ClassVar[bool] = False
+    whole_vectors: ClassVar[bool] = False
+    backward_by_default: ClassVar[bool] = False
+    matrix: sp.csr_array | None = None
+
+    # -- host: once per graph
+    def prepare(self, graph: Graph) -> None:
+        """Compute what the kind needs of the graph (called once, by `GraphData`).
+
+        Parameters
+        ----------
+        graph : Graph
+            The graph whose adjacency gave this convolution.
+        """
+
+    def split(
+        self, nodes: np.ndarray, position: np.ndarray, backward: bool
+    ) -> tuple[BatchEdges | None, BatchEdges | None]:
+        """The entries of ``matrix`` into the batch, split into intra-batch and out-of-batch ones.
+
+        Parameters
+        ----------
+        nodes : ndarray of shape (b,)
+            The batch.
+        position : ndarray of shape (n_nodes,), int64
+            Each node's index in the batch, -1 outside it.
+        backward : bool
+            Whether the entries of the transpose (the batch nodes' receivers) are needed too.
+
+        Returns
+        -------
+        edges, tedges : BatchEdges or None
+            The rows of the batch in ``matrix`` and (``backward``) in its transpose; ``None``
+            where the kind has no pattern.
+        """
+        return None, None
+
+    def exact_senders(self, edges: BatchEdges | None) -> np.ndarray:
+        """Out-of-batch senders whose raw features the first layer would read exactly.
+
+        Parameters
+        ----------
+        edges : BatchEdges or None
+            What `split` gave.
+
+        Returns
+        -------
+        ndarray of int64
+            Node ids, with repeats (one per entry); the batch reads those most often wanted.
+        """
+        return np.zeros(0, dtype=np.int64)
+
+    def batch(
+        self,
+        ctx: BatchContext,
+        edges: BatchEdges | None,
+        tedges: BatchEdges | None,
+        backward: bool,
+    ) -> Part:
+        """The convolution's share of a batch, moved to the device.
+
+        Parameters
+        ----------
+        ctx : BatchContext
+            The batch, the codes of every VQ layer and the device.
+        edges, tedges : BatchEdges or None
+            What `split` gave.
+        backward : bool
+            Whether to add the out-of-batch receivers of Eq. 7.
+
+        Returns
+        -------
+        Part
+        """
+        return Part()
+
+    # -- device: per step (class methods: the network holds the kinds, not a graph)
+    @classmethod
+    def n_channels(cls, attention: AttentionConvolution | None) -> int:
+        """The number of gradient channels it keeps in a gradient codebook.
+
+        Parameters
+        ----------
+        attention : AttentionConvolution or None
+            Its module in the layer, if it is learnable.
+
+        Returns
+        -------
+        int
+            0: no gradient codewords, no backward messages.
+        """
+        return 0
+
+    @classmethod
+    def n_aux(cls, attention: AttentionConvolution | None) -> int:
+        """The number of auxiliary per-node scalars its gradient codewords keep.
+
+        Parameters
+        ----------
+        attention : AttentionConvolution or None
+            Its module in the layer, if it is learnable.
+
+        Returns
+        -------
+        int
+        """
+        return 0
+
+    @classmethod
+    def input_messages(
+        cls,
+        part: Part,
+        raw: Callable[[], Tensor],
+        b: int,
+        attention: AttentionConvolution | None,
+        network: Any,
+    ) -> Tensor:
+        """The first layer's messages into the batch rows.
+
+        Parameters
+        ----------
+        part : Part
+            Its share of the batch.
+        raw : callable
+            ``raw()`` gives the raw features of the batch rows and of the senders read
+            exactly, after dropout (drawn once for every convolution that asks).
+        b : int
+            The number of batch rows.
+        attention : AttentionConvolution or None
+            Its module in the first layer.
+        network : VQGNN
+            For the dropout rates, the sparse kernel and the input codebook.
+
+        Returns
+        -------
+        Tensor of shape (b, f0), or (b, H, ·) for attention
+        """
+        return sparse_dropout(part.inputs, network.dropout, network.training)
+
+    @classmethod
+    def messages(
+        cls,
+        part: Part,
+        level: int,
+        x: Tensor,
+        codebook: ProductCodebook,
+        attention: AttentionConvolution | None,
+        network: Any,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Eq. 6: the messages into the batch rows of a VQ layer, intra-batch senders exact and
+        out-of-batch ones from the feature codewords.
+
+        Parameters
+        ----------
+        part : Part
+            Its share of the batch.
+        level : int
+            The VQ layer (0: the input of the second layer).
+        x : Tensor of shape (b, f)
+            The layer input of the batch rows (after dropout).
+        codebook : ProductCodebook
+            The level's codebook.
+        attention : AttentionConvolution or None
+            Its module in the layer.
+        network : VQGNN
+
+        Returns
+        -------
+        messages : Tensor of shape (b, f), or (b, H, f) for attention
+        lse : Tensor of shape (b, H) or None
+            The attention log normalisers, kept for the gradient codewords.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def blue_messages(
+        cls,
+        part: Part,
+        level: int,
+        x: Tensor,
+        codebook: ProductCodebook,
+        attention: AttentionConvolution | None,
+        channels: range,
+        aux: range,
+    ) -> Tensor | None:
+        """Eq. 7: the gradient the batch inputs receive from out-of-batch receivers, through
+        the gradient codewords, each channel scaled by its trust ratio.
+
+        Parameters
+        ----------
+        part : Part
+            Its share of the batch.
+        level : int
+            The VQ layer.
+        x : Tensor of shape (b, f)
+            The layer input of the batch rows (detached).
+        codebook : ProductCodebook
+            The level's codebook.
+        attention : AttentionConvolution or None
+            Its module in the layer.
+        channels, aux : range
+            Its gradient channels and auxiliary scalars in ``codebook`` (``VQGNN.channels``).
+
+        Returns
+        -------
+        Tensor of shape (b, f) or None
+            ``None``: no backward messages.
+        """
+        return None
+
+    @classmethod
+    def gradient_channels(
+        cls, messages: Tensor, grad: Tensor, lse: Tensor | None
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """What of ``∂ℓ/∂M`` the gradient codebook clusters.
+
+        Parameters
+        ----------
+        messages : Tensor
+            The messages ``M`` of a training step (`messages`).
+        grad : Tensor
+            ``∂ℓ/∂M``, of the same shape.
+        lse : Tensor or None
+            The attention log normalisers of the step.
+
+        Returns
+        -------
+        channels : list of Tensor
+            `n_channels` tensors of shape (b, f).
+        aux : list of Tensor
+            Tensors of shape (k, b), `n_aux` rows in all.
+        """
+        return [], []
+
+    def exact_messages(
+        self,
+        layer: int,
+        source: np.ndarray | sp.csr_array,
+        rows: np.ndarray,
+        attention: AttentionConvolution | None,
+        network: Any,
+        device: torch.device,
+    ) -> Tensor:
+        """Full-neighbour messages into ``rows`` (exact inference).
+
+        Parameters
+        ----------
+        layer : int
+            The layer (0: the first, which aggregates the raw features).
+        source : ndarray or csr_array of shape (n_nodes, f)
+            The layer's input for every node (the raw features ``X`` in the first layer).
+        rows : ndarray
+            The receivers.
+        attention : AttentionConvolution or None
+            Its module in the layer.
+        network : VQGNN
+        device : torch.device
+
+        Returns
+        -------
+        Tensor
+            As `messages` (as `input_messages` in the first layer).
+        """
+        raise NotImplementedError
+
+
+class Identity(Convolution):
+    """``C = I``: the node's own input (a root weight). No out-of-batch messages."""
+
+    name = "identity"
+
+    def prepare(self, graph: Graph) -> None:  # noqa: D102
+        self.inputs = graph.X
+
+    def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
+        return Part(inputs=input_rows(self.inputs, ctx.nodes, ctx.device))
+
+    @classmethod
+    def messages(cls, part, level, x, codebook, attention, network):  # noqa: D102
+        return x, None
+
+    def exact_messages(self, layer, source, rows, attention, network, device):  # noqa: D102
+        if layer == 0:
+            return input_rows(self.inputs, rows, device)
+        return torch.from_numpy(source[rows]).to(device)
+
+
+class Fixed(Convolution):
+    """A fixed convolution matrix ``C`` (GCN's ``D̃^-½(A+I)D̃^-½``, SAGE's ``D⁻¹A``, GIN's ``A``).
+
+    Its first layer is exact: ``C X`` is computed once on the host. Later layers take
+    intra-batch messages from ``C_in`` and out-of-batch ones from the codeword sketch; the
+    backward messages use the transposed sketch and the gradient codewords of ``∂ℓ/∂M``
+    (before the layer's weights), so they reach the batch inputs only.
+
+    Parameters
+    ----------
+    matrix : csr_array of shape (n_nodes, n_nodes)
+        ``C``; row ``i`` holds the weights of the messages node ``i`` receives.
+    """
+
+    name = "fixed"
+    backward_by_default = True
+
+    def __init__(self, matrix: sp.csr_array):
+        self.matrix = matrix
+
+    def prepare(self, graph: Graph) -> None:  # noqa: D102
+        self.transpose = _transpose(self.matrix)
+        self.inputs = _aggregate(self.matrix, graph.X)
+
+    def split(self, nodes, position, backward):  # noqa: D102
+        edges = split_batch_edges(self.matrix, nodes, position)
+        return edges, split_batch_edges(self.transpose, nodes, position) if backward else None
+
+    def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
+        part = Part(
+            inputs=input_rows(self.inputs, ctx.nodes, ctx.device),
+            intra=edges.intra_tensor(ctx.device),
+        )
+        for level, table in enumerate(ctx.tables):
+            k = table.n_codewords
+            part.senders.append(to_torch_sketch(codeword_sketch(edges, table.codes, k), ctx.device))
+            if tedges is not None:
+                te = tedges.keep_out(ctx.receivers) if ctx.restricted(level) else tedges
+                sketch = codeword_sketch(te, table.grad_codes, k)
+                part.receivers.append(to_torch_sketch(sketch, ctx.device))
+        return part
+
+    @classmethod
+    def n_channels(cls, attention):  # noqa: D102
+        return 1
+
+    @classmethod
+    def messages(cls, part, level, x, codebook, attention, network):  # noqa: D102
+        m = spmm(part.intra, x, network.sparse_backend)  # C_in X_B
+        sketch = part.senders[level] if part.senders else None
+        if sketch is not None and sketch.nnz > 0:
+            m = m + _out_of_batch(sketch, codebook.codewords, codebook)  # + C̃_out X̃
+        return m, None
+
+    @classmethod
+    def blue_messages(cls, part, level, x, codebook, attention, channels, aux):  # noqa: D102
+        if not part.receivers:
+            return None
+        c = channels.start
+        grads = codebook.grad_codewords[c] * codebook.grad_trust[c]  # (P, k, D)
+        return _out_of_batch(part.receivers[level], grads, codebook)  # (Cᵀ)_out R G̃
+
+    @classmethod
+    def gradient_channels(cls, messages, grad, lse):  # noqa: D102
+        return [grad], []
+
+    def exact_messages(self, layer, source, rows, attention, network, device):  # noqa: D102
+        if layer == 0:
+            return input_rows(self.inputs, rows, device)
+        return torch.from_numpy(np.asarray(self.matrix[rows] @ source)).to(device)
+
+
+class Attention(Convolution):
+    """A learnable convolution: softmax attention over a mask, or over every pair of nodes.
+
+    ``Attention(mask)`` is a `MaskedAttention`, ``Attention()`` (or ``Attention(None)``) a
+    `GlobalAttention`. The scores come from the layer's ``attention`` modules (one
+    ``AttentionConvolution`` per learnable convolution, in order). Messages aggregate the
+    layer input before any weight, one per head: ``M^h_i = Σ_j α^h_ij x_j`` (b, H, f).
+
+    Out-of-batch senders are their codewords' reconstructions, senders with equal codes one
+    term weighted by their number (``log count`` added to the score); the first layer reads
+    the raw features of the batch and of its most connected out-of-batch senders exactly and
+    takes the other senders from the input codebook (whole-vector codewords of the raw
+    features). The backward messages (``attention_blue``) use the receivers' codewords of
+    ``x``, ``g = ∂ℓ/∂M``, ``⟨g, M⟩`` and the log normaliser; the attention parameters receive
+    nothing from them.
+
+    Parameters
+    ----------
+    mask : csr_array of shape (n_nodes, n_nodes) or None, default=None
+        The pattern of allowed (receiver, sender) pairs, self-loops included (for example
+        ``skvqgnn.graph.attention_mask(A)``); ``None`` stands for every pair of nodes.
+    """
+
+    learnable = True
+
+    def __new__(cls, mask: sp.csr_array | None = None) -> Attention:  # noqa: D102
+        if cls is Attention:
+            cls = GlobalAttention if mask is None else MaskedAttention
+        return super().__new__(cls)
+
+    def __init__(self, mask: sp.csr_array | None = None):
+        self.matrix = mask
+
+    @property
+    def mask(self) -> sp.csr_array | None:
+        """The (receiver, sender) pattern; ``None`` for every pair."""
+        return self.matrix
+
+    @property
+    def is_global(self) -> bool:
+        """Whether this is global attention (no mask: every pair)."""
+        return self.matrix is None
+
+    @classmethod
+    def n_channels(cls, attention):  # noqa: D102
+        return attention.heads
+
+    @classmethod
+    def n_aux(cls, attention):  # noqa: D102
+        return 2 * attention.heads  # ⟨g, M⟩ and the log normaliser, per head
+
+    @classmethod
+    def input_messages(cls, part, raw, b, attention, network):  # noqa: D102
+        words = None
+        groups = part.input_senders
+        if groups is not None and len(groups.codes):
+            words = network.input_codebook.lookup(groups.codes)  # (U, f0)
+        return first_layer_attention(
+            attention, raw(), part.input_pairs, groups, words, b, network.attention_p
+        )
+
+    @classmethod
+    def messages(cls, part, level, x, codebook, attention, network):  # noqa: D102
+        groups = part.senders[level] if part.senders else None
+        x_src = x
+        if groups is not None and len(groups.codes):
+            slices = torch.arange(codebook.n_slices, device=x.device)
+            words = codebook.codewords[slices, groups.codes]
+            x_src = torch.cat([x, codebook.merge(words)])
+        edges, log_count = _sender_terms(part.intra, groups, x.shape[0], x_src is not x)
+        return attend(attention, x, x_src, edges, log_count, dropout=network.attention_p)
+
+    @classmethod
+    def blue_messages(cls, part, level, x, codebook, attention, channels, aux):  # noqa: D102
+        rec = part.receivers[level] if part.receivers else None
+        if rec is None or len(rec.codes) == 0:
+            return None
+        x_rec, g_rec, a_rec = codebook.lookup_gradients(rec.codes)
+        H = len(channels)
+        inner, lse = range(aux.start, aux.start + H), range(aux.start + H, aux.stop)
+        trust = codebook.grad_trust[channels.start : channels.stop]  # (H,)
+        receivers = (
+            x_rec,
+            (g_rec[channels.start : channels.stop] * trust[:, None, None]).transpose(0, 1),
+            a_rec[inner.start : inner.stop].T * trust,
+            a_rec[lse.start : lse.stop].T,
+        )
+        edges = None if rec.rows is None else (rec.rows, rec.cols)
+        return attention_blue(attention, x, receivers, rec.log_count, edges)
+
+    @classmethod
+    def gradient_channels(cls, messages, grad, lse):  # noqa: D102
+        # (b, H, f): one channel per head, then ⟨g, M⟩ and the log normaliser per head
+        return list(grad.unbind(1)), [(grad * messages.detach()).sum(-1).T, lse.T]
+
+
+class MaskedAttention(Attention):
+    """Attention over the pairs of a mask (GAT: ``N(i) ∪ {i}``); see `Attention`.
+
+    Parameters
+    ----------
+    mask : csr_array of shape (n_nodes, n_nodes)
+        The allowed (receiver, sender) pairs, self-loops included.
+    """
+
+    name = "attention"
+
+    def prepare(self, graph: Graph) -> None:  # noqa: D102
+        self.transpose = _transpose(self.matrix)
+
+    def split(self, nodes, position, backward):  # noqa: D102
+        edges = split_batch_edges(self.matrix, nodes, position)
+        return edges, split_batch_edges(self.transpose, nodes, position) if backward else None
+
+    def exact_senders(self, edges):  # noqa: D102
+        return edges.out_nodes
+
+    def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
+        b, halo, device = len(ctx.nodes), ctx.halo, ctx.device
+        # first layer: the senders in the halo exactly, the others by their input codes
+        at = np.minimum(np.searchsorted(halo, edges.out_nodes), max(len(halo) - 1, 0))
+        exact = halo[at] == edges.out_nodes if len(halo) else np.zeros(len(at), dtype=bool)
+        rows = np.concatenate([edges.in_rows, edges.out_rows[exact]])
+        cols = np.concatenate([edges.in_cols, b + at[exact]])
+        part = Part(
+            intra=(_long(edges.in_rows, device), _long(edges.in_cols, device)),
+            input_pairs=(_long(rows, device), _long(cols, device)),
+        )
+        if ctx.input_table is not None:
+            rest = ~exact
+            part.input_senders = _groups(
+                edges.out_rows[rest], edges.out_nodes[rest], ctx.input_table.codes, device
+            )
+        for level, table in enumerate(ctx.tables):
+            part.senders.append(_groups(edges.out_rows, edges.out_nodes, table.codes, device))
+            if tedges is not None:
+                te = tedges.keep_out(ctx.receivers) if ctx.restricted(level) else tedges
+                part.receivers.append(_groups(te.out_rows, te.out_nodes, table.grad_codes, device))
+        return part
+
+    def exact_messages(self, layer, source, rows, attention, network, device):  # noqa: D102
+        local, cols, _ = gather_rows(self.matrix, rows)
+        senders, inverse = np.unique(cols, return_inverse=True)
+        edges = (_long(local, device), _long(inverse, device))
+        if layer == 0:  # receivers first, then the senders
+            x = input_rows(source, np.concatenate([rows, senders]), device)
+            edges = (edges[0], edges[1] + len(rows))
+            p = network.attention_p
+            return first_layer_attention(attention, x, edges, None, None, len(rows), p)
+        x_dst, x_src = dense_rows(source, rows, device), dense_rows(source, senders, device)
+        return attend(attention, x_dst, x_src, edges)[0]
+
+
+class GlobalAttention(Attention):
+    """Attention over every pair of nodes (a graph transformer's global attention); see
+    `Attention`. Out-of-batch senders are every codeword, weighted by the out-of-batch nodes it
+    stands for, so its codewords are whole vectors.
+
+    Parameters
+    ----------
+    mask : None, default=None
+        No mask: every pair.
+    """
+
+    name = "global"
+    whole_vectors = True
+
+    def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
+        part, device, nodes = Part(), ctx.device, ctx.nodes
+        if ctx.input_table is not None:
+            seen = np.concatenate([nodes, ctx.halo])
+            t = ctx.input_table
+            part.input_senders = _global_groups(
+                _outside(t.codes, t.usage[0], seen, t.n_codewords), device
+            )
+        for level, table in enumerate(ctx.tables):
+            k = table.n_codewords
+            part.senders.append(
+                _global_groups(_outside(table.codes, table.usage[0], nodes, k), device)
+            )
+            if not backward:
+                continue
+            marked, usage = nodes, table.grad_usage[0]
+            if ctx.restricted(level):
+                marked = nodes[ctx.receivers[nodes]]
+                usage = np.bincount(table.grad_codes[np.flatnonzero(ctx.receivers), 0], minlength=k)
+            part.receivers.append(
+                _global_groups(_outside(table.grad_codes, usage, marked, k), device)
+            )
+        return part
+
+    def exact_messages(self, layer, source, rows, attention, network, device):  # noqa: D102
+        step = max(1, _PAIRS // (len(rows) * attention.heads))
+        n = source.shape[0]
+        senders = (
+            dense_rows(source, np.arange(c, min(c + step, n)), device) for c in range(0, n, step)
+        )
+        project = layer == 0 and hasattr(attention, "value")
+        x_dst = dense_rows(source, rows, device)
+        return attend_chunked(attention, x_dst, senders, project)[0]
+
+
+#: The built-in kinds by name.
+KINDS: dict[str, type[Convolution]] = {
+    kind.name: kind for kind in (Identity, Fixed, MaskedAttention, GlobalAttention)
+}
+
+
+def as_convolution(entry: Any) -> Convolution:
+    """A backbone's list entry as a `Convolution`: ``None`` is the `Identity`, a sparse matrix
+    a `Fixed` convolution; a `Convolution` stays as it is."""
+    if isinstance(entry, Convolution):
+        return entry
+    if entry is None:
+        return Identity()
+    if sp.issparse(entry):
+        return Fixed(sp.csr_array(entry))
+    raise TypeError(
+        "a backbone's convolutions(A) lists skvqgnn.convolutions.Convolution instances "
+        "(Identity(), Fixed(C), Attention(mask), Attention()), None or sparse matrices; got "
+        f"{type(entry).__name__}"
+    )
+
+
+# -- one graph's convolutions ----------------------------------------------------------------------
+class GraphData:
+    """The convolutions of one backbone on one graph, prepared on the host (cached on the
+    ``Graph`` by the estimators).
+
+    Parameters
+    ----------
+    graph : Graph
+    backbone : Backbone
+        Its ``convolutions(graph.A)`` are prepared once.
+
+    Attributes
+    ----------
+    convolutions : list of Convolution
+    kinds : list of type
+        Their classes, which the network is built from.
+    """
+
+    def __init__(self, graph: Graph, backbone: Any):
+        self.graph = graph
+        self.n_nodes = graph.n_nodes
+        self.convolutions = [as_convolution(c) for c in backbone.convolutions(graph.A)]
+        for conv in self.convolutions:
+            conv.prepare(graph)
+        self.kinds = [type(conv) for conv in self.convolutions]
+
+
+def _transpose(M: sp.csr_array) -> sp.csr_array:
+    Mt = M.T.tocsr()
+    Mt.sort_indices()
+    return Mt
+
+
+def _aggregate(C: sp.csr_array, X: np.ndarray | sp.csr_array) -> np.ndarray | sp.csr_array:
+    """``C X``, the first layer's input of a fixed convolution (CSR unless it is dense)."""
+    out = C @ X
+    if sp.issparse(out):
+        out = sp.csr_array(out, dtype=np.float32)
+        if out.nnz > 0.3 * out.shape[0] * out.shape[1]:
+            return np.ascontiguousarray(out.toarray())
+        out.sort_indices()
+        return out
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def make_batch(
+    data: GraphData,
+    nodes: np.ndarray,
+    tables: Sequence[AssignmentTable],
+    device: torch.device,
+    backward: Sequence[bool] | bool = False,
+    receivers: np.ndarray | None = None,
+    input_table: AssignmentTable | None = None,
+    position: np.ndarray | None = None,
+) -> Batch:
+    """Gather the host structures of batch ``nodes`` and move them to ``device``.
+
+    Parameters
+    ----------
+    data : GraphData
+    nodes : ndarray of shape (b,)
+        The batch's node ids.
+    tables : list of AssignmentTable
+        Per VQ layer (those below the layer a forward stops at, or all), the codes of every
+        node; empty in full-graph mode.
+    device : torch.device
+    backward : bool or sequence of bool, default=False
+        Per convolution (or for all), whether to add what its backward messages need.
+    receivers : ndarray of shape (n_nodes,), bool, default=None
+        The nodes with a loss term: the output layer's backward messages come from those only.
+    input_table : AssignmentTable, default=None
+        Input codes of the raw features, for the first layer of learnable convolutions;
+        without it every sender must be in the batch (full graph).
+    position : ndarray of shape (n_nodes,), int64, default=None
+        Scratch space, -1 everywhere, left so; allocated when not given.
+    """
+    convs = data.convolutions
+    flags = [backward] * len(convs) if isinstance(backward, bool) else list(backward)
+    b = len(nodes)
+    if position is None:
+        position = np.full(data.n_nodes, -1, dtype=np.int64)
+    position[nodes] = np.arange(b)
+    try:
+        split = [conv.split(nodes, position, f) for conv, f in zip(convs, flags, strict=True)]
+    finally:
+        position[nodes] = -1
+    raw, halo = None, np.zeros(0, dtype=np.int64)
+    if any(conv.learnable for conv in convs):
+        wanted = [conv.exact_senders(e) for conv, (e, _) in zip(convs, split, strict=True)]
+        halo = _exact_halo(wanted, input_table, budget=b)
+        raw = input_rows(data.graph.X, np.concatenate([nodes, halo]), device)
+    ctx = BatchContext(nodes, halo, tables, input_table, receivers, device)
+    parts = [
+        conv.batch(ctx, e, te, f) for conv, (e, te), f in zip(convs, split, flags, strict=True)
+    ]
+    return Batch(
+        nodes=torch.from_numpy(nodes),
+        parts=parts,
+        raw=raw,
+        backward=any(flags) and len(tables) > 0,
+    )
+
+
+def _exact_halo(
+    wanted: list[np.ndarray], input_table: AssignmentTable | None, budget: int
+) -> np.ndarray:
+    """The out-of-batch senders whose raw features the first layer reads exactly (sorted ids):
+    all of them without an input codebook; else at most ``budget``, those with the most edges
+    into the batch (the rest come from their input codewords)."""
+    wanted = [w for w in wanted if len(w)]
+    if not wanted:
+        return np.zeros(0, dtype=np.int64)
+    senders, counts = np.unique(np.concatenate(wanted), return_counts=True)
+    if input_table is None or len(senders) <= budget:
+        return senders
+    return np.sort(senders[np.argsort(-counts, kind="stable")[:budget]])
+
+
+def _outside(codes: np.ndarray, usage: np.ndarray, inside: np.ndarray, k: int) -> np.ndarray:
+    """Nodes per whole-vector codeword (k,) outside the batch rows ``inside``, given the
+    codeword's ``usage`` (k,) over all the nodes counted."""
+    return usage - np.bincount(codes[inside, 0], minlength=k)
+
+
+def _groups(rows: np.ndarray, nodes: np.ndarray, codes: np.ndarray, device: torch.device) -> Groups:
+    rows, cols, counts, group_codes = group_by_codes(rows, nodes, codes)
+    return Groups(
+        rows=_long(rows, device),
+        cols=_long(cols, device),
+        log_count=torch.from_numpy(np.log(counts).astype(np.float32)).to(device),
+        codes=_long(group_codes, device),
+    )
+
+
+def _global_groups(counts: np.ndarray, device: torch.device) -> Groups:
+    """Every codeword standing for ``counts`` (k,) out-of-batch nodes, empty ones left out."""
+    words = np.flatnonzero(counts > 0)
+    return Groups(
+        rows=None,
+        cols=None,
+        log_count=torch.from_numpy(np.log(counts[words]).astype(np.float32)).to(device),
+        codes=_long(words[:, None], device),
+    )
+
+
+# -- device helpers --------------------------------------------------------------------------------
+def _out_of_batch(sketch: SketchBags, words: Tensor, cb: ProductCodebook) -> Tensor:
+    """Sketch (P·b, P·k) times stacked codewords (P, k, D) -> (b, f)."""
+    P, k, D = words.shape
+    out = sketch_product(sketch, words.reshape(P * k, D))
+    return cb.merge(out.reshape(P, -1, D).transpose(0, 1))
+
+
+def _sender_terms(
+    intra: tuple[Tensor, Tensor] | None,
+    groups: Groups | None,
+    b: int,
+    grouped: bool,
+) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
+    """The (rows, cols) pairs and log counts of a learnable convolution's senders: the ``b``
+    rows of the batch's inputs first, then, when ``grouped``, the out-of-batch ``groups``
+    (``None`` pairs: global attention, every receiver meets every sender)."""
+    if intra is None:  # global attention
+        log_count = (
+            torch.cat([groups.log_count.new_zeros(b), groups.log_count]) if grouped else None
+        )
+        return None, log_count
+    rows, cols = intra
+    if not grouped:
+        return (rows, cols), None
+    log_count = torch.cat([groups.log_count.new_zeros(len(rows)), groups.log_count])
+    return (torch.cat([rows, groups.rows]), torch.cat([cols, groups.cols + b])), log_count
+
+
+def first_layer_attention(
+    conv: AttentionConvolution,
+    x: Tensor,
+    intra: tuple[Tensor, Tensor] | None,
+    groups: Groups | None,
+    words: Tensor | None,
+    n_receivers: int,
+    dropout: float,
+) -> Tensor:
+    """A learnable convolution's first layer into the first ``n_receivers`` rows of ``x``, the
+    raw features (dense, or sparse) of the receivers and of the senders read exactly (the
+    pairs ``intra``, or every pair for global attention); out-of-batch ``groups`` of input
+    codewords ``words`` (U, f0) are further senders. Over projected values when the
+    convolution has them (cheaper for wide raw features)."""
+    edges, log_count = _sender_terms(intra, groups, x.shape[0], words is not None)
+    if hasattr(conv, "value"):
+        parts = [x] if words is None else [x, words]
+        keys = torch.cat([conv.key(v) for v in parts])
+        values = torch.cat([conv.value(v) for v in parts])
+        queries = conv.query(x)[:n_receivers]
+        return attend(conv, n_receivers, None, edges, log_count, values, dropout, queries, keys)[0]
+    rows = dense(x)
+    x_src = rows if words is None else torch.cat([rows, words])
+    return attend(conv, rows[:n_receivers], x_src, edges, log_count, dropout=dropout)[0]

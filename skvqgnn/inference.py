@@ -1,0 +1,388 @@
+"""Whole-graph passes of a VQ-GNN network: codebook initialisation, exact and VQ inference.
+
+Each function runs a network (``skvqgnn.layers.VQGNN``) over every node of one graph
+(``skvqgnn.convolutions.GraphData``), chunk by chunk or batch by batch, so that the device never
+holds more than a chunk or a batch:
+
+* ``exact_layers``: layer-wise full-neighbour inference (the host holds one layer's O(n·f)
+  representations);
+* ``initialise_codebooks``: k-means of every layer input from the exact layers, before training;
+* ``refresh_codebooks``: the end of a fit, every node re-assigned by its dropout-free input;
+* ``vq_inference``: mini-batch VQ inference, codewords for the out-of-batch messages;
+* ``assign_new_graph``: the codes of an unseen graph, level by level, for VQ inference on it.
+
+The estimators call them; so can a callback or a benchmark, with the ``FitLoop``'s state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from .convolutions import GraphData, dense_rows, make_batch
+from .layers import VQGNN
+from .samplers import NodeSampler
+from .vq import AssignmentTable, ProductCodebook
+
+__all__ = [
+    "assign_new_graph",
+    "exact_layers",
+    "initialise_codebook",
+    "initialise_codebooks",
+    "level_inputs",
+    "refresh_codebooks",
+    "vq_inference",
+]
+
+_KMEANS_SAMPLE = 8192  # rows the k-means of a codebook initialisation is fitted on
+_KMEANS_ITERS = 10
+_CHUNK_ROWS = 8192  # rows of a layer's inputs held at once by the codebook initialisation
+
+
+def _column_moments(M: np.ndarray | sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and unbiased variance (f,) of a dense or CSR matrix (1 for one row)."""
+    n = M.shape[0]
+    if sp.issparse(M):
+        mean = np.asarray(M.mean(axis=0), dtype=np.float64).ravel()
+        square = np.asarray(M.multiply(M).mean(axis=0), dtype=np.float64).ravel()
+    else:
+        mean = M.mean(axis=0, dtype=np.float64)
+        square = np.square(M, dtype=np.float64).mean(axis=0)
+    if n < 2:
+        return mean, np.ones_like(mean)
+    return mean, np.maximum(square - mean**2, 0.0) * n / (n - 1)
+
+
+@torch.no_grad()
+def initialise_codebook(
+    cb: ProductCodebook,
+    H: np.ndarray | sp.csr_array,
+    weight: float,
+    gen: torch.Generator,
+    device: torch.device,
+    whiten: bool = True,
+) -> AssignmentTable:
+    """k-means of every node's input ``H`` (n, f), dense or CSR, into ``cb``.
+
+    Moments come from all rows, centroids from a sample of them, then every node is assigned
+    in chunks of rows, so that no more than a chunk is held densely on the device.
+
+    Parameters
+    ----------
+    cb : ProductCodebook
+    H : ndarray or csr_array of shape (n_nodes, n_features)
+    weight : float
+        The EMA counts the codewords start with, as a share of their members (a batch's share
+        of the nodes: the counts a training step adds).
+    gen : torch.Generator
+    device : torch.device
+    whiten : bool, default=True
+        Cluster standardised inputs; ``False``: in the inputs' own scale.
+
+    Returns
+    -------
+    AssignmentTable
+        The nodes' codes (feature and gradient codes alike).
+    """
+    n = H.shape[0]
+    sample = torch.randperm(n, generator=gen)[: max(_KMEANS_SAMPLE, 4 * cb.n_codewords)]
+    mean, var = (
+        cb.split(torch.from_numpy(v.astype(np.float32)).to(device)) for v in _column_moments(H)
+    )
+    if not whiten:
+        var = torch.ones_like(var)
+    rows = np.sort(sample.numpy())
+    cb.seed(mean, var, cb.split(dense_rows(H, rows, device)), gen, _KMEANS_ITERS)
+    table = AssignmentTable(n, cb.n_slices, cb.n_codewords)
+    count = sums = None
+    for start in range(0, n, _CHUNK_ROWS):
+        chunk = np.arange(start, min(start + _CHUNK_ROWS, n))
+        x = cb.split(dense_rows(H, chunk, device))
+        codes = cb.assign(x)
+        c, s_ = cb.member_sums(x, codes)
+        count, sums = (c, s_) if count is None else (count + c, sums + s_)
+        table.set_both(chunk, codes.cpu().numpy())
+    cb.settle(count, sums, weight)
+    return table
+
+
+@torch.no_grad()
+def initialise_codebooks(
+    model: VQGNN,
+    data: GraphData,
+    sampler: NodeSampler,
+    gen: torch.Generator,
+    device: torch.device,
+) -> tuple[list[AssignmentTable], AssignmentTable | None]:
+    """Codebooks from data before training: every layer input from the exact layers, k-means
+    per slice, every node assigned; and the input codebook of learnable convolutions from the
+    raw features. Leaves ``model`` in eval mode.
+
+    Parameters
+    ----------
+    model : VQGNN
+        The network (its mode is the caller's, except where said).
+    data : GraphData
+        The graph's convolutions.
+    sampler : NodeSampler
+        Its batch size sets the EMA counts the codewords start with.
+    gen : torch.Generator
+        For the k-means samples and seeds.
+    device : torch.device
+
+    Returns
+    -------
+    tables : list of AssignmentTable
+        Per VQ layer, the codes of every node.
+    input_table : AssignmentTable or None
+        The input codes (``None`` without an input codebook).
+    """
+    model.eval()
+    tables: list[AssignmentTable] = []
+    weight = sampler.batch_size / data.n_nodes
+    for level, cb in enumerate(model.codebooks):
+        H = exact_layers(model, data, device, upto=level + 1)  # (n, f_l) host
+        tables.append(initialise_codebook(cb, H, weight, gen, device))
+    input_table = None
+    if model.input_codebook is not None:
+        # raw features are clustered in their own scale: the first layer projects them
+        # linearly, so the plain distance bounds the error of a projected codeword, while
+        # per-dimension whitening would let rare features (rare words) decide the clusters
+        input_table = initialise_codebook(
+            model.input_codebook, data.graph.X, 1.0, gen, device, whiten=False
+        )
+    return tables, input_table
+
+
+@torch.no_grad()
+def exact_layers(
+    model: VQGNN, data: GraphData, device: torch.device, upto: int | None = None
+) -> np.ndarray:
+    """Layer-wise full-neighbour forward over node chunks.
+
+    Parameters
+    ----------
+    model : VQGNN
+    data : GraphData
+    device : torch.device
+    upto : int, default=None
+        Return the input of layer ``upto`` (the output of layer ``upto - 1``); ``None``: the
+        network's output.
+
+    Returns
+    -------
+    ndarray of shape (n_nodes, width), float32
+    """
+    n = data.n_nodes
+    chunk = max(1, min(n, 8192))
+    upto = len(model.layers) if upto is None else upto
+    H = None
+    for i in range(upto):
+        source = data.graph.X if i == 0 else H
+        out = None
+        for start in range(0, n, chunk):
+            rows = np.arange(start, min(start + chunk, n))
+            messages = [
+                conv.exact_messages(i, source, rows, model.attention(i, s), model, device)
+                for s, conv in enumerate(data.convolutions)
+            ]
+            z = model.layer_output(i, messages)
+            if out is None:
+                out = np.empty((n, z.shape[1]), dtype=np.float32)
+            out[rows] = z.cpu().numpy()
+        H = out
+    return H
+
+
+def level_inputs(
+    model: VQGNN,
+    data: GraphData,
+    tables: Sequence[AssignmentTable],
+    input_table: AssignmentTable | None,
+    sampler: NodeSampler,
+    device: torch.device,
+    level: int,
+) -> Iterator[tuple[np.ndarray, Tensor]]:
+    """Per inference batch, its nodes and the split inputs (b, P, D) of codebook ``level``
+    from the network's own VQ forward over the levels below, whose tables must be complete
+    (``tables[:level]``).
+
+    Parameters
+    ----------
+    model : VQGNN
+        The network (its mode is the caller's, except where said).
+    data : GraphData
+        The graph's convolutions.
+    tables : list of AssignmentTable
+        Per VQ layer, the codes of every node.
+    input_table : AssignmentTable or None
+        The input codes of the raw features (learnable convolutions' first layer).
+    sampler : NodeSampler
+        Its ``inference_batches`` are the batches run.
+    device : torch.device
+    level : int
+        The codebook whose inputs are computed.
+
+    Yields
+    ------
+    nodes : ndarray
+    inputs : Tensor of shape (b, P, D)
+    """
+    cb = model.codebooks[level]
+    position = np.full(data.n_nodes, -1, dtype=np.int64)
+    for batch_nodes in sampler.inference_batches():
+        batch = make_batch(
+            data, batch_nodes, tables[:level], device, input_table=input_table, position=position
+        )
+        yield batch_nodes, cb.split(model(batch, upto=level)[0])
+
+
+@torch.no_grad()
+def refresh_codebooks(
+    model: VQGNN,
+    data: GraphData,
+    tables: Sequence[AssignmentTable],
+    input_table: AssignmentTable | None,
+    sampler: NodeSampler,
+    device: torch.device,
+) -> None:
+    """Feature codes and codewords for inference, level by level over the inference batches in
+    eval mode: every node re-assigned by its own dropout-free input, then every feature codeword
+    moved to the mean of its members.
+
+    Training assigns nodes by their inputs under dropout and averages those, which is right
+    for training steps but biased for predictions. Gradient codebooks are left as they are.
+
+    Parameters
+    ----------
+    model : VQGNN
+        The network (its mode is the caller's, except where said).
+    data : GraphData
+        The graph's convolutions.
+    tables : list of AssignmentTable
+        Per VQ layer, the codes of every node; the feature codes are updated in place.
+    input_table : AssignmentTable or None
+        The input codes of the raw features (learnable convolutions' first layer).
+    sampler : NodeSampler
+        Its ``inference_batches`` are the batches run.
+    device : torch.device
+    """
+    was_training = model.training
+    model.eval()
+    for level, (cb, table) in enumerate(zip(model.codebooks, tables, strict=True)):
+        count = sums = None
+        inputs = level_inputs(model, data, tables, input_table, sampler, device, level)
+        for batch_nodes, x in inputs:
+            codes = cb.assign(x)
+            c, s_ = cb.member_sums(x, codes)
+            count, sums = (c, s_) if count is None else (count + c, sums + s_)
+            table.set(batch_nodes, codes.cpu().numpy())
+        cb.recentre(count, sums)
+    model.train(was_training)
+
+
+@torch.no_grad()
+def vq_inference(
+    model: VQGNN,
+    data: GraphData,
+    tables: Sequence[AssignmentTable],
+    input_table: AssignmentTable | None,
+    sampler: NodeSampler,
+    nodes: np.ndarray,
+    device: torch.device,
+    upto: int | None = None,
+) -> Tensor:
+    """Logits (len(nodes), out) by mini-batch VQ inference in the network's current mode,
+    returned on the CPU; ``upto=l``: the output of layer ``l`` instead (``VQGNN.forward``).
+    Only the sampler's inference batches that hold one of ``nodes`` are run.
+
+    Parameters
+    ----------
+    model : VQGNN
+        The network (its mode is the caller's, except where said).
+    data : GraphData
+        The graph's convolutions.
+    tables : list of AssignmentTable
+        Per VQ layer, the codes of every node.
+    input_table : AssignmentTable or None
+        The input codes of the raw features (learnable convolutions' first layer).
+    sampler : NodeSampler
+        Its ``inference_batches`` are the batches run.
+    nodes : ndarray
+        The nodes whose outputs are returned.
+    device : torch.device
+    upto : int, default=None
+        Stop after this layer.
+
+    Returns
+    -------
+    Tensor of shape (len(nodes), width)
+    """
+    wanted = np.zeros(data.n_nodes, dtype=bool)
+    wanted[nodes] = True
+    out: Tensor | None = None
+    where = np.full(data.n_nodes, -1, dtype=np.int64)
+    where[nodes] = np.arange(len(nodes))
+    position = np.full(data.n_nodes, -1, dtype=np.int64)
+    levels = tables if upto is None else tables[:upto]
+    for batch_nodes in sampler.inference_batches():
+        if not wanted[batch_nodes].any():
+            continue
+        batch = make_batch(
+            data, batch_nodes, levels, device, input_table=input_table, position=position
+        )
+        logits, _ = model(batch, upto=upto)
+        logits = logits.cpu()
+        if out is None:
+            out = torch.empty(len(nodes), logits.shape[1])
+        keep = wanted[batch_nodes]
+        out[where[batch_nodes[keep]]] = logits[torch.from_numpy(keep)]
+    return out
+
+
+@torch.no_grad()
+def assign_new_graph(
+    model: VQGNN, data: GraphData, sampler: NodeSampler, device: torch.device
+) -> tuple[list[AssignmentTable], AssignmentTable | None]:
+    """The codes of every node of an unseen graph, its nearest feature codewords.
+
+    Level by level in the sampler's inference batches: the raw features to the input codebook
+    first, then level ``l``'s inputs from the network's own VQ forward over the levels below,
+    whose codes are complete by then. Memory is that of inference, one batch at a time;
+    codebooks are left unchanged.
+
+    Parameters
+    ----------
+    model : VQGNN
+        The network (its mode is the caller's, except where said).
+    data : GraphData
+        The graph's convolutions.
+    sampler : NodeSampler
+        Its ``inference_batches`` are the batches run.
+    device : torch.device
+
+    Returns
+    -------
+    tables : list of AssignmentTable
+    input_table : AssignmentTable or None
+    """
+    input_table = None
+    if model.input_codebook is not None:
+        cb = model.input_codebook
+        input_table = AssignmentTable(data.n_nodes, 1, cb.n_codewords)
+        for start in range(0, data.n_nodes, _CHUNK_ROWS):
+            rows = np.arange(start, min(start + _CHUNK_ROWS, data.n_nodes))
+            codes = cb.assign(cb.split(dense_rows(data.graph.X, rows, device)))
+            input_table.set_both(rows, codes.cpu().numpy())
+    tables: list[AssignmentTable] = []
+    for level, cb in enumerate(model.codebooks):
+        table = AssignmentTable(data.n_nodes, cb.n_slices, cb.n_codewords)
+        inputs = level_inputs(model, data, tables, input_table, sampler, device, level)
+        for batch_nodes, x in inputs:
+            table.set_both(batch_nodes, cb.assign(x).cpu().numpy())
+        tables.append(table)
+    return tables, input_table

@@ -1,0 +1,857 @@
+"""The training loop of the estimators: a `FitLoop` of small steps, a `Task`, and `Callback` hooks.
+
+A fit is the estimator's parameters (``BaseVQGNN``), a `Task` (what is optimised: node
+classification or link prediction) and a graph. `FitLoop` runs it as a chain of small
+methods, ``run`` → ``epoch_pass`` → ``step`` / ``update`` / ``update_codebooks`` →
+``evaluate`` / ``keep_if_best`` → ``finish``, and notifies its callbacks between them. Progress
+bars, benchmark clocks and learning curves are callbacks; nothing outside the loop needs its
+private state.
+
+The codebook updates of a step are here too: the EMA update of the feature and gradient
+codewords (``ProductCodebook.update``, ``update_gradients``), the assignment of the batch nodes
+(``ProductCodebook.assign``, the codeword search) and the re-seeding of unused codewords.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from torch import Tensor
+
+from .convolutions import make_batch
+from .graph import Graph
+from .inference import exact_layers, initialise_codebooks, refresh_codebooks, vq_inference
+from .layers import VQGNN, LayerTrace
+from .sketch import resolve_backend
+from .vq import AssignmentTable, ProductCodebook
+
+__all__ = ["Callback", "FitLoop", "ProgressBar", "Task", "gradient_channels", "update_codebooks"]
+
+
+class Task:
+    """What a fit optimises: the estimator builds one per fit and hands it to the `FitLoop`.
+
+    A task knows the targets; the loop knows the graph, the network and the codebooks. Node
+    classification and link prediction are the two tasks of the package
+    (``skvqgnn.classifier.NodeClassification``, ``skvqgnn.link.LinkPrediction``); a new task is a
+    subclass and an estimator that builds it.
+
+    Attributes
+    ----------
+    n_outputs : int
+        Width of the network's output (classes, labels, or the embedding width).
+    n_targets : int
+        Loss terms in one epoch: a step's loss is divided by the per-batch share of it.
+    loss_mask : ndarray of shape (n_nodes,), bool
+        Nodes whose output enters the loss; the gradient codes of the output layer are
+        updated for them only (the gradient of the others is exactly zero).
+    head : torch.nn.Module or None
+        A trainable module after the network (a pair decoder), set by the loop before the
+        first epoch (from the estimator's ``_make_head``, or the fitted one under warm
+        start) and optimised with the network.
+    """
+
+    n_outputs: int
+    n_targets: int
+    loss_mask: np.ndarray
+    head: torch.nn.Module | None = None
+
+    def extend_batch(self, nodes: np.ndarray) -> np.ndarray:
+        """The nodes of a training step, given the sampler's batch (mini-batch mode only).
+
+        Parameters
+        ----------
+        nodes : ndarray of shape (b,)
+            The sampler's batch.
+
+        Returns
+        -------
+        ndarray
+            ``nodes``, and any nodes the task adds after them.
+        """
+        return nodes
+
+    def loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:
+        """The summed loss over the batch's targets and the number of its terms.
+
+        Parameters
+        ----------
+        logits : Tensor of shape (b, n_outputs)
+            The network's output for the step's nodes.
+        nodes : Tensor of shape (b,)
+            The step's node ids.
+
+        Returns
+        -------
+        loss : Tensor
+            A scalar; the loop divides it by the per-batch share of ``n_targets``.
+        count : int
+            Its number of terms (0: the step has no backward pass).
+        """
+        raise NotImplementedError
+
+    def val_score(self, logits: Tensor, nodes: np.ndarray) -> float:
+        """Validation score (greater is better) of the outputs of the validation nodes.
+
+        Parameters
+        ----------
+        logits : Tensor of shape (len(nodes), n_outputs)
+            Eval-mode outputs of ``nodes``.
+        nodes : ndarray
+            The validation nodes, sorted.
+
+        Returns
+        -------
+        float
+        """
+        raise NotImplementedError
+
+
+class Callback:
+    """Hooks into a fit: pass instances as ``fit(..., callbacks=[...])``.
+
+    Each method receives the running `FitLoop` (its ``model``, ``tables``, ``history``,
+    ``epoch`` and `FitLoop.predict`); the defaults do nothing. A callback may end a fit after
+    the current epoch by setting ``fit.stop = True``. ``verbose`` adds a `ProgressBar`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skvqgnn import Callback, VQGNNClassifier
+    >>> from skvqgnn.datasets import make_csbm
+    >>> class Losses(Callback):
+    ...     def __init__(self):
+    ...         self.losses = []
+    ...     def on_epoch_end(self, fit, record):
+    ...         self.losses.append(record["loss"])
+    >>> A, X, y, _ = make_csbm(200, 2, random_state=0)
+    >>> losses = Losses()
+    >>> clf = VQGNNClassifier(batch_size=50, n_codewords=16, max_epochs=3, random_state=0)
+    >>> clf = clf.fit(A, X, y, callbacks=[losses])
+    >>> len(losses.losses)
+    3
+    """
+
+    def on_fit_start(self, fit: FitLoop) -> None:
+        """After the set-up (graph structures, batches, codebook initialisation).
+
+        Parameters
+        ----------
+        fit : FitLoop
+        """
+
+    def on_epoch_start(self, fit: FitLoop) -> None:
+        """Before the first batch of epoch ``fit.epoch``.
+
+        Parameters
+        ----------
+        fit : FitLoop
+        """
+
+    def on_step_start(self, fit: FitLoop, batch_nodes: np.ndarray) -> None:
+        """Before a training step.
+
+        Parameters
+        ----------
+        fit : FitLoop
+        batch_nodes : ndarray
+            The step's nodes: the sampler's batch, extended by the task (a link predictor adds
+            partner and negative nodes).
+        """
+
+    def on_step_end(self, fit: FitLoop, batch_nodes: np.ndarray, n_terms: int) -> None:
+        """After a step's forward and backward passes, optimiser step (when due) and codebook
+        updates.
+
+        Parameters
+        ----------
+        fit : FitLoop
+        batch_nodes : ndarray
+            The step's nodes.
+        n_terms : int
+            The number of loss terms of the step (0: no backward pass).
+        """
+
+    def on_epoch_end(self, fit: FitLoop, record: dict[str, Any]) -> None:
+        """After an epoch and its evaluation.
+
+        Parameters
+        ----------
+        fit : FitLoop
+        record : dict
+            The epoch's entry of ``history_``.
+        """
+
+    def on_fit_end(self, fit: FitLoop) -> None:
+        """After the last epoch (also after Ctrl-C), before the fitted attributes are set.
+
+        Parameters
+        ----------
+        fit : FitLoop
+        """
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the epochs, with the loss and validation score (``verbose=1``).
+
+    Parameters
+    ----------
+    desc : str
+        The bar's label.
+    """
+
+    def __init__(self, desc: str):
+        self.desc = desc
+        self.bar = None
+
+    def on_fit_start(self, fit: FitLoop) -> None:  # noqa: D102
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=fit.max_epochs, desc=self.desc, unit="epoch")
+
+    def on_epoch_end(self, fit: FitLoop, record: dict[str, Any]) -> None:  # noqa: D102
+        self.bar.update(1)
+        shown = {k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "val_score")}
+        self.bar.set_postfix(shown)
+
+    def on_fit_end(self, fit: FitLoop) -> None:  # noqa: D102
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class Snapshot:
+    """The network (codebooks included) and head of the best validation epoch.
+
+    The assignment tables, O(n) each, are not copied: the end of fit reassigns every node's
+    feature codes from the kept network anyway (``refresh_codebooks``), so the tables of the
+    best epoch would be overwritten; gradient codes are used by training steps only."""
+
+    model: VQGNN
+    head: torch.nn.Module | None = None
+
+
+class _EpochStats:
+    """Per-epoch training statistics, reported in ``history_``."""
+
+    def __init__(self, n_levels: int):
+        self.loss = 0.0
+        self.count = 0
+        self.changed = [0] * n_levels
+        self.reseeded = [0] * n_levels
+        self.shift = [0.0] * n_levels
+        self.vq_sq = np.zeros(n_levels)
+        self.vq_norm = np.zeros(n_levels)
+        self.grad_norm = [0.0] * n_levels
+        self.blue_norm = [0.0] * n_levels
+        self.trust: list[list[float]] = [[] for _ in range(n_levels)]
+
+    def summary(self, epoch: int) -> dict[str, Any]:
+        record: dict[str, Any] = {"epoch": epoch, "loss": self.loss / max(1, self.count)}
+        if len(self.vq_sq):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                record["vq_error"] = np.sqrt(self.vq_sq / self.vq_norm).tolist()
+            record["assignments_changed"] = list(self.changed)
+            record["codewords_reseeded"] = list(self.reseeded)
+            record["codeword_shift"] = list(self.shift)
+            record["grad_codeword_norm"] = list(self.grad_norm)
+            record["blue_message_norm"] = list(self.blue_norm)
+            record["grad_trust"] = [list(t) for t in self.trust]
+        return record
+
+
+class FitLoop:
+    """One fit: its set-up, its steps and its end, each a method, with callbacks between.
+
+    `run` is `start`, then `epoch_pass` until ``max_epochs`` or early stopping, then
+    `finish`. An epoch is, per batch of the sampler, `step` (forward and backward), `update`
+    (one optimiser step every ``accumulate_batches`` batches) and `update_codebooks`; then
+    `evaluate` on the validation nodes and `keep_if_best`, which may take a `Snapshot` of the
+    network. A distributed strategy would enter at `update` (all-reduce of the gradients) and
+    at `update_codebooks` (all-reduce of the EMA statistics, all-gather of the codes), with
+    the sampler sharded per rank.
+
+    The estimator's ``fit`` builds and runs one; callbacks receive it.
+
+    Parameters
+    ----------
+    estimator : BaseVQGNN
+        Whose parameters the fit follows and whose fitted attributes `finish` sets.
+    task : Task
+    graph : Graph
+        The graph trained on.
+    val_nodes : ndarray
+        Nodes scored by the task after every epoch (sorted; may be empty).
+    seed : int
+        Seeds the batches, the codebook initialisation and torch's generator.
+    callbacks : list of Callback
+        Notified in order.
+
+    Attributes
+    ----------
+    data : GraphData
+        The graph's convolutions, prepared for the backbone.
+    sampler : NodeSampler
+    model : VQGNN
+    tables : list of AssignmentTable
+        Per VQ layer, the feature and gradient codes of every node (empty in full-graph mode).
+    input_table : AssignmentTable or None
+        Codes of the raw features (attention backbones' input codebook).
+    history : list of dict
+        ``history_`` so far (a warm start continues the previous one).
+    epoch : int
+        Index of the current epoch in this fit.
+    max_epochs : int
+    stop : bool
+        Set to end the fit after the current epoch.
+    """
+
+    def __init__(
+        self,
+        estimator: Any,
+        task: Task,
+        graph: Graph,
+        val_nodes: np.ndarray,
+        seed: int,
+        callbacks: Sequence[Callback] = (),
+    ):
+        self.estimator, self.task, self.graph = estimator, task, graph
+        self.val_nodes, self.seed, self.callbacks = val_nodes, seed, list(callbacks)
+        self.device = estimator._device()
+        self.max_epochs = estimator.max_epochs
+        self.epoch = 0
+        self.stop = False
+        self.best: tuple[float, Snapshot | None] = (-np.inf, None)
+        self.stale = 0
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Graph structures, batches, network (new or warm-started), codebooks, optimiser."""
+        est, graph, device = self.estimator, self.graph, self.device
+        name = type(est).__name__
+        with _stage(est.verbose, name, f"graph structures ({graph.n_nodes:,} nodes)"):
+            self.data = est._graph_data(graph)
+        self.full_graph = est._effective_batch_size(graph.n_nodes) >= graph.n_nodes
+        what = "batches" if self.full_graph or est.sampler == "random" else "METIS partition"
+        with _stage(est.verbose, name, what):
+            self.sampler = est._sampler_for(graph, self.seed)
+        if not self.full_graph and est.n_codewords > graph.n_nodes:
+            raise ValueError(
+                f"n_codewords={est.n_codewords} exceeds the {graph.n_nodes} nodes of the graph: "
+                "a codebook cannot use more codewords than there are nodes; use n_codewords <= "
+                f"{graph.n_nodes} (or batch_size=None for full-graph training)"
+            )
+        self.rng = np.random.default_rng(self.seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        self.position = np.full(graph.n_nodes, -1, dtype=np.int64)  # make_batch's scratch
+
+        self.reuse = est.warm_start and hasattr(est, "model_")
+        fresh = est._build_model(graph.n_features, self.task.n_outputs, self.data.kinds)
+        if self.reuse:
+            _check_same_structure(est.model_, fresh)
+            model = est.model_.to(device)
+            est._apply_settings(model)
+        else:
+            model = fresh.to(device)
+        model.sparse_backend = resolve_backend(est.sparse_backend)
+        self.n_batches = max(1, math.ceil(graph.n_nodes / self.sampler.batch_size))
+        for cb in model.codebooks:  # gradient codewords average over the last epoch
+            cb.grad_decay = 1.0 - 1.0 / self.n_batches
+        self.model = model
+        self.tables: list[AssignmentTable] = []
+        self.input_table: AssignmentTable | None = None
+        if self.full_graph:  # one batch: no message is quantised (codebooks filled at the end)
+            pass
+        elif self.reuse and est.graph_fingerprint_ == graph.fingerprint and est.tables_:
+            self.tables, self.input_table = est.tables_, est.input_table_
+        else:
+            levels = len(model.codebooks) + (model.input_codebook is not None)
+            with _stage(est.verbose, name, f"k-means of {levels} codebook(s)"):
+                self.tables, self.input_table = initialise_codebooks(
+                    model, self.data, self.sampler, self.gen, device
+                )
+
+        head = est.head_ if self.reuse and getattr(est, "head_", None) is not None else None
+        if head is not None:
+            est._check_same_head(head)
+        head = est._make_head() if head is None else head
+        self.task.head = None if head is None else head.to(device)
+        self.parameters = [*model.parameters(), *(() if head is None else head.parameters())]
+        self.optimiser = torch.optim.Adam(
+            self.parameters, lr=est.learning_rate, weight_decay=est.weight_decay
+        )
+        self.norm = max(1.0, self.task.n_targets / self.n_batches)
+        self.history = list(est.history_) if self.reuse and hasattr(est, "history_") else []
+        self.first_epoch = len(self.history)
+        kinds = self.data.kinds
+        self.backward = [False] * len(kinds) if self.full_graph else est._backward_flags(kinds)
+        self.group = 0 if est.accumulate_batches == "epoch" else est.accumulate_batches
+        self.vq_sq = np.zeros(len(self.tables))
+        self.vq_norm = np.zeros(len(self.tables))
+
+    # -- training --------------------------------------------------------------------------------
+    def _set_mode(self, training: bool) -> None:
+        self.model.train(training)
+        if self.task.head is not None:
+            self.task.head.train(training)
+
+    def step(self, batch_nodes: np.ndarray, stats: _EpochStats) -> tuple[Any, list, int]:
+        """Forward (Eq. 6) and backward (Eq. 7) of one batch, its gradient summed into the
+        parameters'.
+
+        Parameters
+        ----------
+        batch_nodes : ndarray
+            The step's nodes.
+        stats : _EpochStats
+            The epoch's statistics, to which the step's loss is added.
+
+        Returns
+        -------
+        batch : Batch
+        traces : list of LayerTrace
+            Per VQ layer, what the codebook updates need.
+        count : int
+            The number of loss terms.
+        """
+        task, device = self.task, self.device
+        batch = make_batch(
+            self.data,
+            batch_nodes,
+            self.tables,
+            device,
+            self.backward,
+            task.loss_mask,
+            self.input_table,
+            self.position,
+        )
+        logits, traces = self.model(batch, blue=any(self.backward))
+        loss, count = task.loss(logits, batch.nodes.to(device))
+        if count:
+            (loss / self.norm).backward()
+        stats.loss += float(loss.detach()) if count else 0.0
+        stats.count += count
+        return batch, traces, count
+
+    def update(self, grouped: int, with_loss: bool) -> None:
+        """One optimiser step on the mean gradient of the ``grouped`` batches summed into the
+        parameters' gradients (none when no batch had a loss term). Dividing the sum here,
+        not each batch's loss, leaves the gradient codewords as they are without grouping.
+
+        Parameters
+        ----------
+        grouped : int
+            The number of batches summed.
+        with_loss : bool
+            Whether one of them had a loss term.
+        """
+        if not with_loss:
+            return
+        if grouped > 1:
+            for p in self.parameters:
+                if p.grad is not None:
+                    p.grad.div_(grouped)
+        self.optimiser.step()
+
+    def update_codebooks(
+        self, batch_nodes: np.ndarray, traces: list[LayerTrace], count: int, stats: _EpochStats
+    ) -> None:
+        """The EMA updates of the batch's codewords and codes (none in full-graph mode).
+
+        Parameters
+        ----------
+        batch_nodes : ndarray
+            The step's nodes.
+        traces : list of LayerTrace
+            The step's traces.
+        count : int
+            The step's number of loss terms (0: no gradients, no gradient codebook update).
+        stats : _EpochStats
+        """
+        if self.tables:
+            update_codebooks(
+                self.model,
+                traces,
+                self.tables,
+                batch_nodes,
+                self.gen,
+                stats,
+                backward=bool(count) and any(self.backward),
+                loss_mask=self.task.loss_mask,
+            )
+
+    def epoch_pass(self) -> dict[str, Any]:
+        """One epoch over the sampler's batches; its ``history_`` record (before evaluation).
+
+        Per batch: `step`, `update` when ``accumulate_batches`` batches are summed (the last
+        update of the epoch takes the batches left), `update_codebooks`, with the callbacks'
+        ``on_step_start`` and ``on_step_end`` around them.
+
+        Returns
+        -------
+        dict
+        """
+        t0 = time.perf_counter()
+        self._set_mode(True)
+        stats = _EpochStats(len(self.tables))
+        grouped, with_loss = 0, False  # batches of the current update, whether one had a loss
+        for batch_nodes in self.sampler.epoch(self.rng):
+            if grouped == 0:
+                self.optimiser.zero_grad(set_to_none=True)
+            if not self.full_graph:
+                batch_nodes = self.task.extend_batch(batch_nodes)
+            for hook in self.callbacks:
+                hook.on_step_start(self, batch_nodes)
+            _, traces, count = self.step(batch_nodes, stats)
+            with_loss |= bool(count)
+            grouped += 1
+            if grouped == self.group:
+                self.update(grouped, with_loss)
+                grouped, with_loss = 0, False
+            self.update_codebooks(batch_nodes, traces, count, stats)
+            for hook in self.callbacks:
+                hook.on_step_end(self, batch_nodes, count)
+        if grouped:
+            self.update(grouped, with_loss)
+        record = stats.summary(self.first_epoch + self.epoch)
+        record["time"] = time.perf_counter() - t0
+        _check_finite(record["loss"], self.parameters, self.first_epoch + self.epoch)
+        self.vq_sq, self.vq_norm = stats.vq_sq, stats.vq_norm
+        return record
+
+    def evaluate(self) -> float:
+        """Validation score of the live model (VQ inference over the training codes).
+
+        Returns
+        -------
+        float
+        """
+        self._set_mode(False)
+        logits = vq_inference(
+            self.model,
+            self.data,
+            self.tables,
+            self.input_table,
+            self.sampler,
+            self.val_nodes,
+            self.device,
+        )
+        return self.task.val_score(logits, self.val_nodes)
+
+    def keep_if_best(self, score: float) -> None:
+        """Early stopping's bookkeeping: a `Snapshot` of an improving epoch, else one more
+        epoch without improvement.
+
+        Parameters
+        ----------
+        score : float
+            The epoch's validation score.
+        """
+        if score > self.best[0] + 1e-12:
+            snapshot = None
+            if self.estimator.early_stopping:  # the best epoch's model is the one kept
+                snapshot = Snapshot(copy.deepcopy(self.model), copy.deepcopy(self.task.head))
+            self.best = (score, snapshot)
+            self.stale = 0
+        else:
+            self.stale += 1
+
+    def predict(self, nodes: np.ndarray) -> Tensor:
+        """Outputs of ``nodes`` by the live state, as the end of fit would compute them.
+
+        VQ inference after the eval-mode refresh of the codebooks (on copies, so that training
+        goes on unchanged), or exact inference in full-graph mode. For callbacks that follow
+        accuracy over the epochs.
+
+        Parameters
+        ----------
+        nodes : ndarray
+            Node ids.
+
+        Returns
+        -------
+        Tensor of shape (len(nodes), n_outputs)
+            On the CPU.
+        """
+        was_training = self.model.training
+        self._set_mode(False)
+        try:
+            if not self.tables:
+                return torch.from_numpy(exact_layers(self.model, self.data, self.device)[nodes])
+            model, tables = copy.deepcopy(self.model), copy.deepcopy(self.tables)
+            refresh_codebooks(model, self.data, tables, self.input_table, self.sampler, self.device)
+            return vq_inference(
+                model, self.data, tables, self.input_table, self.sampler, nodes, self.device
+            )
+        finally:
+            self._set_mode(was_training)
+
+    def run(self) -> None:
+        """Set up, train epoch by epoch (Ctrl-C keeps what was trained), finish."""
+        est = self.estimator
+        self.start()
+        for hook in self.callbacks:
+            hook.on_fit_start(self)
+        try:
+            for epoch in range(self.max_epochs):
+                self.epoch = epoch
+                for hook in self.callbacks:
+                    hook.on_epoch_start(self)
+                record = self.epoch_pass()
+                if len(self.val_nodes):
+                    record["val_score"] = self.evaluate()
+                    self.keep_if_best(record["val_score"])
+                self.history.append(record)
+                for hook in self.callbacks:
+                    hook.on_epoch_end(self, record)
+                if self.stop or (est.early_stopping and self.stale >= est.n_iter_no_change):
+                    break
+        except KeyboardInterrupt:
+            warnings.warn(
+                f"fit interrupted after {len(self.history)} epochs; keeping the model "
+                + ("of the best validation epoch" if self.best[1] is not None else "as it is"),
+                RuntimeWarning,
+                stacklevel=5,  # the caller of fit (run, _fit_graph, fit, scikit-learn's wrapper)
+            )
+        finally:
+            for hook in self.callbacks:
+                hook.on_fit_end(self)
+        self.finish()
+
+    # -- end -------------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """The best epoch's network under early stopping, codebooks for inference, and the
+        fitted attributes of the estimator."""
+        est = self.estimator
+        _warn_if_diverging(self.history[self.first_epoch :], est.learning_rate, stacklevel=7)
+        model, head = self.model, self.task.head
+        if est.early_stopping and self.best[1] is not None:
+            model, head = self.best[1].model, self.best[1].head
+            self.model = model
+        if self.tables:
+            refresh_codebooks(
+                model, self.data, self.tables, self.input_table, self.sampler, self.device
+            )
+        elif model.codebooks:
+            # full-graph training (the graph fits in one batch) never touched the codebooks:
+            # fill them from the trained network, so that VQ inference on a larger graph
+            # quantises with real codewords, not zeros
+            self.tables, self.input_table = initialise_codebooks(
+                model, self.data, self.sampler, self.gen, self.device
+            )
+        self.task.head = None
+        model.eval()
+        est.model_ = model.cpu()
+        est.head_ = None if head is None else head.eval().cpu()
+        est.tables_ = self.tables
+        est.input_table_ = self.input_table
+        est.graph_fingerprint_ = self.graph.fingerprint
+        est.history_ = self.history
+        est.n_iter_ = len(self.history)
+        scores = [r["val_score"] for r in self.history[self.first_epoch :] if "val_score" in r]
+        est.best_validation_score_ = max(scores) if scores else None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            est.vq_error_ = np.sqrt(self.vq_sq / self.vq_norm) if len(self.tables) else np.zeros(0)
+        est._fit_seed_ = self.seed
+
+
+# -- the codebook updates of a step ---------------------------------------------------------------
+@torch.no_grad()
+def update_codebooks(
+    model: VQGNN,
+    traces: list[LayerTrace],
+    tables: list[AssignmentTable],
+    batch_nodes: np.ndarray,
+    gen: torch.Generator,
+    stats: _EpochStats,
+    backward: bool,
+    loss_mask: np.ndarray,
+) -> None:
+    """Assign the batch rows and EMA-update both codebooks of every VQ layer; re-seed unused
+    codewords.
+
+    Feature codes come from the inputs alone; gradient codes from inputs and gradients, and
+    only for rows whose gradient is known: none when the step had no backward pass, and in
+    the output layer only the nodes with a loss term (the gradient of the others is exactly
+    zero, and they are never taken as receivers there).
+
+    Parameters
+    ----------
+    model : VQGNN
+    traces : list of LayerTrace
+        The step's traces, one per VQ layer.
+    tables : list of AssignmentTable
+    batch_nodes : ndarray
+        The step's nodes, in the order of the traces' rows.
+    gen : torch.Generator
+        For the re-seeding.
+    stats : _EpochStats
+        Receives the step's codebook statistics.
+    backward : bool
+        Whether the step had a backward pass (gradients in the traces).
+    loss_mask : ndarray of shape (n_nodes,), bool
+        The nodes with a loss term.
+    """
+    last = len(tables) - 1
+    for level, (cb, trace, table) in enumerate(zip(model.codebooks, traces, tables, strict=True)):
+        x = cb.split(trace.x.detach())  # (b, P, D)
+        codes = cb.assign(x)
+        before = cb.codewords.clone()
+        cb.update(x, codes)
+        stats.changed[level] += table.set(batch_nodes, codes.cpu().numpy())
+        dead = torch.from_numpy(table.unused()).to(x.device)
+        stats.reseeded[level] += cb.reseed(dead, x, gen)
+        words = cb.codewords
+        stats.shift[level] += float((words - before).norm())
+        quantised = words[torch.arange(cb.n_slices, device=x.device), codes]  # (b, P, D)
+        stats.vq_sq[level] += float(((x - quantised) ** 2).sum())
+        stats.vq_norm[level] += float((x**2).sum())
+        if backward:
+            known = np.ones(len(batch_nodes), dtype=bool)
+            if level == last:
+                known = loss_mask[batch_nodes]
+            rows = np.flatnonzero(known)
+            if len(rows):
+                _update_gradient_codebook(cb, trace, table, x, batch_nodes, rows, gen)
+        stats.grad_norm[level] = float(cb.grad_codewords.norm())
+        stats.trust[level] = cb.grad_trust.tolist()
+        if trace.blue is not None:
+            stats.blue_norm[level] += float(trace.blue.norm())
+
+
+def _update_gradient_codebook(
+    cb: ProductCodebook,
+    trace: LayerTrace,
+    table: AssignmentTable,
+    x: Tensor,
+    batch_nodes: np.ndarray,
+    rows: np.ndarray,
+    gen: torch.Generator,
+) -> None:
+    """Calibrate, assign and EMA-update the gradient codewords with the batch ``rows`` whose
+    gradient is known."""
+    g, aux = gradient_channels(trace)
+    index = torch.from_numpy(rows).to(x.device)
+    x = x[index]
+    g = cb.split(g[:, index])  # (S, r, P, D)
+    aux = None if aux is None else aux[:, index]
+    nodes = batch_nodes[rows]
+    stale = torch.from_numpy(table.grad_codes[nodes].astype(np.int64)).to(x.device)
+    cb.calibrate(g, stale)
+    grad_codes = cb.assign_gradients(x, g, aux)
+    cb.update_gradients(x, g, grad_codes, aux=aux)
+    table.set_gradients(nodes, grad_codes.cpu().numpy())
+    dead = torch.from_numpy(table.grad_unused()).to(x.device)
+    cb.reseed_gradients(dead, x, g, gen, aux)
+
+
+def gradient_channels(trace: LayerTrace) -> tuple[Tensor, Tensor | None]:
+    """A VQ layer's gradient channels (S, b, f) and auxiliary scalars (n_aux, b) from its
+    trace, in the order of ``VQGNN.channels``: each convolution's kind says what of its
+    ``∂ℓ/∂M`` is clustered (one channel per fixed convolution; one per attention head, plus
+    ``⟨g, M⟩`` and the log normaliser of each head)."""
+    channels, aux = [], []
+    for kind, m, lse in zip(trace.kinds, trace.messages, trace.lse, strict=True):
+        g = torch.zeros_like(m) if m.grad is None else m.grad.detach()
+        c, a = kind.gradient_channels(m, g, lse)
+        channels.extend(c)
+        aux.extend(a)
+    return torch.stack(channels), (torch.cat(aux) if aux else None)
+
+
+# -- checks of a fit -------------------------------------------------------------------------------
+_STRUCTURE = (
+    "backbone, hidden_layer_sizes, heads, n_codewords, codeword_dim or the number of features"
+)
+
+
+def _check_same_structure(fitted: VQGNN, wanted: VQGNN) -> None:
+    """``warm_start`` continues ``fitted`` only if the current parameters and data would build
+    the same network; else a ``ValueError`` names the first tensor that differs."""
+    before, now = getattr(fitted, "built_with", {}), wanted.built_with
+    for key, value in now.items():
+        if key in before and before[key] != value:
+            if key == "n_features":
+                detail = f"X has {value} features, the fitted network takes {before[key]}"
+            elif key == "n_outputs":
+                detail = f"the targets need {value} outputs, the fitted network has {before[key]}"
+            else:
+                detail = f"{key} changed from {before[key]!r} to {value!r}"
+            raise ValueError(
+                f"warm_start=True continues the fitted network, but {detail}. Set "
+                "warm_start=False to fit a new network"
+            )
+    old = {k: tuple(v.shape) for k, v in fitted.state_dict().items()}
+    new = {k: tuple(v.shape) for k, v in wanted.state_dict().items()}
+    layers = [type(m).__name__ for m in fitted.layers], [type(m).__name__ for m in wanted.layers]
+    if old == new and layers[0] == layers[1]:
+        return
+    if layers[0] != layers[1]:
+        detail = f"its layers are {layers[0]}, the current parameters give {layers[1]}"
+    else:
+        name = next((k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)), "?")
+        detail = (
+            f"tensor {name!r} is {old.get(name, 'absent')} in the fitted network and would be "
+            f"{new.get(name, 'absent')} now"
+        )
+    raise ValueError(
+        f"warm_start=True continues the fitted network, but its structure no longer matches "
+        f"({_STRUCTURE} changed): {detail}. Set warm_start=False to fit a new network"
+    )
+
+
+def _check_finite(loss: float, parameters: list[Tensor], epoch: int) -> None:
+    """Stop a fit whose loss or parameters are no longer finite (it can never recover)."""
+    finite = torch.stack([torch.isfinite(p).all() for p in parameters]).all()
+    if math.isfinite(loss) and bool(finite):  # one device sync per epoch
+        return
+    what = f"the loss is {loss}" if not math.isfinite(loss) else "a parameter is not finite"
+    raise ValueError(
+        f"training diverged at epoch {epoch}: {what}. Lower learning_rate, or scale the "
+        "node features X (for example with StandardScaler): very large input values overflow "
+        "float32"
+    )
+
+
+_DIVERGENCE = 10.0  # a fit whose last epoch's loss is this many times its first one diverged
+
+
+def _warn_if_diverging(
+    history: list[dict[str, Any]], learning_rate: float, stacklevel: int = 4
+) -> None:
+    """Warn when the loss ended far above where the fit started."""
+    if len(history) < 2:
+        return
+    first, last = history[0]["loss"], history[-1]["loss"]
+    if first > 0 and last > _DIVERGENCE * first:
+        warnings.warn(
+            f"training diverged: the loss rose from {first:.4g} (first epoch) to {last:.4g} "
+            f"(last epoch); lower learning_rate (now {learning_rate:g}) or scale the features",
+            ConvergenceWarning,
+            stacklevel=stacklevel,
+        )
+
+
+@contextlib.contextmanager
+def _stage(verbose: int, name: str, what: str) -> Iterator[None]:
+    """With ``verbose``, report a set-up stage of a fit on stderr as it starts and its time when
+    it ends, so that the seconds before the first epoch are accounted for."""
+    if not verbose:
+        yield
+        return
+    t0 = time.perf_counter()
+    print(f"{name} set-up: {what} ...", end="", file=sys.stderr, flush=True)
+    yield
+    print(f" {time.perf_counter() - t0:.2f} s", file=sys.stderr, flush=True)
