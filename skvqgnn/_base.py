@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
@@ -23,7 +24,7 @@ from torch import Tensor
 from . import inference
 from ._version import PICKLE_VERSION_KEY, check_version, package_version
 from .convolutions import Convolution, GraphData
-from .graph import Graph, NodeSet, is_pyg_data
+from .graph import Graph, NodeSet, PairSet, is_pyg_data
 from .layers import BACKBONES, VQGNN, Backbone, make_backbone
 from .samplers import ClusterSampler, NodeSampler, RandomNodeSampler
 from .sketch import resolve_backend
@@ -76,6 +77,15 @@ def _check_not_empty(nodes: NodeSet) -> None:
             f"the NodeSet is empty (0 of the graph's {nodes.graph.n_nodes} nodes); at least one "
             "node is required"
         )
+
+
+def view_arguments(A: Any, X: Any, y: Any) -> tuple[Any, Any, Any]:
+    """``(A, X, y)`` as given, or, when ``A`` is a view that carries its graph's features (a
+    ``NodeSet``, ``PairSet``, ``Graph`` or PyG ``Data``) and ``y`` is not given, with the
+    second argument taken as ``y``: ``fit(nodes, y)`` is ``fit(A=nodes, X=y)``."""
+    if (isinstance(A, (NodeSet, PairSet, Graph)) or is_pyg_data(A)) and y is None:
+        return A, None, X
+    return A, X, y
 
 
 def resolve_graph(A: Any, X: Any) -> tuple[NodeSet, bool]:
@@ -358,7 +368,14 @@ class BaseVQGNN(BaseEstimator):
                 )
         if self.verbose:
             hooks.insert(0, ProgressBar(type(self).__name__))
-        FitLoop(self, task, nodes.graph, val_nodes, seed, hooks).run()
+        with torch.random.fork_rng(devices=[]):  # the fit seeds torch; the caller's stream stays
+            FitLoop(self, task, nodes.graph, val_nodes, seed, hooks).run()
+
+    def _fit_random_state(self) -> tuple[np.random.RandomState, int]:
+        """The fit's random state (``random_state``) and the seed of its training loop, drawn
+        from it first."""
+        rs = check_random_state(self.random_state)
+        return rs, int(rs.randint(np.iinfo(np.int32).max))
 
     def _decision(self, nodes: NodeSet, hidden: bool = False) -> Tensor:
         """Logits (len(nodes), out) for a node view, with the configured inference mode;

@@ -12,15 +12,14 @@ from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.exceptions import DataConversionWarning
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 from torch.nn import functional as F
 
-from ._base import BaseVQGNN, _check_not_empty, resolve_graph
-from .graph import Graph, NodeSet, _node_index, is_pyg_data
+from ._base import BaseVQGNN, _check_not_empty, resolve_graph, view_arguments
+from .graph import NodeSet, _node_index
 from .layers import Backbone
 from .training import Task
 
@@ -574,9 +573,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         -------
         self
         """
-        if (isinstance(A, (NodeSet, Graph)) or is_pyg_data(A)) and y is None:  # fit(nodes, y)
-            X, y = None, X
-        nodes, is_view = resolve_graph(A, X)
+        A, X, y = view_arguments(A, X, y)
+        nodes, _ = resolve_graph(A, X)
         _check_not_empty(nodes)
         if y is None:
             raise ValueError(
@@ -602,8 +600,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
                 "y has no labelled node: every entry is unlabelled (-1, NaN, None or masked)"
             )
         self._hidden_sizes()
-        rs = check_random_state(self.random_state)
-        seed = int(rs.randint(np.iinfo(np.int32).max))
+        rs, seed = self._fit_random_state()
         val_nodes = np.zeros(0, dtype=np.int64)
         if validation_nodes is not None:
             val_nodes = _given_validation(validation_nodes, nodes, labels, len(labelled))
@@ -641,8 +638,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             multilabel,
             self._weights(encoded, nodes, sample_weight),
         )
-        with torch.random.fork_rng(devices=[]):
-            self._fit_graph(nodes, val_nodes, seed, task, callbacks)
+        self._fit_graph(nodes, val_nodes, seed, task, callbacks)
         self.transduction_ = self._labels_of(self._decision(graph.nodes()))
         return self
 
@@ -787,9 +783,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             The (weighted) fraction of labelled nodes whose predicted label (multi-label:
             whole indicator row) equals ``y``.
         """
-        if (isinstance(A, (NodeSet, Graph)) or is_pyg_data(A)) and y is None:
-            y = X
-            X = None
+        A, X, y = view_arguments(A, X, y)
         pred = self.predict(A, X)
         if y is None:
             raise TypeError("score needs the true labels y")

@@ -50,13 +50,12 @@ import torch
 from scipy.special import expit
 from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.exceptions import DataConversionWarning
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._base import BaseVQGNN, _check_not_empty, resolve_graph
+from ._base import BaseVQGNN, _check_not_empty, resolve_graph, view_arguments
 from .graph import (
     Graph,
     NodeSet,
@@ -590,8 +589,7 @@ device, sparse_backend, random_state, verbose
         self
         """
         if isinstance(A, PairSet):
-            if t is None:
-                t, X = X, None
+            A, X, t = view_arguments(A, X, t)  # fit(pairs, t)
             if X is not None:
                 raise TypeError("fit(pairs, t) takes no X: the pairs' graph holds the features")
             if t is None:
@@ -625,8 +623,7 @@ device, sparse_backend, random_state, verbose
         if self.n_negatives == 0 and not (targets == 0).any():
             raise ValueError("n_negatives=0 needs negative pairs (t == 0) among the training pairs")
         self._hidden_sizes()
-        rs = check_random_state(self.random_state)
-        seed = int(rs.randint(np.iinfo(np.int32).max))
+        rs, seed = self._fit_random_state()
         n = graph.n_nodes
         undirected = graph.is_symmetric
 
@@ -690,8 +687,7 @@ device, sparse_backend, random_state, verbose
         self.classes_ = np.array([0, 1])
         self.n_features_in_ = graph.n_features
         self.crossing_fraction_ = self._crossing_fraction(mp_graph, pairs[targets == 1], seed)
-        with torch.random.fork_rng(devices=[]):
-            self._fit_graph(mp_graph.nodes(), val_nodes, seed, task, callbacks)
+        self._fit_graph(mp_graph.nodes(), val_nodes, seed, task, callbacks)
         return self
 
     # -- inference -------------------------------------------------------------------------------
@@ -822,8 +818,7 @@ device, sparse_backend, random_state, verbose
             ROC AUC in [0, 1].
         """
         if isinstance(A, PairSet):
-            if t is None:
-                t, X = X, None
+            A, X, t = view_arguments(A, X, t)
             graph, P = self._resolve_pairs(A, X, None)
         else:
             graph, P = self._resolve_pairs(A, X, pairs)
