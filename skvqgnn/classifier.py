@@ -286,11 +286,10 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         Whether the backward pass adds the out-of-batch gradient messages (Eq. 7) from the
         gradient codewords, scaled by each codebook's measured trust ratio (the least-squares
         scale of the predicted against the true gradients of batch nodes, node by node and in
-        sum, the smaller). ``"auto"``: through
-        fixed convolutions (gcn, sage, gin, the transformer's GCN part) and not through
+        sum, the smaller). ``"auto"``: through the convolution kinds that default to them,
+        fixed convolutions (gcn, sage, gin, the transformer's GCN part), and not through
         attention (gat, the transformer's global attention), where they made the batch
-        gradient worse from epoch 20 on and GAT fits worse at 2 hidden layers in every
-        measured regime (``doc/gradient_codewords.md``).
+        gradient worse (``doc/gradient_codewords.md``).
     grad_scale : float, default=1.0
         Weight of the standardised gradient next to the standardised input in the distance
         that assigns nodes to gradient codewords (0: inputs only). The forward pass's feature
@@ -304,8 +303,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         transformer's global attention, user ``AttentionConvolution`` s), as in GAT; a codeword
         term, which stands for several out-of-batch senders, is dropped or kept as a whole.
         The GAT paper's recipe is ``dropout=0.6, attention_dropout=0.6,
-        learning_rate=0.005``: full-graph GAT on Cora reached 0.801 test accuracy with it and
-        0.797 without attention dropout (3 seeds each).
+        learning_rate=0.005``.
     learning_rate : float, default=0.002
         Adam learning rate. With the default ``accumulate_batches="epoch"`` mini-batch and
         full-graph training take one step per epoch, so one rate serves both.

@@ -26,16 +26,14 @@ holds a few METIS parts, and on a graph with hubs many edges cross parts (on twi
 the training edges had their endpoints in different batches of an epoch, against 7-17 % on cora
 and citeseer). Without the partners those pairs are trained only in the epochs where their parts
 meet. The partners are drawn by incidence (a node adjacent to several batch nodes brings several
-pairs) and are ordinary batch rows that anchor pairs like the others. They helped gcn on
-twitch-en and citeseer, made little difference to gcn on cora and did harm with sage, on
-twitch-en most; ``doc/link_prediction.md`` has the measurements.
+pairs) and are ordinary batch rows that anchor pairs like the others; whether they help
+depends on the graph and the backbone (``doc/link_prediction.md`` has the measurements).
 
 Why the drawn nodes: negatives taken from the batch itself are, with the cluster sampler, nodes
 of the same few METIS parts, while test negatives are uniform pairs, mostly far apart, which the
 model then never saw. The drawn nodes are ordinary batch rows (exact messages among the batch,
 codewords from outside), so their embeddings are as good as the batch's; they cost up to twice
-the rows per step. On Cora (sage, seed 0, batch n/8, 200 epochs) test ROC AUC / Hits@50 went from
-0.937 / 0.824 with partners from the batch to 0.949 / 0.875.
+the rows per step.
 """
 
 from __future__ import annotations
@@ -353,9 +351,8 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
         Width of the node embeddings (the network's output).
     decoder : {"dot", "hadamard"}, default="hadamard"
         Pair score: an MLP on ``z_u ⊙ z_v`` (``embedding_dim → embedding_dim → 1``, ReLU,
-        ``dropout``), as in the OGB link baselines, or ``⟨z_u, z_v⟩``. On Cora (85/5/10 split,
-        seed 0, batch n/8, 100 epochs, learning rate 0.01) test ROC AUC was 0.909 with the
-        Hadamard MLP (no weight decay) and 0.867 with the dot product (weight decay 5e-4).
+        ``dropout``), as in the OGB link baselines, or ``⟨z_u, z_v⟩``. The MLP learns which
+        coordinates matter and scored better in our benchmarks (``doc/link_prediction.md``).
     n_negatives : int, default=1
         Negatives sampled per positive incidence (per endpoint of a positive pair inside a
         batch), partners drawn among the ``negative_nodes`` (the whole graph in full-graph mode).
@@ -365,12 +362,8 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
         and added to the batch as extra rows; the negative partners are drawn among them, so
         negatives are uniform over the graph. ``"batch_size"`` draws as many as the batch has
         nodes; ``0`` takes the partners from the batch itself (with the cluster sampler: nodes of
-        the same few METIS parts). Not used in full-graph mode. On Cora (sage, seed 0, batch
-        n/8, 200 epochs) test ROC AUC / Hits@50 was 0.949 / 0.875 with ``"batch_size"``, 0.950 /
-        0.830 with 64 and 0.937 / 0.824 with 0. It helped on cora and citeseer (gcn and sage)
-        and twitch-en sage, but not twitch-en gcn (3 seeds: 0.842 / 0.255 against 0.864 /
-        0.299 with 0; ``partner_nodes`` is what twitch-en gcn needs); see
-        ``doc/link_prediction.md``.
+        the same few METIS parts, unlike the uniform pairs a test usually holds). Not used in
+        full-graph mode. ``doc/link_prediction.md`` compares the settings.
     partner_nodes : int or "batch_size", default=0
         Positive partners of batch nodes from outside the batch added as extra rows at every
         mini-batch step, so that positive pairs crossing the batch's border are trained: that
@@ -378,10 +371,8 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
         outside endpoints join it (a node adjacent to several batch nodes is likelier).
         ``"batch_size"`` draws as many as the batch has nodes; ``0`` trains only the pairs
         inside the batch. Not used in full-graph mode. Worth a try when
-        ``crossing_fraction_`` is large; choose it on validation pairs. On twitch-en (50 % of
-        the pairs crossing, batch n/8, 3 seeds) test ROC AUC / Hits@50 of gcn went from
-        0.842 / 0.255 to 0.860 / 0.320 with ``"batch_size"`` (full graph: 0.864 / 0.324), while
-        sage did worse with it; see ``doc/link_prediction.md``.
+        ``crossing_fraction_`` is large (graphs with hubs); choose it on validation pairs
+        (``doc/link_prediction.md`` has measurements with and without).
     negative_sampling : {"exclude", "uniform"}, default="exclude"
         ``"uniform"``: partners drawn uniformly among the ``negative_nodes`` (among the batch
         itself when that is 0, the whole graph in full-graph mode), never the anchor itself.
@@ -389,30 +380,24 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
         direction); after 10 rejected draws a negative is skipped.
     accumulate_batches : int or "epoch", default=1
         Mini-batches whose gradients are averaged into one optimiser step, as in
-        ``VQGNNClassifier``; ``"epoch"`` takes one step per epoch, as full-graph training does.
-        It moves mini-batch training toward full-graph training: at batch n/8 (3 seeds; 8 on
-        cora and citeseer sage) test Hits@50 went from 0.255 to 0.336 on twitch-en gcn (full
-        graph 0.324), 0.823 to 0.835 on cora sage (0.832) and 0.869 to 0.877 on citeseer sage
-        (0.893; on 8 further seeds 0.873 to 0.897, full graph 0.897), but from 0.851 to 0.808
-        on cora gcn (0.843) and 0.250 to 0.199 on twitch-en sage (0.107). With
-        ``partner_nodes="batch_size"`` as well, citeseer came within a point of full-graph
-        training (Hits@50 gcn 0.845 against 0.851, sage 0.885 against 0.893). Choose both on
-        validation pairs; see ``doc/link_prediction.md``.
+        ``VQGNNClassifier``; ``"epoch"`` takes one step per epoch, as full-graph training does,
+        which brings mini-batch training closer to it on some graphs and backbones and not on
+        others (``doc/link_prediction.md``): choose it, with ``partner_nodes``, on validation
+        pairs.
     backward_messages : {"auto", "codewords", "none"}, default="codewords"
-        As in ``VQGNNClassifier``; the link predictor keeps the backward messages on for every
-        backbone, the setting its benchmarks (``doc/link_prediction.md``) were measured with.
+        As in ``VQGNNClassifier``, but on for every backbone by default: the link benchmarks
+        (``doc/link_prediction.md``) chose this setting.
     heads, n_codewords, codeword_dim, batch_size, sampler, parts_per_batch, inference, \
 grad_scale, ema_decay, dropout, attention_dropout, max_epochs, warm_start, \
 device, sparse_backend, random_state, verbose
         As in ``VQGNNClassifier``.
     learning_rate : float, default=0.002
-        Adam learning rate. Mini-batch training takes ``n / batch_size`` steps per epoch. On Cora
-        (seed 0, batch n/8, Hadamard decoder, no weight decay) test ROC AUC was 0.909 at 0.01
-        after 100 epochs, 0.920 at 0.01 with early stopping and 0.940 at 0.002 after 200 epochs.
+        Adam learning rate. Mini-batch training takes ``n / batch_size`` steps per epoch (with
+        the default ``accumulate_batches=1``).
     weight_decay : float, default=0.0
         Adam's L2 penalty. A pair score is a product of two embeddings, so the penalty pulls
-        toward the all-zero solution, whose gradient vanishes: with 5e-4 (the classifier's
-        default) the Hadamard decoder collapsed to a constant score on Cora (ROC AUC 0.5).
+        toward the all-zero solution, whose gradient vanishes: a decay as large as the
+        classifier's (5e-4) can collapse the decoder to a constant score.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the positive pairs (removed from message passing as
         well) and as many sampled non-edges, stop after ``n_iter_no_change`` epochs without

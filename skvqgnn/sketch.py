@@ -1,4 +1,4 @@
-"""Per-batch sketches of a convolution matrix (DESIGN §1, Eq. 6 and 7).
+"""Per-batch sketches of a convolution matrix (Eq. 6 and 7 of Ding et al., 2021).
 
 For a batch ``B`` of ``b`` nodes and a convolution ``C`` (host CSR, full graph):
 
@@ -195,7 +195,7 @@ def group_by_codes(
     """Merge out-of-batch entries ``(row, node)`` whose nodes have the same codes in every slice.
 
     Such nodes have the same reconstruction, so for a learnable convolution they are one sender
-    (or receiver) term weighted by their number (DESIGN §4: a codeword stands for ``count(i, v)``
+    (or receiver) term weighted by their number (a codeword stands for ``count(i, v)``
     nodes). Returns ``(rows, groups, counts, group_codes)``: the distinct (row, group) pairs, their
     multiplicities, and the codes (U, P) of each group.
     """

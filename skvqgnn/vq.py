@@ -1,4 +1,4 @@
-"""Product vector-quantisation codebooks (DESIGN §2) and the host-side assignment table.
+"""Product vector-quantisation codebooks and the host-side assignment table.
 
 A layer input of width ``f`` is cut into ``P = ceil(f / D)`` contiguous slices of width ``D``
 (zero-padded at the end). Each slice ``p`` has ``k`` feature codewords, the mean layer input of
@@ -7,6 +7,12 @@ aggregated messages per out-of-batch convolution (Eq. 7's G̃); every node ``j``
 and a gradient code per slice, kept on the host in an ``AssignmentTable``. Both codebooks are
 exponential-moving-average sums in the original scale; standardisation (division by a running
 standard deviation, initialised from data) is used only inside the assignment distances.
+
+Where the paper's steps are: the codeword search (nearest codeword per slice) is
+``ProductCodebook.assign`` and ``assign_gradients`` (through ``_nearest``); the EMA update of
+the codewords (online k-means, Appendix E) is ``ProductCodebook.update`` and
+``update_gradients``; Eq. 6 and Eq. 7, which read the codewords, are the convolution kinds'
+``messages`` and ``blue_messages`` (``skvqgnn.convolutions``).
 """
 
 from __future__ import annotations
