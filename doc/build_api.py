@@ -41,11 +41,19 @@ MODULES: list[tuple[str, list[str] | None]] = [
     ("skvqgnn.persistence", None),
     (
         "skvqgnn.layers",
-        ["Backbone", "GCN", "SAGE", "GIN", "GAT", "Transformer", "LinearCombination"],
+        ["Backbone", "GCN", "SAGE", "GIN", "GAT", "Transformer", "GCNII", "LinearCombination"],
     ),
     (
         "skvqgnn.convolutions",
-        ["Convolution", "Identity", "Fixed", "Attention", "MaskedAttention", "GlobalAttention"],
+        [
+            "Convolution",
+            "Identity",
+            "Initial",
+            "Fixed",
+            "Attention",
+            "MaskedAttention",
+            "GlobalAttention",
+        ],
     ),
     ("skvqgnn.attention", ["AttentionConvolution", "GATAttention", "DotProductAttention"]),
     ("skvqgnn.training", ["ProgressBar"]),

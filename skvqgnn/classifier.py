@@ -246,12 +246,14 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
 
     Parameters
     ----------
-    backbone : {"gcn", "sage", "gin", "gat", "transformer"} or Backbone, default="gcn"
+    backbone : {"gcn", "sage", "gin", "gat", "transformer", "gcnii"} or Backbone, default="gcn"
         Graph convolution: GCN (``D̃^-½(A+I)D̃^-½``), GraphSAGE-mean (root weight + ``D⁻¹A``),
         GIN (``(1+ε)I + A``, learnable ``ε``, MLP update), GAT (multi-head attention over
-        ``N(i) ∪ {i}``) or a graph transformer (local GCN plus global attention over all nodes
-        in every layer). A ``skvqgnn.layers.Backbone`` instance plugs in a
-        user-defined convolution (see ``doc/extending.md``).
+        ``N(i) ∪ {i}``), a graph transformer (local GCN plus global attention over all nodes
+        in every layer) or GCNII (GCN propagation with an initial residual and identity
+        mapping, for deeper stacks: one propagation per hidden layer, equal widths). A
+        ``skvqgnn.layers.Backbone`` instance plugs in a user-defined convolution (see
+        ``doc/extending.md``).
     hidden_layer_sizes : int or sequence of int, default=(64,)
         Widths of the hidden layers; the network has ``len(hidden_layer_sizes) + 1`` layers.
     heads : int or None, default=None

@@ -9,6 +9,8 @@ gradient codewords (Eq. 7, the "blue" messages). How both are computed depends o
 kind                Eq. 6, out-of-batch senders     Eq. 7, out-of-batch receivers
 ==================  ==============================  ==========================================
 ``Identity``        none (``M = X``)                none
+``Initial``         none (``M = H⁰``, the node's    none
+                    own first-layer output)
 ``Fixed(C)``        ``C̃_out X̃``: codeword sketch    ``(Cᵀ)_out R G̃``: transposed sketch
                     times feature codewords          times gradient codewords
 ``MaskedAttention``  senders with equal codes, one   ``attention_blue`` over the receivers'
@@ -71,6 +73,7 @@ __all__ = [
     "GraphData",
     "Groups",
     "Identity",
+    "Initial",
     "MaskedAttention",
     "Part",
     "as_convolution",
@@ -222,6 +225,9 @@ class Convolution:
         Whether its codewords must be whole vectors (one slice per layer input).
     backward_by_default : bool
         Whether ``backward_messages="auto"`` adds its backward messages.
+    uses_initial : bool
+        Whether its messages read the first layer's output (an initial residual): exact
+        inference then keeps that layer's output for every node.
     matrix : csr_array or None
         The (receiver, sender) pattern it aggregates over; ``None`` for the identity and for
         every pair.
@@ -231,6 +237,7 @@ class Convolution:
     learnable: ClassVar[bool] = False
     whole_vectors: ClassVar[bool] = False
     backward_by_default: ClassVar[bool] = False
+    uses_initial: ClassVar[bool] = False
     matrix: sp.csr_array | None = None
 
     # -- host: once per graph
@@ -373,6 +380,7 @@ class Convolution:
         part: Part,
         level: int,
         x: Tensor,
+        initial: Tensor,
         codebook: ProductCodebook,
         attention: AttentionConvolution | None,
         network: Any,
@@ -388,6 +396,9 @@ class Convolution:
             The VQ layer (0: the input of the second layer).
         x : Tensor of shape (b, f)
             The layer input of the batch rows (after dropout).
+        initial : Tensor of shape (b, h1)
+            The batch rows' output of the first layer (the input of VQ layer 0), for kinds
+            that use it (`uses_initial`).
         codebook : ProductCodebook
             The level's codebook.
         attention : AttentionConvolution or None
@@ -466,6 +477,7 @@ class Convolution:
         self,
         layer: int,
         source: np.ndarray | sp.csr_array,
+        initial: np.ndarray | None,
         rows: np.ndarray,
         attention: AttentionConvolution | None,
         network: Any,
@@ -479,6 +491,9 @@ class Convolution:
             The layer (0: the first, which aggregates the raw features).
         source : ndarray or csr_array of shape (n_nodes, f)
             The layer's input for every node (the raw features ``X`` in the first layer).
+        initial : ndarray of shape (n_nodes, h1) or None
+            Every node's output of the first layer, in later layers of a network with a kind
+            that uses it (`uses_initial`); else ``None``.
         rows : ndarray
             The receivers.
         attention : AttentionConvolution or None
@@ -506,13 +521,41 @@ class Identity(Convolution):
         return Part(inputs=input_rows(self.inputs, ctx.nodes, ctx.device))
 
     @classmethod
-    def messages(cls, part, level, x, codebook, attention, network):  # noqa: D102
+    def messages(cls, part, level, x, initial, codebook, attention, network):  # noqa: D102
         return x, None
 
-    def exact_messages(self, layer, source, rows, attention, network, device):  # noqa: D102
+    def exact_messages(self, layer, source, initial, rows, attention, network, device):  # noqa: D102
         if layer == 0:
             return input_rows(self.inputs, rows, device)
         return torch.from_numpy(source[rows]).to(device)
+
+
+class Initial(Convolution):
+    """``M = H⁰``: the node's own output of the first layer, an initial residual (GCNII, APPNP).
+
+    In the first layer it is the raw features, from which the layer computes ``H⁰``. Later
+    layers receive every batch row's own ``H⁰``: a message from the node to itself, exact, so it
+    needs no codeword and sends no backward message (its gradient reaches ``H⁰`` of the batch
+    rows through the forward pass).
+    """
+
+    name = "initial"
+    uses_initial = True
+
+    def prepare(self, graph: Graph) -> None:  # noqa: D102
+        self.inputs = graph.X
+
+    def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
+        return Part(inputs=input_rows(self.inputs, ctx.nodes, ctx.device))
+
+    @classmethod
+    def messages(cls, part, level, x, initial, codebook, attention, network):  # noqa: D102
+        return initial, None
+
+    def exact_messages(self, layer, source, initial, rows, attention, network, device):  # noqa: D102
+        if layer == 0:
+            return input_rows(self.inputs, rows, device)
+        return torch.from_numpy(initial[rows]).to(device)
 
 
 class Fixed(Convolution):
@@ -562,7 +605,7 @@ class Fixed(Convolution):
         return 1
 
     @classmethod
-    def messages(cls, part, level, x, codebook, attention, network):  # noqa: D102
+    def messages(cls, part, level, x, initial, codebook, attention, network):  # noqa: D102
         m = spmm(part.intra, x, network.sparse_backend)  # C_in X_B
         sketch = part.senders[level] if part.senders else None
         if sketch is not None and sketch.nnz > 0:
@@ -581,7 +624,7 @@ class Fixed(Convolution):
     def gradient_channels(cls, messages, grad, lse):  # noqa: D102
         return [grad], []
 
-    def exact_messages(self, layer, source, rows, attention, network, device):  # noqa: D102
+    def exact_messages(self, layer, source, initial, rows, attention, network, device):  # noqa: D102
         if layer == 0:
             return input_rows(self.inputs, rows, device)
         return torch.from_numpy(np.asarray(self.matrix[rows] @ source)).to(device)
@@ -649,7 +692,7 @@ class Attention(Convolution):
         )
 
     @classmethod
-    def messages(cls, part, level, x, codebook, attention, network):  # noqa: D102
+    def messages(cls, part, level, x, initial, codebook, attention, network):  # noqa: D102
         groups = part.senders[level] if part.senders else None
         x_src = x
         if groups is not None and len(groups.codes):
@@ -727,7 +770,7 @@ class MaskedAttention(Attention):
                 part.receivers.append(_groups(te.out_rows, te.out_nodes, table.grad_codes, device))
         return part
 
-    def exact_messages(self, layer, source, rows, attention, network, device):  # noqa: D102
+    def exact_messages(self, layer, source, initial, rows, attention, network, device):  # noqa: D102
         local, cols, _ = gather_rows(self.matrix, rows)
         senders, inverse = np.unique(cols, return_inverse=True)
         edges = (_long(local, device), _long(inverse, device))
@@ -778,7 +821,7 @@ class GlobalAttention(Attention):
             )
         return part
 
-    def exact_messages(self, layer, source, rows, attention, network, device):  # noqa: D102
+    def exact_messages(self, layer, source, initial, rows, attention, network, device):  # noqa: D102
         step = max(1, _PAIRS // (len(rows) * attention.heads))
         n = source.shape[0]
         senders = (
@@ -791,7 +834,7 @@ class GlobalAttention(Attention):
 
 #: The built-in kinds by name.
 KINDS: dict[str, type[Convolution]] = {
-    kind.name: kind for kind in (Identity, Fixed, MaskedAttention, GlobalAttention)
+    kind.name: kind for kind in (Identity, Initial, Fixed, MaskedAttention, GlobalAttention)
 }
 
 

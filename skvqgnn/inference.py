@@ -180,14 +180,17 @@ def exact_layers(
     n = data.n_nodes
     chunk = max(1, min(n, 8192))
     upto = len(model.layers) if upto is None else upto
-    H = None
+    keep_initial = any(conv.uses_initial for conv in data.convolutions)
+    H = initial = None
     for i in range(upto):
         source = data.graph.X if i == 0 else H
+        if i == 1 and keep_initial:
+            initial = H  # the first layer's output, for initial residuals
         out = None
         for start in range(0, n, chunk):
             rows = np.arange(start, min(start + chunk, n))
             messages = [
-                conv.exact_messages(i, source, rows, model.attention(i, s), model, device)
+                conv.exact_messages(i, source, initial, rows, model.attention(i, s), model, device)
                 for s, conv in enumerate(data.convolutions)
             ]
             z = model.layer_output(i, messages)

@@ -12,6 +12,7 @@ them, so that training, VQ inference and exact inference share the same layer co
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .attention import AttentionConvolution, DotProductAttention, GATAttention
-from .convolutions import Attention, Batch, Convolution, Fixed, Identity
+from .convolutions import Attention, Batch, Convolution, Fixed, Identity, Initial
 from .graph import attention_mask, gcn_norm, mean_norm
 from .sketch import is_sparse, sparse_dropout
 from .vq import ProductCodebook
@@ -34,6 +35,7 @@ __all__ = [
     "BACKBONES",
     "GAT",
     "GCN",
+    "GCNII",
     "GIN",
     "LinearCombination",
     "SAGE",
@@ -135,6 +137,11 @@ class Backbone:
         -------
         torch.nn.Module
             ``LinearCombination`` over ``n_convolutions`` messages by default.
+
+        Notes
+        -----
+        An override that also takes a keyword ``index`` receives the layer's position (0 for
+        the first), for layers that depend on their depth (`GCNII`).
         """
         return LinearCombination(in_features, out_features, self.n_convolutions)
 
@@ -268,6 +275,79 @@ class TransformerLayer(nn.Module):
         return z
 
 
+class GCNIIInput(nn.Module):
+    """GCNII's first layer, ``H⁰ = X W + b`` (ReLU follows): a linear map of the raw features,
+    the message of the ``Initial`` convolution; the propagated features are not used."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, messages: list[Tensor]) -> Tensor:
+        return _linear(self.linear, messages[1])
+
+
+class GCNIILayer(nn.Module):
+    """``Z = ((1 − α) C x + α H⁰)((1 − β) I + β W)``, the initial residual and the identity
+    mapping of GCNII; in the output layer followed by ReLU and a linear map to the outputs."""
+
+    def __init__(self, width: int, out_features: int, alpha: float, beta: float, last: bool):
+        super().__init__()
+        self.alpha, self.beta = alpha, beta
+        self.weight = nn.Linear(width, width, bias=False)
+        self.output = nn.Linear(width, out_features) if last else None
+
+    def forward(self, messages: list[Tensor]) -> Tensor:
+        propagated, initial = messages
+        support = (1 - self.alpha) * propagated + self.alpha * initial
+        z = (1 - self.beta) * support + self.beta * self.weight(support)
+        return z if self.output is None else self.output(F.relu(z))
+
+
+class GCNII(Backbone):
+    """GCNII (Chen et al., 2020): GCN propagation with an initial residual and identity mapping,
+    which keeps deep stacks trainable.
+
+    ``H⁰ = ReLU(X W_in)``, then per hidden layer ``l``
+    ``H^(l+1) = ReLU(((1 − α) C H^l + α H⁰)((1 − β_l) I + β_l W_l))`` with ``C`` GCN's
+    normalised adjacency and ``β_l = log(λ / l + 1)``, and a linear output layer after the last
+    propagation. ``hidden_layer_sizes`` gives one propagation per entry; their widths must be
+    equal. Its convolutions are a ``Fixed`` one and ``Initial``, each node's own ``H⁰``: a new
+    kind of convolution, exact within the node, which needs no codeword.
+
+    Parameters
+    ----------
+    alpha : float, default=0.1
+        Weight of the initial residual ``H⁰``.
+    lamda : float, default=0.5
+        Sets ``β_l = log(lamda / l + 1)``, the weight of ``W_l`` against the identity, smaller
+        in deeper layers.
+    """
+
+    name = "gcnii"
+    n_convolutions = 2
+
+    def __init__(self, alpha: float = 0.1, lamda: float = 0.5):
+        self.alpha = alpha
+        self.lamda = lamda
+
+    def convolutions(self, A: sp.csr_array) -> list[Convolution]:
+        return [Fixed(gcn_norm(A)), Initial()]
+
+    def layer(
+        self, in_features: int, out_features: int, *, first: bool, last: bool, index: int = 0
+    ) -> nn.Module:
+        if first:
+            return GCNIIInput(in_features, out_features)
+        if not last and in_features != out_features:
+            raise ValueError(
+                f"GCNII keeps the width of its hidden layers, but a layer maps {in_features} to "
+                f"{out_features} features: give hidden_layer_sizes equal widths"
+            )
+        beta = math.log(self.lamda / index + 1)
+        return GCNIILayer(in_features, out_features, self.alpha, beta, last)
+
+
 class Transformer(Backbone):
     """A graph transformer layer: local GCN messages plus global attention over every node.
 
@@ -295,7 +375,9 @@ class Transformer(Backbone):
         return TransformerLayer(in_features, out_features, self.heads, first=first)
 
 
-BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (GCN, SAGE, GIN, GAT, Transformer)}
+BACKBONES: dict[str, type[Backbone]] = {
+    cls.name: cls for cls in (GCN, SAGE, GIN, GAT, Transformer, GCNII)
+}
 
 
 class AddGradient(torch.autograd.Function):
@@ -387,7 +469,13 @@ class VQGNN(nn.Module):
         self.sparse_backend = sparse_backend
         n_layers = len(dims) - 1
         self.layers = nn.ModuleList(
-            backbone.layer(dims[i], dims[i + 1], first=i == 0, last=i == n_layers - 1)
+            backbone.layer(
+                dims[i],
+                dims[i + 1],
+                first=i == 0,
+                last=i == n_layers - 1,
+                **({"index": i} if "index" in inspect.signature(backbone.layer).parameters else {}),
+            )
             for i in range(n_layers)
         )
         # the position of each learnable convolution's module in a layer's ``attention`` list
@@ -467,14 +555,16 @@ class VQGNN(nn.Module):
         ]
 
     def aggregate(
-        self, batch: Batch, level: int, x: Tensor
+        self, batch: Batch, level: int, x: Tensor, initial: Tensor
     ) -> tuple[list[Tensor], list[Tensor | None]]:
         """Eq. 6 for every convolution: the messages into the batch of VQ layer ``level``
-        (input ``x``: (b, f)), and their attention log normalisers (``None`` if fixed)."""
+        (input ``x``: (b, f); ``initial``: the batch's first-layer output), and their
+        attention log normalisers (``None`` if fixed)."""
         cb = self.codebooks[level]
         messages, lses = [], []
         for s, (kind, part) in enumerate(zip(self.kinds, batch.parts, strict=True)):
-            m, lse = kind.messages(part, level, x, cb, self.attention(level + 1, s), self)
+            module = self.attention(level + 1, s)
+            m, lse = kind.messages(part, level, x, initial, cb, module, self)
             messages.append(m)
             lses.append(lse)
         return messages, lses
@@ -509,18 +599,19 @@ class VQGNN(nn.Module):
         (the batch needs the codebook levels below ``l`` only).
         """
         traces: list[LayerTrace] = []
-        h = None
+        h = initial = None
         for i in range(len(self.layers) if upto is None else upto + 1):
             if i == 0:
                 messages = self.input_messages(batch)
             else:
+                initial = h if i == 1 else initial  # the first layer's output
                 x, extra = h, None
                 if blue and batch.backward:
                     extra = self.blue_messages(batch, i - 1, h.detach())
                 if extra is not None:
                     x = AddGradient.apply(x, extra)
                 messages, lses = self.aggregate(
-                    batch, i - 1, F.dropout(x, self.dropout, self.training)
+                    batch, i - 1, F.dropout(x, self.dropout, self.training), initial
                 )
                 if self.training:
                     slots = self.channels(i - 1)

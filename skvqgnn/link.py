@@ -343,7 +343,7 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
 
     Parameters
     ----------
-    backbone : {"gcn", "sage", "gin", "gat", "transformer"} or Backbone, default="gcn"
+    backbone : {"gcn", "sage", "gin", "gat", "transformer", "gcnii"} or Backbone, default="gcn"
         Graph convolution, as in ``VQGNNClassifier``.
     hidden_layer_sizes : int or sequence of int, default=(64,)
         Widths of the hidden layers.

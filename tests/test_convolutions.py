@@ -19,6 +19,7 @@ from skvqgnn.convolutions import (
     Fixed,
     GraphData,
     Identity,
+    Initial,
     Part,
     make_batch,
 )
@@ -31,7 +32,7 @@ from .conftest import random_graph
 
 N, F_IN, F, OUT, D = 40, 5, 10, 3, 4  # F = 10 is not a multiple of D: the last slice is padded
 CPU = torch.device("cpu")
-ALL = ["gcn", "sage", "gin", "gat", "transformer", "cosine", "mean"]
+ALL = ["gcn", "sage", "gin", "gat", "transformer", "gcnii", "cosine", "mean"]
 
 
 class CosineAttention(AttentionConvolution):
@@ -104,7 +105,7 @@ class Mean(Convolution):
         return 1
 
     @classmethod
-    def messages(cls, part, level, x, codebook, attention, network):
+    def messages(cls, part, level, x, initial, codebook, attention, network):
         counts = part.senders[level] if part.senders else None  # (P, k)
         total = x.sum(0)
         if counts is not None:  # out-of-batch senders: Σ_v count_v X̃_v per slice
@@ -126,7 +127,7 @@ class Mean(Convolution):
     def gradient_channels(cls, messages, grad, lse):
         return [grad], []
 
-    def exact_messages(self, layer, source, rows, attention, network, device):
+    def exact_messages(self, layer, source, initial, rows, attention, network, device):
         mean = self.mean if layer == 0 else source.mean(0, keepdims=True)
         return torch.from_numpy(np.repeat(mean, len(rows), 0)).to(device)
 
@@ -211,8 +212,9 @@ def _layer_inputs(data, model, levels):
     """Per layer, a callable giving its messages over the whole graph from fixed inputs."""
     full = _full_batch(data)
     out = [lambda: model.input_messages(full)]
+    initial = levels[0][0]  # the first layer's output
     for level, (h, _, _, _) in enumerate(levels):
-        out.append(lambda level=level, h=h: model.aggregate(full, level, h)[0])
+        out.append(lambda level=level, h=h: model.aggregate(full, level, h, initial)[0])
     return out
 
 
@@ -325,10 +327,10 @@ def test_full_graph_messages_match_a_dense_reference(backbone):
     in a VQ layer."""
     data, model, _ = _setup(backbone, 1, symmetric=False)
     full = _full_batch(data)
-    X1 = torch.randn(N, F)
+    X1, H0 = torch.randn(N, F), torch.randn(N, F)
     X0 = torch.from_numpy(data.graph.X)
     for got, (expected, _), conv_layer in (
-        (model.aggregate(full, 0, X1)[0], _dense_messages(data, model, X1, 1), 1),
+        (model.aggregate(full, 0, X1, H0)[0], _dense_messages(data, model, X1, 1, H0), 1),
         (model.input_messages(full), _dense_messages(data, model, X0, 0), 0),
     ):
         for s in range(len(data.kinds)):
@@ -367,12 +369,14 @@ def _dense_attention(conv, X, mask):
     return torch.einsum("ijh,jf->ihf", torch.exp(s - lse[:, None]), X), lse
 
 
-def _dense_messages(data, model, X, layer):
+def _dense_messages(data, model, X, layer, initial=None):
     messages, lses = [], []
     for s, conv in enumerate(data.convolutions):
         M = conv.matrix
         if isinstance(conv, Identity):
             messages.append(X)
+        elif isinstance(conv, Initial):
+            messages.append(X if layer == 0 else initial)
         elif isinstance(conv, Fixed):
             messages.append(torch.from_numpy(M.toarray()) @ X)
         elif isinstance(conv, Mean):
