@@ -1,9 +1,10 @@
-"""Plumbing shared by the benchmark scripts ``node_classification.py``, ``link_prediction.py`` and
-``inductive.py``.
+"""Plumbing shared by the benchmark scripts.
 
 Data loading, one measured fit inside a worker process, the driver that runs every fit in a fresh
-subprocess, saved records, the command line, the page's provenance lines and bar rows, and the
-marked sections (link prediction, inductive prediction) that the scripts keep in the same page.
+subprocess, saved records, the command line, provenance lines and bar rows, and the generated
+region of a script's page: each script owns one page under ``doc/benchmarks/`` and rewrites only
+the part between ``<!-- generated:start -->`` and ``<!-- generated:end -->``; the rest of the page
+is written by hand.
 
 Like the scripts' parent processes, this module imports only the standard library at import
 time; numpy, torch and skvqgnn are imported inside the functions that run in a worker.
@@ -17,7 +18,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import resource
 import shlex
 import statistics
@@ -31,14 +31,13 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
-DEFAULT_OUT = REPO_ROOT / "doc" / "benchmarks.md"
+PAGES_DIR = REPO_ROOT / "doc" / "benchmarks"  # a page per script: PAGES_DIR / "<script>.md"
 DATASETS = ("cora", "citeseer", "twitch-en")
 BACKBONES = ("gcn", "sage", "gin", "gat", "transformer")
 BAR_POINTS = 1.0  # VQ (n/8) may trail full-graph training by at most this many points
-SECTION_START = re.compile(r"<!-- ([a-z0-9-]+):start -->")  # a marked section's first line
-LINK_SECTION = "link-prediction"
-LINK_SECTION_START = f"<!-- {LINK_SECTION}:start -->"
-LINK_SECTION_END = f"<!-- {LINK_SECTION}:end -->"
+GENERATED_START = "<!-- generated:start -->"
+GENERATED_END = "<!-- generated:end -->"
+OUT_HELP = "Markdown page: only its generated region is replaced (the page is created if absent)"
 
 Record = dict[str, Any]
 
@@ -318,7 +317,7 @@ def collect_records(
     return meta, run_workers(script, specs, summary, args.json, meta), None
 
 
-def run_section_script(
+def run_script(
     args: argparse.Namespace,
     script: str,
     modes: Callable[[str], tuple[str, ...]],
@@ -326,34 +325,35 @@ def run_section_script(
     summary: Callable[[Record], str],
     render: Callable[[Record, list[Record], str | None], str],
 ) -> None:
-    """The command line of a script that owns one marked section of the page.
+    """The command line of a benchmark script.
 
     As a worker (``--worker SPEC``): run one fit and print its record as JSON. Otherwise: run
     every spec in its own worker (or, with ``--from-json``, merge saved records), then replace
-    the script's section of ``--out`` (appending it if absent) with ``render``'s output.
+    the generated region of ``--out`` with ``render``'s output (`write_generated`).
     """
     if args.worker is not None:
         print(json.dumps(run_fit(json.loads(args.worker))))
         return
     specs = run_specs(args, modes)
     meta, records, regenerated = collect_records(args, script, specs, summary)
-    write_page(args.out, splice_section(read_page(args.out), render(meta, records, regenerated)))
+    write_generated(args.out, render(meta, records, regenerated))
     print(f"wrote {args.out}", file=sys.stderr)
 
 
 def parse_args(
     argv: list[str] | None,
     description: str,
+    out: Path,
     modes: tuple[str, ...],
     modes_help: str,
     backbones: tuple[str, ...] = BACKBONES,
     datasets: tuple[str, ...] = DATASETS,
     backbone_choices: tuple[str, ...] = BACKBONES,
 ) -> argparse.Namespace:
-    """Parse a benchmark script's command line: ``--modes`` chooses among ``modes`` and defaults
-    to ``None`` (every mode), ``--backbones`` among ``backbone_choices`` (by default
-    `BACKBONES`) and defaults to ``backbones``, ``--datasets`` among `DATASETS` and defaults to
-    ``datasets``."""
+    """Parse a benchmark script's command line: ``--out`` defaults to ``out`` (the script's
+    page), ``--modes`` chooses among ``modes`` and defaults to ``None`` (every mode),
+    ``--backbones`` among ``backbone_choices`` (by default `BACKBONES`) and defaults to
+    ``backbones``, ``--datasets`` among `DATASETS` and defaults to ``datasets``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(datasets))
     parser.add_argument("--backbones", nargs="+", choices=backbone_choices, default=list(backbones))
@@ -363,14 +363,15 @@ def parse_args(
         "--max-epochs", type=int, default=None, help="default: the estimator's default"
     )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown page")
+    parser.add_argument("--out", type=Path, default=out, help=OUT_HELP)
     parser.add_argument("--json", type=Path, default=None, help="raw per-run records")
     parser.add_argument(
         "--from-json",
         type=Path,
         nargs="+",
         default=None,
-        help="rebuild --out from saved records only (several files are merged)",
+        help="rebuild the generated region of --out from saved records only (several files are "
+        "merged)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -511,7 +512,7 @@ def provenance_lines(
     epochs_note = "estimator default" if meta["max_epochs"] is None else "--max-epochs"
     lines = [f"Produced on {meta['date']} by", "", "```", meta["command"], "```", ""]
     if regenerated:
-        lines += [f"(page regenerated from the saved records with `{regenerated}`)", ""]
+        lines += [f"(regenerated from the saved records with `{regenerated}`)", ""]
     return [
         *lines,
         f"- Machine: {meta['cpu_count']} CPUs ({meta['cpu_model']}), "
@@ -531,95 +532,69 @@ def provenance_lines(
 
 
 # --------------------------------------------------------------------------------------------
-# Marked sections of the page
+# The generated region of a page
 # --------------------------------------------------------------------------------------------
 
 
-def section_markers(name: str) -> tuple[str, str]:
-    """Start and end markers of the page section ``name``: ``<!-- name:start -->`` and
-    ``<!-- name:end -->``."""
-    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+def page_for(script: str) -> Path:
+    """The page of a benchmark script: ``doc/benchmarks/<name>.md`` for ``benchmarks/<name>.py``."""
+    return PAGES_DIR / f"{Path(script).stem}.md"
 
 
-def marked_section(page: str, name: str = LINK_SECTION) -> str | None:
-    """The section ``name`` of ``page`` (by default the link-prediction one), from its start to
-    its end marker (`section_markers`, included); ``None`` when the page has none.
+def generated_region(page: str) -> str | None:
+    """The text between the generated region's markers of ``page`` (without them); ``None``
+    when the page has no region.
 
     Raises
     ------
     ValueError
-        If the page has the start marker without an end marker after it.
+        If the page has a start marker without an end marker after it, an end marker without a
+        start marker, or more than one region.
     """
-    start_marker, end_marker = section_markers(name)
-    start = page.find(start_marker)
+    start = page.find(GENERATED_START)
     if start < 0:
+        if GENERATED_END in page:
+            raise ValueError(f"{GENERATED_END} without {GENERATED_START} before it")
         return None
-    end = page.find(end_marker, start)
+    if page.find(GENERATED_START, start + 1) >= 0:
+        raise ValueError(f"more than one {GENERATED_START} in the page")
+    end = page.find(GENERATED_END, start)
     if end < 0:
-        raise ValueError(f"{start_marker} without {end_marker} after it")
-    return page[start : end + len(end_marker)]
+        raise ValueError(f"{GENERATED_START} without {GENERATED_END} after it")
+    return page[start + len(GENERATED_START) : end].strip("\n")
 
 
-def marked_sections(page: str) -> list[str]:
-    """Every marked section of ``page``, in page order (`marked_section`)."""
-    sections: list[str] = []
-    found = SECTION_START.search(page)
-    while found is not None:
-        section = marked_section(page[found.start() :], found.group(1))
-        sections.append(section)
-        found = SECTION_START.search(page, found.start() + len(section))
-    return sections
-
-
-def splice_section(page: str, section: str | None) -> str:
-    """Put a marked section into a page.
+def replace_generated(page: str, body: str) -> str:
+    """``page`` with the text of its generated region replaced by ``body``.
 
     Parameters
     ----------
     page : str
-        A Markdown page, possibly empty, possibly with marked sections (`marked_section`).
-    section : str or None
-        The new section, markers included: its first line names it (``<!-- name:start -->``).
-        ``None`` leaves the page as it is.
+        A Markdown page, possibly empty, with at most one generated region.
+    body : str
+        The region's new text, without the markers.
 
     Returns
     -------
     str
-        ``page`` with its section of the same name replaced by ``section`` in place, or, when it
-        has none, with ``section`` appended after a blank line; ending with a newline.
-
-    Raises
-    ------
-    ValueError
-        If ``section`` does not start with a start marker, or the page's section of that name
-        has no end marker.
+        The page with ``GENERATED_START``, ``body`` and ``GENERATED_END`` on lines of their own in
+        place of its region, or, when it has none, appended after a blank line; the hand-written
+        rest of the page unchanged; ending with a newline.
     """
-    if section is None:
-        return page
-    name = SECTION_START.match(section)
-    if name is None:
-        raise ValueError("a marked section starts with its start marker, <!-- name:start -->")
-    old = marked_section(page, name.group(1))
-    if old is not None:
-        return page.replace(old, section, 1)
-    head = page.rstrip("\n")
-    return f"{head}\n\n{section}\n" if head else f"{section}\n"
+    body = body.strip("\n")
+    region = f"{GENERATED_START}\n{body}\n{GENERATED_END}"
+    if generated_region(page) is None:  # (which also checks the markers)
+        head = page.rstrip("\n")
+        return f"{head}\n\n{region}\n" if head else f"{region}\n"
+    start = page.index(GENERATED_START)
+    end = page.index(GENERATED_END, start) + len(GENERATED_END)
+    page = page[:start] + region + page[end:]
+    return page if page.endswith("\n") else page + "\n"
 
 
-def carry_sections(page: str, old_page: str) -> str:
-    """``page`` with every marked section of ``old_page`` spliced in (`splice_section`), in the
-    old page's order: how a script that rewrites the page keeps the other scripts' sections."""
-    for section in marked_sections(old_page):
-        page = splice_section(page, section)
-    return page
-
-
-def read_page(path: Path) -> str:
-    """The text of ``path``; empty when the file does not exist."""
-    return path.read_text() if path.exists() else ""
-
-
-def write_page(path: Path, page: str) -> None:
-    """Write ``page`` to ``path``, creating its folder."""
+def write_generated(path: Path, body: str) -> None:
+    """Replace the generated region of the page ``path`` with ``body`` (`replace_generated`),
+    creating the page, and its folder, when absent."""
+    page = path.read_text() if path.exists() else ""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)
+    path.write_text(replace_generated(page, body))

@@ -7,9 +7,9 @@ defaults (GAT with its paper's recipe), VQ at ``batch_size = n_nodes // 8`` or f
 twitch-en from ``../shared/data``, and contextual SBM graphs ``csbm-d<degree>-h<homophily>``
 (3000 nodes, 5 classes, 64 features, feature noise 1.5, seed 0). Fits run ``--jobs`` at a time,
 each in its own process with one thread; only accuracies and fit times are recorded (memory is
-``node_classification.py``'s job). Records go to ``--json``; ``--from-json`` rebuilds the
-section without fitting. The section between ``<!-- depth:start -->`` and ``<!-- depth:end -->``
-of ``--out`` is replaced (or appended); the rest of the page is left alone.
+``node_classification.py``'s job). Records go to ``--json``; ``--from-json`` rebuilds the page
+without fitting. The commands, bars and tables replace the generated region of ``--out`` (by
+default ``doc/benchmarks/depth.md``, whose hand-written rest says what is measured and how).
 
     python benchmarks/depth.py --json doc/benchmarks_depth.json
     python benchmarks/depth.py --from-json doc/benchmarks_depth.json
@@ -31,17 +31,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     DEFAULT_DATA_DIR,
-    DEFAULT_OUT,
+    OUT_HELP,
     load_dataset,
     mean_std,
+    page_for,
     portable,
-    read_page,
-    section_markers,
-    splice_section,
-    write_page,
+    write_generated,
 )
 
-SECTION = "depth"
 RECIPES = {"gat": {"dropout": 0.6, "attention_dropout": 0.6, "learning_rate": 0.005}}
 # how far VQ may trail full graph, in points: 1 for every backbone, 1.5 for GAT
 BAR_POINTS = {"gat": 1.5}
@@ -159,8 +156,10 @@ def _acc(runs: list[dict]) -> str:
     return f"{values[0]:.3f}" if len(values) == 1 else mean_std(values)
 
 
-def render(records: list[dict], command: str) -> str:
-    """The marked section: summary of the bars, then one table per dataset."""
+def render(records: list[dict], commands: list[str], regenerated: str | None = None) -> str:
+    """The page's generated region: the ``commands`` that made the records (and the one that
+    ``regenerated`` the page from them, if any), the seeds, the summary of the bars, then one
+    table per dataset."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         key = (r["dataset"], r["backbone"], tuple(r["hidden"]), r["mode"], r["sampler"])
@@ -183,18 +182,13 @@ def render(records: list[dict], command: str) -> str:
             if any(r["test_acc"] < ref - COLLAPSE for r in runs):
                 collapsed.append(name)
         rows.setdefault(dataset, []).append((backbone, hidden, sampler, runs, full, delta, allowed))
-    start, end = section_markers(SECTION)
     seeds = sorted({r["seed"] for r in records})
     deltas = [d for table in rows.values() for *_, d, _ in table if d is not None]
-    lines = [
-        start,
-        "## Depth and density: VQ against full graph at 1-3 hidden layers",
-        "",
-        f"`{command}`; seeds {', '.join(map(str, seeds))}; defaults otherwise (GAT: its paper's "
-        "recipe). VQ at batch n/8 with each sampler; the full-graph row is the reference with the "
-        "same recipe. csbm-d*D*-h*H*: contextual SBM, 3000 nodes, 5 classes, 64 features, noise "
-        "1.5, average degree *D*, homophily *H*.",
-        "",
+    lines = ["Produced by", "", "```", *commands, "```", ""]
+    if regenerated:
+        lines += [f"(regenerated from the saved records with `{regenerated}`)", ""]
+    lines += [
+        f"- Seeds: {', '.join(map(str, seeds))}",
         f"- Bar (VQ ≥ full − 1 point; gat − 1.5): **{passed} of {passed + len(failed)} rows "
         "pass**" + ("." if not failed else "; below it: " + ", ".join(failed) + "."),
         f"- Collapsed runs (a seed more than {100 * COLLAPSE:.0f} points below full graph): "
@@ -229,11 +223,6 @@ def render(records: list[dict], command: str) -> str:
                 f"| {statistics.median(r['fit_time'] for r in runs):.0f} | {t_full} |"
             )
         lines.append("")
-    lines += [
-        "Fit times are medians over seeds with `--jobs` fits sharing the machine's cores; "
-        "compare them within a row only.",
-        end,
-    ]
     return "\n".join(lines)
 
 
@@ -246,17 +235,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=page_for(__file__), help=OUT_HELP)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--from-json", type=Path, nargs="+")
     parser.add_argument(
         "--resume", type=Path, help="keep this file's records and fit only the specs it lacks"
     )
     args = parser.parse_args(argv)
+    command = shlex.join(["python", "benchmarks/depth.py", *(argv or sys.argv[1:])])
+    regenerated = None
     if args.from_json:
         records = [r for path in args.from_json for r in json.loads(path.read_text())]
+        regenerated = command
     else:
-        command = shlex.join(["python", "benchmarks/depth.py", *(argv or sys.argv[1:])])
         records = json.loads(args.resume.read_text()) if args.resume else []
         done = {_key(r) for r in records}
         todo = [{**spec, "command": command} for spec in specs(args) if _key(spec) not in done]
@@ -275,8 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                 if args.json:
                     args.json.write_text(json.dumps(portable(records), indent=1))
     commands = sorted({r["command"] for r in records})
-    section = render(records, "`; `".join(commands))
-    write_page(args.out, splice_section(read_page(args.out), section))
+    write_generated(args.out, render(records, commands, regenerated))
     print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -8,12 +8,12 @@ runs) is the same classifier fitted on the whole graph with the same labelled no
 held-out ones unlabelled, and read from ``transduction_``.
 
 Every (dataset, backbone, mode, seed) fit runs in a fresh subprocess (this script with
-``--worker``), one after the other. The results go to a marked section of a Markdown page
-(``--out``, by default ``doc/benchmarks.md``): the section named ``inductive`` is replaced, or
-appended when the page has none, and the rest of the page is left as it is. Raw per-run records
-go to ``--json``, from which ``--from-json`` rebuilds the section without fitting anything.
+``--worker``), one after the other. The provenance and tables replace the generated region of a
+Markdown page (``--out``, by default ``doc/benchmarks/inductive.md``, whose hand-written rest
+says what is measured and how); raw per-run records go to ``--json``, from which
+``--from-json`` rebuilds the region without fitting anything.
 
-The plumbing (worker subprocesses, saved records, page header, marked sections) is that of
+The plumbing (worker subprocesses, saved records, provenance, the generated region) is that of
 ``node_classification.py``, in ``_common.py``; as there, the parent process imports only the
 standard library.
 """
@@ -31,15 +31,14 @@ from _common import (
     fit_measured,
     load_dataset,
     mean_std,
+    page_for,
     parse_args,
     provenance_lines,
-    run_section_script,
+    run_script,
     run_summary,
-    section_markers,
 )
 from node_classification import RECIPES
 
-SECTION_START, SECTION_END = section_markers("inductive")
 MODES = ("inductive", "transductive")
 DEFAULT_BACKBONES = ("gcn", "sage")
 TRAIN_SIZE, VAL_SIZE = 0.6, 0.2  # of the labelled nodes, stratified; the rest is the test split
@@ -267,47 +266,8 @@ def dataset_rows(records: list[Record], backbones: list[str]) -> list[str]:
 
 
 def render(meta: Record, records: list[Record], regenerated: str | None = None) -> str:
-    """The page's inductive section, markers included: header, protocol and one table per
-    dataset."""
-    lines = [
-        SECTION_START,
-        f"## Inductive prediction ({HELD_OUT:.0%} of the nodes held out with their edges)",
-        "",
-        "Written by `benchmarks/inductive.py`, which replaces only this section of the page; "
-        "`node_classification.py` carries it over when it rewrites the page.",
-        "",
-        *provenance_lines(meta, records, regenerated, "VQGNNClassifier"),
-        f"- Split: per seed, a stratified {TRAIN_SIZE:.0%}/{VAL_SIZE:.0%}/"
-        f"{1 - TRAIN_SIZE - VAL_SIZE:.0%} `random_split(y, {TRAIN_SIZE:g}, {VAL_SIZE:g}, "
-        f"random_state=seed)` over all nodes and, independently "
-        f"(`default_rng([seed, {HOLD_OUT_STREAM}])`), {HELD_OUT:.0%} of all nodes held out as "
-        "*new* nodes. Both fits see the labels of the training split's nodes that are not held "
-        "out, and no other label.",
-        "- Inductive fit: on the subgraph induced by the other nodes, so that every edge of a "
-        "held-out node is removed; then `predict(A, X)` on the whole graph, the held-out nodes "
-        "and their edges added back, once with `inference='vq'` (the graph is new to the model, "
-        "so every node is assigned, layer by layer, to its nearest feature codeword under the "
-        "codebooks' standardisation; codebooks and weights unchanged) and once with "
-        "`inference='exact'` (layer-wise full-neighbour inference), the same fitted model "
-        "(`set_params(inference=...)`).",
-        "- Transductive reference: the same classifier fitted on the whole graph, the held-out "
-        "nodes present but unlabelled, read from `transduction_` (VQ inference with the "
-        "assignments of training).",
-        "- Both fits use `batch_size = n // 8` of the graph they are fitted on (8 batches an "
-        "epoch), the estimator's other defaults and `node_classification.py`'s recipe for the "
-        "backbone, if any.",
-        "- Metrics: accuracy on the held-out nodes of the test split (*held-out test*) and on "
-        "all held-out nodes, mean ± population standard deviation over the seeds; Δ = 100 × "
-        "(mean held-out test accuracy of the row − that of the same backbone's transductive "
-        "row); *agreement* = fraction of the held-out nodes on which VQ and exact inference "
-        "predict the same class. *Predict time*: wall-clock time of `predict(A, X)` on the "
-        "whole graph, with everything it builds for a graph it is given (validation, "
-        "normalised adjacency and, for VQ inference, the METIS partition of its batches and, "
-        "on a new graph, the codeword assignment, which runs the exact forward pass up to the "
-        "last quantised layer); medians over the seeds, as are fit time and epochs. Runs "
-        "execute one at a time on a shared machine; timings are noisy.",
-        "",
-    ]
+    """The page's generated region: provenance and one table per dataset."""
+    lines = [*provenance_lines(meta, records, regenerated, "VQGNNClassifier"), ""]
     for dataset in DATASETS:
         runs = [r for r in records if r["dataset"] == dataset]
         if not runs:
@@ -321,7 +281,6 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
             *dataset_rows(runs, meta["backbones"]),
             "",
         ]
-    lines.append(SECTION_END)
     return "\n".join(lines)
 
 
@@ -331,17 +290,18 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark (or one worker fit, or regenerate the section from saved records) and
-    write the section into ``--out``, replacing its inductive section or appending one."""
+    """Run the benchmark (or one worker fit, or regenerate from saved records) and write the
+    generated region of the page."""
     args = parse_args(
         argv,
         __doc__.split("\n\n")[0],
+        out=page_for(__file__),
         modes=MODES,
         modes_help="default: both",
         backbones=DEFAULT_BACKBONES,
         datasets=("twitch-en",),
     )
-    run_section_script(args, __file__, lambda dataset: MODES, run_fit, _summary, render)
+    run_script(args, __file__, lambda dataset: MODES, run_fit, _summary, render)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,12 @@
 Every (dataset, backbone, mode, seed) fit runs in a fresh subprocess (this script with
 ``--worker``), one after the other, so that each run's peak memory is its own; each run draws an
 85/5/10 edge split with its seed, fits on the training graph and scores the validation and test
-pairs. The results go to a marked section of a Markdown page (``--out``, by default the
-node-classification page ``doc/benchmarks.md``): the section between ``<!-- link-prediction:start
--->`` and ``<!-- link-prediction:end -->`` is replaced, or appended when the page has none, and
-the rest of the page is left as it is. Raw per-run records go to ``--json``, from which
-``--from-json`` rebuilds the section without fitting anything.
+pairs. The provenance, tables and bars replace the generated region of a Markdown page
+(``--out``, by default ``doc/benchmarks/link_prediction.md``, whose hand-written rest says what
+is measured and how); raw per-run records go to ``--json``, from which ``--from-json`` rebuilds
+the region without fitting anything.
 
-The plumbing (worker subprocesses, saved records, page header, the marked section) is that of
+The plumbing (worker subprocesses, saved records, provenance, the generated region) is that of
 ``node_classification.py``, in ``_common.py``; as there, the parent process imports only the
 standard library, so that torch in the parent cannot inflate a run's peak RSS.
 """
@@ -21,8 +20,6 @@ from pathlib import Path
 from _common import (
     BAR_POINTS,
     DATASETS,
-    LINK_SECTION_END,
-    LINK_SECTION_START,
     Record,
     bar_row,
     best_on_validation,
@@ -33,9 +30,10 @@ from _common import (
     load_dataset,
     mean_of,
     mean_std,
+    page_for,
     parse_args,
     provenance_lines,
-    run_section_script,
+    run_script,
     run_summary,
 )
 
@@ -55,7 +53,7 @@ MODE_PARAMS = {
 VQ_MODES = ("vq", "vq-partners", "vq-accumulate", "vq-partners-accumulate")  # batch n/8
 # the bar's VQ row is the one of best validation ROC AUC among these modes; the fourth VQ mode
 # was added after a diagnostic run had shown its test figures on citeseer / sage, so it does
-# not compete for the bars (see the notes on the page)
+# not compete for the bars (see the notes in doc/benchmarks/link_prediction.md)
 BAR_VQ_MODES = ("vq", "vq-partners", "vq-accumulate")
 VAL_PERCENT, TEST_PERCENT = 5, 10  # of the edges, held out; the rest trains
 HITS_K = 50
@@ -164,50 +162,9 @@ def _bars(groups: dict[tuple[str, str, str], list[Record]]) -> list[str]:
 
 
 def render(meta: Record, records: list[Record], regenerated: str | None = None) -> str:
-    """The page's link-prediction section, markers included: header, protocol, one table per
-    dataset and the bars."""
+    """The page's generated region: provenance, one table per dataset and the bars."""
     groups = group_runs(records)
-    train_percent = 100 - VAL_PERCENT - TEST_PERCENT
-    lines = [
-        LINK_SECTION_START,
-        f"## Link prediction ({train_percent}/{VAL_PERCENT}/{TEST_PERCENT} edge split)",
-        "",
-        "Written by `benchmarks/link_prediction.py`, which replaces only this section of the page; "
-        "`node_classification.py` carries it over when it rewrites the page.",
-        "",
-        *provenance_lines(meta, records, regenerated, "VQGNNLinkPredictor"),
-        "- Modes: *VQ, batch n/8* uses `batch_size = n_nodes // 8`; *full graph* is "
-        "`batch_size=None`, the same backbone trained on the exact full graph without codebooks; "
-        "*VQ, batch n/8, partners* is the VQ mode with `partner_nodes='batch_size'` (positive "
-        "partners from outside the batch join each step; see `doc/link_prediction.md`); *VQ, "
-        "batch n/8, one step an epoch* is the VQ mode with `accumulate_batches='epoch'` (the "
-        "gradients of an epoch's batches are averaged into one optimiser step, as many steps "
-        "as full-graph training takes); *VQ, batch n/8, partners, one step an epoch* combines "
-        "the two.",
-        f"- Split: per seed, `edge_split(A, val={VAL_PERCENT / 100:g}, "
-        f"test={TEST_PERCENT / 100:g}, random_state=seed)` holds out {VAL_PERCENT} % and "
-        f"{TEST_PERCENT} % of the undirected edges as validation and test positives and pairs "
-        "each split with as many non-edges of the graph as negatives. The node labels are not "
-        "used.",
-        "- Training: `fit(train.adjacency, X)` on the training graph (the graph without the "
-        f"validation and test edges, in both directions): its edges, {train_percent} % of the "
-        "graph's, are the positives, and every epoch the estimator samples one negative per "
-        "endpoint of a positive pair, never a training edge (its defaults `n_negatives=1`, "
-        "`negative_sampling='exclude'`). The validation and test pairs are scored with "
-        "`decision_function(train.adjacency, X, pairs)`, so no message ever passes over a "
-        "held-out edge.",
-        f"- Metrics: ROC AUC of the scores over the split's pairs, and Hits@{HITS_K}, "
-        f"`hits_at_k(targets, scores, k={HITS_K})`: the fraction of positive pairs scored "
-        f"strictly above the {HITS_K}th-highest negative. Mean ± population standard deviation "
-        "over the seeds; Δ = 100 × (mean test metric of the row − mean test metric of the same "
-        "backbone's full-graph row). Fit time, epoch time (median over epochs of "
-        "`history_[i]['time']`), memory and epochs: medians over the seeds.",
-        "- Memory and time: peak RSS (`ru_maxrss`) of the run's fresh process right before and "
-        "right after `fit` (scoring not included), its increase and absolute value; with CUDA, "
-        "`torch.cuda.max_memory_allocated()` during `fit`. Fit time is the wall-clock time of "
-        "`fit`. Runs execute one at a time; timings on a shared machine are noisy.",
-        "",
-    ]
+    lines = [*provenance_lines(meta, records, regenerated, "VQGNNLinkPredictor"), ""]
     for dataset in DATASETS:
         runs = [r for r in records if r["dataset"] == dataset]
         if runs:
@@ -218,18 +175,7 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
                 *dataset_table(dataset, groups, MODE_LABELS, METRIC_HEADER, _metric_cells),
                 "",
             ]
-    lines += [
-        "### Bars",
-        "",
-        "Checked automatically on the mean test metric over the seeds. Of the first three VQ "
-        "modes, a dataset and backbone's bars use the one of highest mean validation ROC AUC "
-        "(the validation pairs choose `partner_nodes` and `accumulate_batches`; the test pairs "
-        "play no part in the choice). The fourth, *partners, one step an epoch*, does not "
-        "compete: it was added after its test figures on citeseer / sage had been seen.",
-        "",
-        *_bars(groups),
-        LINK_SECTION_END,
-    ]
+    lines += ["### Bars", "", *_bars(groups)]
     return "\n".join(lines)
 
 
@@ -239,18 +185,17 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark (or one worker fit, or regenerate the section from saved records) and
-    write the section into ``--out``, replacing its link-prediction section or appending one."""
+    """Run the benchmark (or one worker fit, or regenerate from saved records) and write the
+    generated region of the page."""
     args = parse_args(
         argv,
         __doc__.split("\n\n")[0],
+        out=page_for(__file__),
         modes=tuple(MODE_LABELS),
         modes_help="default: all",
         backbones=BAR_BACKBONES,
     )
-    run_section_script(
-        args, __file__, lambda dataset: tuple(MODE_LABELS), run_fit, _summary, render
-    )
+    run_script(args, __file__, lambda dataset: tuple(MODE_LABELS), run_fit, _summary, render)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
 """Node-classification benchmark of ``VQGNNClassifier``: accuracy, fit time and peak memory.
 
 Every (dataset, backbone, mode, seed) fit runs in a fresh subprocess (this script with
-``--worker``), one after the other, so that each run's peak memory is its own. The results go to
-a Markdown page (``--out``) and, optionally, to raw per-run records (``--json``) from which
-``--from-json`` rebuilds the page without fitting anything. The page is rewritten wholesale,
-except for the marked sections that other scripts keep in it (``link_prediction.py``,
-``inductive.py``): those sections of the old page are carried over, unchanged and in their
-order, to the end of the new one.
+``--worker``), one after the other, so that each run's peak memory is its own. The provenance,
+tables and bars replace the generated region of a Markdown page (``--out``, by default
+``doc/benchmarks/node_classification.md``, whose hand-written rest says what is measured and
+how); raw per-run records go to ``--json``, from which ``--from-json`` rebuilds the region
+without fitting anything.
 
 The parent process imports only the standard library: Linux carries a process's peak RSS over
 fork/exec into its child's ``ru_maxrss``, so a parent holding torch would inflate every run's
@@ -15,8 +14,6 @@ absolute peak.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 from _common import (
@@ -24,8 +21,6 @@ from _common import (
     DATASETS,
     Record,
     bar_row,
-    carry_sections,
-    collect_records,
     dataset_table,
     delta_points,
     fit_measured,
@@ -33,12 +28,11 @@ from _common import (
     load_dataset,
     mean_of,
     mean_std,
+    page_for,
     parse_args,
     provenance_lines,
-    read_page,
-    run_specs,
+    run_script,
     run_summary,
-    write_page,
 )
 
 MODE_LABELS = {"vq": "VQ, batch n/8", "vq-512": "VQ, batch 512", "full": "full graph"}
@@ -141,36 +135,14 @@ def _bars(meta: Record, groups: dict[tuple[str, str, str], list[Record]]) -> lis
 
 
 def render(meta: Record, records: list[Record], regenerated: str | None = None) -> str:
-    """The Markdown page: header, one table per dataset, bars and the measurement notes."""
+    """The page's generated region: provenance, one table per dataset and the bars."""
     groups = group_runs(records)
-    lines = [
-        "# Benchmarks: node classification",
-        "",
-        *provenance_lines(meta, records, regenerated, "VQGNNClassifier"),
-        "- Modes: *VQ, batch n/8* uses `batch_size = n_nodes // 8`; *VQ, batch 512* uses "
-        "`batch_size=512`; *full graph* is `batch_size=None`, the exact full-graph reference "
-        "without codebooks.",
-        "- Parameters: the estimator's defaults (200 epochs), except "
-        + "; ".join(
-            f"{backbone}: " + ", ".join(f"`{k}={v}`" for k, v in recipe.items())
-            for backbone, recipe in RECIPES.items()
-        )
-        + " (the GAT paper's recipe), the same in every mode.",
-        "- Splits: the public Planetoid split for cora and citeseer; for twitch-en a stratified "
-        "60/20/20 `random_split(y, 0.6, 0.2, random_state=seed)` drawn per seed. The classifier "
-        "is fitted with the training labels only; accuracies are of `transduction_` on the "
-        "validation and test nodes.",
-        "- Accuracies: mean ± population standard deviation over the seeds; Δ = 100 × (mean test "
-        "accuracy of the row − mean test accuracy of the same backbone's full-graph row). Fit "
-        "time, epoch time (median over epochs of `history_[i]['time']`), memory and epochs: "
-        "medians over the seeds.",
-        "",
-    ]
+    lines = [*provenance_lines(meta, records, regenerated, "VQGNNClassifier"), ""]
     for dataset in DATASETS:
         if any(key[0] == dataset for key in groups):
             n_nodes = next(r["n_nodes"] for r in records if r["dataset"] == dataset)
             lines += [
-                f"## {dataset} ({n_nodes} nodes)",
+                f"### {dataset} ({n_nodes} nodes)",
                 "",
                 *dataset_table(
                     dataset,
@@ -181,33 +153,7 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
                 ),
                 "",
             ]
-    lines += [
-        "## Bars",
-        "",
-        "Checked automatically on the mean test accuracy over the seeds.",
-        "",
-        *_bars(meta, groups),
-        "",
-        "## How memory and time are measured",
-        "",
-        "Each run is a fresh Python process that loads the dataset, then reads its peak resident "
-        "set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) right before `fit` and again "
-        "after `fit` and the prediction of every node (`transduction_`, computed inside `fit`). "
-        "*Peak RSS increase* is the difference: how far the fit raised the process's high-water "
-        "mark above what the interpreter, torch, the dataset and its split already held. It "
-        "covers everything resident in host memory during the fit (graph preprocessing such as "
-        "the normalised adjacency, the METIS partition and the codebook initialisation, the "
-        "training steps, inference, NumPy/SciPy arrays, torch CPU tensors and allocator caches, "
-        "and newly touched library pages); as a high-water mark it counts a transient peak in "
-        "full. *Peak RSS* is the absolute peak of the process, baseline included. "
-        f"When CUDA is available the fit runs with `device='cuda'` and *GPU peak* is "
-        "`torch.cuda.max_memory_allocated()` after `torch.cuda.reset_peak_memory_stats()` "
-        "(tensors only, without the CUDA context and the allocator's unused reserve). Fit time "
-        "is the wall-clock time of `fit` (`time.perf_counter`), setup and final inference "
-        f"included; the runs execute one at a time on a shared {meta['cpu_count']}-core machine, "
-        "so timings are noisy and medians are reported.",
-        "",
-    ]
+    lines += ["### Bars", "", *_bars(meta, groups)]
     return "\n".join(lines)
 
 
@@ -217,26 +163,16 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark (or one worker fit, or regenerate the page) and write the outputs.
-
-    The marked sections of the page being replaced (``link_prediction.py``, ``inductive.py``)
-    are carried over unchanged to the end of the new page.
-    """
+    """Run the benchmark (or one worker fit, or regenerate from saved records) and write the
+    generated region of the page."""
     args = parse_args(
         argv,
         __doc__.split("\n\n")[0],
+        out=page_for(__file__),
         modes=("vq", "vq-512", "full"),
         modes_help="default: every mode of each dataset (vq-512 on cora only)",
     )
-    if args.worker is not None:
-        print(json.dumps(run_fit(json.loads(args.worker))))
-        return
-    meta, records, regenerated = collect_records(
-        args, __file__, run_specs(args, dataset_modes), _summary
-    )
-    page = render(meta, records, regenerated)
-    write_page(args.out, carry_sections(page, read_page(args.out)))
-    print(f"wrote {args.out}", file=sys.stderr)
+    run_script(args, __file__, dataset_modes, run_fit, _summary, render)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ fresh subprocess (this script with ``--worker``), one after the other:
 Each run records its accuracy, the median epoch time, the training time it took to come within
 one point of the mean final accuracy of PyG full-graph training (test accuracy after every
 epoch, measured while the training clock is paused), its peak RSS increase and the time to
-predict every node. The results go to the marked section
-``peers`` of a Markdown page (``--out``, by default ``doc/benchmarks.md``), which is replaced or
-appended; ``--json`` saves the raw records, from which ``--from-json`` rebuilds the section
-without fitting anything.
+predict every node. The provenance, tables and bars replace the generated region of a Markdown
+page (``--out``, by default ``doc/benchmarks/peers.md``, whose hand-written rest says what is
+measured and how); ``--json`` saves the raw records, from which ``--from-json`` rebuilds the
+region without fitting anything.
 
 As in the other scripts (``_common.py``), the parent process imports only the standard library;
 numpy, torch, PyTorch Geometric and skvqgnn are imported inside the worker. PyTorch Geometric is a
@@ -44,14 +44,12 @@ from _common import (
     load_dataset,
     mean_of,
     mean_std,
+    page_for,
     parse_args,
     provenance_lines,
-    run_section_script,
-    section_markers,
+    run_script,
 )
 
-SECTION = "peers"
-SECTION_START, SECTION_END = section_markers(SECTION)
 METHOD_LABELS = {
     "pyg-full": "PyG full graph",
     "cluster-gcn": "Cluster-GCN (PyG, METIS batches)",
@@ -709,94 +707,12 @@ def _bars(records: list[Record], datasets: list[str], backbones: list[str]) -> l
     return lines
 
 
-def _recipe_text(records: list[Record]) -> str:
-    settings = records[0]["recipe"]
-    hidden = ", ".join(map(str, settings["hidden_layer_sizes"]))
-    return (
-        f"{len(settings['hidden_layer_sizes']) + 1} layers with hidden width {hidden}, ReLU, "
-        f"dropout {settings['dropout']:g} on every layer's input, Adam with learning rate "
-        f"{settings['learning_rate']:g} and weight decay {settings['weight_decay']:g} on all "
-        f"parameters, cross-entropy on the training nodes, {settings['max_epochs']} epochs, no "
-        "early stopping"
-    )
-
-
 def render(meta: Record, records: list[Record], regenerated: str | None = None) -> str:
-    """The page's peers section, markers included: protocol and recipe, one table per dataset
-    with its ratios, and the bars."""
+    """The page's generated region: provenance, one table per dataset with its ratios, and the
+    bars."""
     datasets = [d for d in DATASETS if any(r["dataset"] == d for r in records)]
     backbones = [b for b in PEER_BACKBONES if any(r["backbone"] == b for r in records)]
-    lines = [
-        SECTION_START,
-        "## Peers: VQ-GNN next to PyTorch Geometric full-graph, Cluster-GCN and random-node "
-        "training",
-        "",
-        "Written by `benchmarks/peers.py`, which replaces only this section of the page; "
-        "`node_classification.py` carries it over when it rewrites the page.",
-        "",
-        *provenance_lines(meta, records, regenerated, "VQGNNClassifier"),
-        f"- Recipe, the same for every method: the estimator's defaults, {_recipe_text(records)}, "
-        f"on the CPU. PyG's layers are `GCNConv` (its defaults: symmetric normalisation with "
-        "self-loops, recomputed at every forward pass) and `SAGEConv(aggr='mean')` (root weight "
-        "plus the mean of the neighbours), the convolutions of skvqgnn's `gcn` and `sage`. Left "
-        "as each library has them: weight initialisation (`GCNConv`: Glorot weights and zero "
-        "bias; `SAGEConv` and skvqgnn: torch's default); in the first layer skvqgnn drops out "
-        "entries of its precomputed aggregate `C X`, PyG entries of `X`; PyG holds the features "
-        "as a dense tensor (`X.toarray()`, as PyG's datasets do), skvqgnn keeps them sparse; "
-        "PyG's layers run on `edge_index` (what its loaders produce), so `SAGEConv` gathers one "
-        "message per edge of its input features before averaging (an edges × features tensor "
-        "in the first layer), where `GCNConv` gathers after its linear map.",
-        "- Methods: *PyG full graph* takes one step per epoch on the whole graph. *Cluster-GCN* "
-        "cuts the graph once with METIS (`skvqgnn.samplers.ClusterSampler`, pymetis; "
-        f"{records[0]['recipe']['parts_per_batch']} parts per batch and a target of "
-        f"`n // {N_BATCHES}` nodes, exactly as VQ-GNN's default sampler: ⌈n / (n // "
-        f"{N_BATCHES})⌉ batches of whole parts an epoch) and takes one step per batch on the "
-        "subgraph its nodes induce: edges between batches are dropped, and `GCNConv` normalises "
-        "on the subgraph. *Random-node subgraphs*: `RandomNodeLoader(data, "
-        f"num_parts={N_BATCHES}, shuffle=True)`, one step per random node set on its induced "
-        "subgraph. Both take the mean loss over the batch's training nodes and skip a batch "
-        "without any. *VQ-GNN* is `VQGNNClassifier(backbone, "
-        f"batch_size=n // {N_BATCHES}, random_state=seed)`, its *1024 codewords* row the same "
-        "with `n_codewords=1024` (the default is 256), and *skvqgnn full graph* is "
-        "`batch_size=None`, every other parameter at its default. The seed drives "
-        "initialisation, dropout, METIS and the batch order.",
-        "- Splits: the public Planetoid split for cora and citeseer; for twitch-en the "
-        "stratified 60/20/20 `random_split(y, 0.6, 0.2, random_state=seed)` of each seed.",
-        "- Accuracy: after the last epoch. PyG methods, mini-batch ones included, predict every "
-        "node with one full-graph forward pass (eval mode, no gradients), which is what their "
-        "users do; skvqgnn reads `transduction_` (VQ inference for VQ-GNN, exact for full "
-        "graph). Mean ± population standard deviation over the seeds; Δ = 100 × (mean test "
-        "accuracy − mean test accuracy of PyG full graph with the same backbone).",
-        "- Training clock: it runs from the method's start, with the data loaded as SciPy/NumPy "
-        "arrays, so that setup (*setup* column: conversion to tensors, normalisation, METIS, "
-        "codebook initialisation) counts, through every epoch, and it stops after each epoch "
-        "while the model is evaluated on the validation and test nodes, with the inference of "
-        "the final prediction, in eval mode without gradients and without drawing random "
-        "numbers, so that the training goes on exactly as it would without it. skvqgnn's "
-        "estimator trains with its own unchanged loop: the clock stands in for its progress "
-        "bar, laps between its epochs and evaluates its live model and codebooks. *Epoch "
-        "time*: median over the epochs. *Time to PyG full − 1 point*: training time, setup "
-        "included, at the first epoch whose test accuracy reaches the mean final test accuracy "
-        "of PyG full graph (same dataset and backbone) minus 0.01, and that epoch; medians over "
-        "the seeds, a run that never reaches it counting as infinitely slow (*not reached* "
-        "when the median run does not, with the number of runs that do).",
-        "- Memory: each run is a fresh process; *peak RSS increase* is the rise of its peak "
-        "resident set size (`ru_maxrss`) from right before the method's setup to after training "
-        "and the final prediction of every node (skvqgnn: after `fit`, which computes "
-        "`transduction_`), so the per-epoch evaluations, which repeat that prediction, are "
-        "inside it too. It counts what each method builds from the data (PyG: the dense "
-        "feature tensor). Medians over the seeds.",
-        f"- Inference: median of {INFERENCE_REPEATS} predictions of every node after a first, "
-        "untimed one, then median over the seeds. PyG methods: one full-graph forward pass in "
-        "eval mode under `no_grad`. skvqgnn: `predict(Graph(A, X))` on a fresh `Graph` built "
-        "outside the timer (as PyG's `Data` is), with everything `predict` derives from it "
-        "inside (normalised adjacency, first-layer aggregate, the content hash that recognises "
-        "the training graph and, for VQ inference, the METIS cover of its batches). VQ-GNN is "
-        "timed with its default `inference='vq'` and with `inference='exact'`; both, and "
-        "their agreement over all nodes, are in the ratios table.",
-        "- Runs execute one at a time on a shared machine; timings are noisy.",
-        "",
-    ]
+    lines = [*provenance_lines(meta, records, regenerated, "VQGNNClassifier"), ""]
     for dataset in datasets:
         runs = [r for r in records if r["dataset"] == dataset]
         lines += [
@@ -809,17 +725,7 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
             *ratio_table(records, dataset, backbones),
             "",
         ]
-    lines += [
-        "### Bars",
-        "",
-        "Checked automatically on the mean test accuracy over the seeds. Of the two VQ-GNN "
-        "rows, a dataset and backbone's bar uses the one of higher mean validation accuracy "
-        "(the validation nodes choose `n_codewords`, 256 or 1024; the test nodes play no part "
-        "in the choice).",
-        "",
-        *_bars(records, datasets, backbones),
-        SECTION_END,
-    ]
+    lines += ["### Bars", "", *_bars(records, datasets, backbones)]
     return "\n".join(lines)
 
 
@@ -829,19 +735,18 @@ def render(meta: Record, records: list[Record], regenerated: str | None = None) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark (or one worker run, or regenerate the section from saved records) and
-    write the section into ``--out``, replacing its peers section or appending one."""
+    """Run the benchmark (or one worker run, or regenerate from saved records) and write the
+    generated region of the page."""
     args = parse_args(
         argv,
         __doc__.split("\n\n")[0],
+        out=page_for(__file__),
         modes=tuple(METHOD_LABELS),
         modes_help="methods, default: all five",
         backbones=PEER_BACKBONES,
         backbone_choices=PEER_BACKBONES,
     )
-    run_section_script(
-        args, __file__, lambda dataset: tuple(METHOD_LABELS), run_fit, _summary, render
-    )
+    run_script(args, __file__, lambda dataset: tuple(METHOD_LABELS), run_fit, _summary, render)
 
 
 if __name__ == "__main__":

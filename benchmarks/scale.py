@@ -10,11 +10,11 @@ for the machine ends as a recorded "does not fit" instead of a visit from the OO
 
 Per configuration it records the peak memory of one training step (median over a few steps
 after warm-up), the time of an epoch, and the time and peak memory of inference over every node
-with ``inference="vq"`` and ``inference="exact"``, and their agreement. The results go to the
-section between ``<!-- scale:start -->`` and ``<!-- scale:end -->`` of ``--out`` (by default
-``doc/benchmarks.md``; the rest of the page is left alone), to two PNG plots and, optionally, to
-raw records (``--json``) from which ``--from-json`` rebuilds section and plots without running
-anything.
+with ``inference="vq"`` and ``inference="exact"``, and their agreement. The provenance, tables,
+bars and links to the plots replace the generated region of a Markdown page (``--out``, by
+default ``doc/benchmarks/scale.md``, whose hand-written rest says what is measured and how); the
+plots are two PNG files (``--plots-dir``, by default ``doc``), and raw records go to ``--json``,
+from which ``--from-json`` rebuilds region and plots without running anything.
 
 As in the other benchmark scripts, the parent process imports only the standard library (numpy,
 torch and skvqgnn are imported in the workers; matplotlib only once every worker has finished).
@@ -39,19 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    DEFAULT_OUT,
+    OUT_HELP,
     REPO_ROOT,
     Record,
     machine_info,
-    read_page,
-    section_markers,
-    splice_section,
+    page_for,
+    write_generated,
     write_json,
-    write_page,
 )
 
-SECTION = "scale"
-SECTION_START, SECTION_END = section_markers(SECTION)
 MODES = ("vq", "full")
 MODE_LABELS = {"vq": "VQ mini-batch", "full": "full graph"}
 INFERENCE_MODES = {"vq": ("vq", "exact"), "full": ("exact",)}  # full graph has no codebooks
@@ -669,7 +665,7 @@ def largest_fits(records: list[Record], meta: Record, mode: str) -> tuple[Record
 
 
 # --------------------------------------------------------------------------------------------
-# Report: page section and plots
+# Report: the page's generated region and the plots
 # --------------------------------------------------------------------------------------------
 
 
@@ -795,7 +791,7 @@ def render(
     plots: tuple[Path, Path],
     regenerated: str | None = None,
 ) -> str:
-    """The page's scale section, markers included.
+    """The page's generated region: provenance, bars, tables and the plots.
 
     Parameters
     ----------
@@ -808,7 +804,7 @@ def render(
     plots : tuple of Path
         The memory and time plots.
     regenerated : str, optional
-        The command that rebuilt the section from saved records.
+        The command that rebuilt the region from saved records.
     """
     device = ", ".join(sorted({r["device"] for r in records if "device" in r})) or "–"
     threads = ", ".join(sorted({str(r["torch_threads"]) for r in records if "torch" in r}))
@@ -817,12 +813,6 @@ def render(
     fitted = [r for r in records if r.get("epochs")]
     epochs = sorted({(r["mode"], r["n_nodes"] <= 1e5, r["epochs"]) for r in fitted})
     lines = [
-        SECTION_START,
-        "## Scale: memory and time against the size of the graph",
-        "",
-        "Written by `benchmarks/scale.py`, which replaces only this section of the page; "
-        "`node_classification.py` carries it over when it rewrites the page.",
-        "",
         f"Produced on {meta['date']} by",
         "",
         "```",
@@ -831,33 +821,28 @@ def render(
         "",
     ]
     if regenerated:
-        lines += [f"(section regenerated from the saved records with `{regenerated}`)", ""]
+        lines += [f"(regenerated from the saved records with `{regenerated}`)", ""]
     lines += [
         f"- Machine: {meta['cpu_count']} CPUs ({meta['cpu_model']}), {meta['memory_gib']} GiB "
-        f"RAM, shared with other jobs; {meta['platform']}",
+        f"RAM; {meta['platform']}",
         f"- Software: Python {meta['python']}, torch {torch_versions} ({threads} threads), "
         f"skvqgnn {meta['skvqgnn']} at git {meta['git']}",
         f"- Device: {device}",
         f"- Graphs: `make_csbm(n, n_classes={meta['n_classes']}, avg_degree=d, "
-        f"n_features={meta['n_features']}, random_state={meta['seed']})` (homophily 0.8, "
-        f"feature noise 1): sizes n at d = {meta['avg_degree']:g}, and degrees d at "
-        f"n = {meta['degree_nodes']:,}. *Edges* counts undirected edges after merging repeats. "
-        "The generator's 60 % training split is labelled, every other node is not.",
+        f"n_features={meta['n_features']}, random_state={meta['seed']})`: sizes n at "
+        f"d = {meta['avg_degree']:g}, and degrees d at n = {meta['degree_nodes']:,}.",
         f"- Estimator: `VQGNNClassifier(backbone='{meta['backbone']}', "
         f"n_codewords={meta['n_codewords']}, sampler='{meta['sampler']}', "
-        f"random_state={meta['seed']})`, other parameters at their defaults (one hidden layer "
-        f"of 64); *VQ mini-batch* with `batch_size={meta['batch_size']}`, *full graph* with "
-        "`batch_size=None` (every node in one step, no codebooks).",
+        f"random_state={meta['seed']})`; *VQ mini-batch* with `batch_size={meta['batch_size']}`, "
+        "*full graph* with `batch_size=None`.",
         f"- Limits per configuration: {meta['memory_limit_gib']} GiB of address space "
-        f"(`RLIMIT_AS`) and {meta['timeout_s']:g} s of wall time; a configuration that exceeds "
-        "either *does not fit*, and the larger sizes of its mode are then not run.",
+        f"(`RLIMIT_AS`) and {meta['timeout_s']:g} s of wall time.",
         "- Epochs per fit: "
         + "; ".join(
             f"{MODE_LABELS[mode]}, n {'≤' if small else '>'} 10⁵: {count}"
             for mode, small, count in epochs
         )
-        + f" ({WARMUP_STEPS} warm-up steps, {MEMORY_STEPS} measured steps and 1 profiled step, "
-        "then the timed epochs).",
+        + ".",
         "",
         "### Bars",
         "",
@@ -928,13 +913,6 @@ def render(
         "",
         "### Cost growth",
         "",
-        "Least-squares slopes of log(epoch time) against log(n) and against log(d), and of "
-        "log(per-step peak) against log(n), over the configurations that fitted. DESIGN §1: "
-        "a VQ step costs O(b·d·f + b·k·f) and an epoch has n/b steps, so VQ epoch time should "
-        "grow like n¹ and, while b·d·f dominates b·k·f, like d¹; its per-step memory "
-        "O(L·(b + k)·f) like n⁰. A full-graph epoch costs O(n·d·f + n·f²) and holds every "
-        "node's activations: time and memory like n¹, time like d¹ at most.",
-        "",
     ]
     growth = []
     for mode in MODES:
@@ -958,44 +936,6 @@ def render(
         f"![Per-step and inference peak memory against n]({_relative(plots[0], page)})",
         "",
         f"![Epoch time against n and against the average degree]({_relative(plots[1], page)})",
-        "",
-        "### How memory and time are measured",
-        "",
-        "Every configuration is a fresh Python process (this script with `--worker`) that "
-        "generates its graph, wraps it in a `Graph` (whose normalised adjacency and METIS "
-        "batches are then cached for fit and predict), fits and predicts. *Per-step peak*: the "
-        "estimator's own training loop runs (`fit`); a callback of the loop (`skvqgnn.Callback`, "
-        "`on_step_start` and `on_step_end`) sees each step begin and end, from batch assembly "
-        "to the codebook update. After "
-        f"{WARMUP_STEPS} warm-up steps, before each of {MEMORY_STEPS} steps the worker calls "
-        "glibc's `malloc_trim(0)` (so that the heap's freed pages do not hide the step's own), "
-        "resets the kernel's peak resident set size (`echo 5 > /proc/self/clear_refs`, which "
-        "resets `VmHWM`) and reads `VmRSS` from `/proc/self/status`; after the step it reads "
-        "`VmHWM`. The step's peak is `VmHWM − VmRSS` before it (everything the step made "
-        "resident: host-side batch assembly in NumPy/SciPy, torch tensors, autograd buffers), "
-        "and the table gives the median over the steps. For full-graph training a step is an "
-        "epoch. *Live RSS before a step* is the median `VmRSS` at the start of those steps "
-        "(interpreter, torch, graph, cached structures, model, assignment tables). *Torch step "
-        "peak*: one further step runs under `torch.profiler.profile(profile_memory=True)`; the "
-        "peak of its CPU allocations minus frees, in time order, counts torch tensors only. "
-        "*Process peak*: the highest `VmHWM` of the whole process, read before every reset and "
-        "at the end (graph generation, preprocessing, codebook initialisation, training, "
-        "inference). With CUDA the worker trains on the GPU and also records, per step, "
-        "`torch.cuda.max_memory_allocated()` after `torch.cuda.reset_peak_memory_stats()` "
-        "minus `torch.cuda.memory_allocated()` before. *Epoch time*: median of "
-        "`history_[i]['time']` (the training loop of an epoch) over the epochs in which no "
-        "step was measured (an asterisk marks the rows where every epoch had a measured step; "
-        "there the probe's own time is subtracted). *Inference*: `predict` over every node of "
-        "the training graph with `inference='vq'` (mini-batches of the training batch size "
-        "over the stored assignments) and `inference='exact'` (layer-wise full-neighbour "
-        "inference), timed with `time.perf_counter` and measured like a step (peak above the "
-        "RSS before it); full-graph fits have no codebooks and infer exactly. *Agreement*: "
-        "fraction of all nodes with the same predicted class. Test accuracy on the generator's "
-        "20 % test split, for orientation only. Fit time includes preprocessing, METIS, "
-        "codebook initialisation and the final `transduction_` pass. The configurations run one "
-        f"at a time on a shared {meta['cpu_count']}-core machine: timings are noisy.",
-        "",
-        SECTION_END,
     ]
     return "\n".join(lines)
 
@@ -1143,7 +1083,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--memory-limit-gib", type=float, default=18.0, help="RLIMIT_AS")
     parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per config")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown page")
+    parser.add_argument("--out", type=Path, default=page_for(__file__), help=OUT_HELP)
     parser.add_argument("--plots-dir", type=Path, default=DEFAULT_PLOTS)
     parser.add_argument("--json", type=Path, default=None, help="raw per-configuration records")
     parser.add_argument(
@@ -1151,7 +1091,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         nargs="+",
         default=None,
-        help="rebuild section and plots from saved records (later files win on repeats)",
+        help="rebuild the generated region and the plots from saved records (later files win "
+        "on repeats)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -1194,8 +1135,8 @@ def merge_saved(saved: list[Record]) -> tuple[Record, list[Record]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the sweep (or one worker, or rebuild from saved records), then write the page
-    section and the plots."""
+    """Run the sweep (or one worker, or rebuild from saved records), then write the generated
+    region of the page and the plots."""
     args = parse_args(argv)
     if args.worker is not None:
         print(json.dumps(run_config(json.loads(args.worker))))
@@ -1214,8 +1155,7 @@ def main(argv: list[str] | None = None) -> None:
             lambda line: print(line, file=sys.stderr, flush=True),
         )
         regenerated = None
-    section = render(meta, records, args.out, plots, regenerated)
-    write_page(args.out, splice_section(read_page(args.out), section))
+    write_generated(args.out, render(meta, records, args.out, plots, regenerated))
     plot(meta, records, plots)
     print(f"wrote {args.out}, {plots[0]} and {plots[1]}", file=sys.stderr)
 

@@ -1,4 +1,5 @@
-"""The depth benchmark's grid, one real fit through its worker, and its page section's bars."""
+"""The depth benchmark's grid, one real fit through its worker, and the bars of its page's
+generated region."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import depth  # noqa: E402
-from _common import marked_section  # noqa: E402
 
 
 def _args(**kw):
@@ -68,7 +68,7 @@ def _record(backbone, mode, sampler, acc, seed=0):
     }
 
 
-def test_the_section_checks_the_bars_and_names_collapsed_runs():
+def test_the_region_checks_the_bars_and_names_collapsed_runs():
     records = [
         _record("gcn", "full", None, 0.80),
         _record("gcn", "vq", "cluster", 0.795),  # -0.5: passes
@@ -77,16 +77,19 @@ def test_the_section_checks_the_bars_and_names_collapsed_runs():
         _record("gat", "vq", "cluster", 0.768),  # -1.2: passes GAT's 1.5 bar
         _record("gat", "vq", "random", 0.760),  # -2.0: fails
     ]
-    page = depth.render(records, "python benchmarks/depth.py")
-    section = marked_section(page, depth.SECTION)
-    assert section is not None
-    assert "**2 of 4 rows pass**" in section
-    assert "cora / gcn [64, 64] / random (-10.0)" in section
-    assert "cora / gat [64, 64] / random (-2.0)" in section
-    collapsed = next(line for line in section.splitlines() if line.startswith("- Collapsed"))
+    region = depth.render(records, ["python benchmarks/depth.py --seeds 0"], "python regen")
+    assert region.startswith(
+        "Produced by\n\n```\npython benchmarks/depth.py --seeds 0\n```\n\n"
+        "(regenerated from the saved records with `python regen`)\n\n- Seeds: 0\n"
+    )
+    assert "**2 of 4 rows pass**" in region
+    assert "cora / gcn [64, 64] / random (-10.0)" in region
+    assert "cora / gat [64, 64] / random (-2.0)" in region
+    collapsed = next(line for line in region.splitlines() if line.startswith("- Collapsed"))
     assert "cora / gcn [64, 64] / random" in collapsed and "gat" not in collapsed
-    assert "| gcn | 64×64 | cluster | 0.795 | 0.800 | -0.5 |" in section
-    assert "**-10.0**" in section
+    assert "| gcn | 64×64 | cluster | 0.795 | 0.800 | -0.5 |" in region
+    assert "**-10.0**" in region
+    assert "(regenerated" not in depth.render(records, ["python benchmarks/depth.py"])
 
 
 def test_saved_records_name_the_data_folder_relative_to_the_repository():

@@ -1,5 +1,5 @@
-"""The inductive benchmark's protocol (hold-out, training graph) and its page section, and the
-marked sections every benchmark script keeps in ``doc/benchmarks.md`` (saved records, no fits)."""
+"""The inductive benchmark's protocol (hold-out, training graph) and the generated region of its
+page (saved records, no fits)."""
 
 from __future__ import annotations
 
@@ -8,25 +8,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from .conftest import random_graph
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import inductive  # noqa: E402
-import node_classification  # noqa: E402
-from _common import (  # noqa: E402
-    LINK_SECTION_END,
-    LINK_SECTION_START,
-    marked_section,
-    marked_sections,
-    splice_section,
-)
 
-from .test_benchmark_link import META, SECTION, _cells, _record  # noqa: E402
-
-INDUCTIVE = f"{inductive.SECTION_START}\n## Inductive\nold\n{inductive.SECTION_END}"
+from .test_benchmark_link import META, PAGE, _cells, _record, _written  # noqa: E402
 
 
 def test_protocol_holds_out_a_seeded_fifth_independent_of_the_split():
@@ -85,7 +74,7 @@ def _inductive_record(backbone: str, mode: str, seed: int, vq: float, exact: flo
     return record
 
 
-def test_inductive_section_from_saved_records(tmp_path):
+def test_inductive_region_from_saved_records(tmp_path):
     runs = [
         _inductive_record("gcn", "inductive", 0, vq=0.70, exact=0.72),
         _inductive_record("gcn", "inductive", 1, vq=0.72, exact=0.72),
@@ -96,13 +85,11 @@ def test_inductive_section_from_saved_records(tmp_path):
     saved = tmp_path / "ind.json"
     saved.write_text(json.dumps({"meta": META, "runs": runs}))
     out = tmp_path / "page.md"
-    out.write_text(f"# Benchmarks: node classification\n\n{SECTION}\n")
+    out.write_text(PAGE)
     inductive.main(["--from-json", str(saved), "--out", str(out)])
-    page = out.read_text()
-    # appended after the page's other sections, which are left alone
-    assert page.startswith(f"# Benchmarks: node classification\n\n{SECTION}\n\n")
-    assert marked_section(page, "inductive").startswith(inductive.SECTION_START)
-    assert page.endswith(f"{inductive.SECTION_END}\n")
+    written = out.read_text()
+    page = _written(written)  # the hand-written rest of the page left alone
+    assert page.startswith("Produced on 2026-01-01 00:00 UTC by\n")
     assert "### cora (2708 nodes, 542 held out, 100–101 of them in the test split)" in page
     # held-out test acc, all held-out acc, Δ, agreement, predict time, fit time, nodes, batch
     assert _cells(page, "| gcn | without the held-out nodes | VQ |")[3:11] == [
@@ -125,34 +112,6 @@ def test_inductive_section_from_saved_records(tmp_path):
     assert _cells(page, "| sage | without the held-out nodes | VQ |")[5] == "n/a"
     assert "| sage | whole graph" not in page
 
-    # a second run replaces the section in place
+    # a second run rewrites the same region in place
     inductive.main(["--from-json", str(saved), "--out", str(out)])
-    assert out.read_text() == page
-
-
-def test_node_classification_carries_every_marked_section_over(tmp_path):
-    saved = tmp_path / "nc.json"
-    runs = [_record("gcn", mode, test_acc=0.8, val_acc=0.78) for mode in ("vq", "full")]
-    saved.write_text(json.dumps({"meta": META, "runs": runs}))
-    out = tmp_path / "page.md"
-    out.write_text(f"# Old page\n\nstale\n\n{SECTION}\n\nstale too\n\n{INDUCTIVE}\n\nstale\n")
-    node_classification.main(["--from-json", str(saved), "--out", str(out)])
-    page = out.read_text()
-    assert page.startswith("# Benchmarks: node classification\n")
-    assert "stale" not in page
-    assert page.endswith(f"\n\n{SECTION}\n\n{INDUCTIVE}\n")
-    assert marked_sections(page) == [SECTION, INDUCTIVE]
-
-
-def test_marked_sections_are_spliced_by_name():
-    page = f"# Page\n\n{SECTION}\n\nmiddle\n\n{INDUCTIVE}\n"
-    assert marked_sections(page) == [SECTION, INDUCTIVE]
-    assert marked_sections("# Page\n") == []
-    new = INDUCTIVE.replace("old", "new")
-    assert splice_section(page, new) == f"# Page\n\n{SECTION}\n\nmiddle\n\n{new}\n"
-    link = f"{LINK_SECTION_START}\nlink, new\n{LINK_SECTION_END}"
-    assert splice_section(page, link) == f"# Page\n\n{link}\n\nmiddle\n\n{INDUCTIVE}\n"
-    with pytest.raises(ValueError, match="start marker"):
-        splice_section(page, "## no marker\n")
-    with pytest.raises(ValueError, match="inductive:end"):
-        marked_sections(f"# Page\n{inductive.SECTION_START}\nold\n")
+    assert out.read_text() == written

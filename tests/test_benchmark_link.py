@@ -1,5 +1,5 @@
-"""The link-prediction section of ``doc/benchmarks.md``: splicing, rendering and carrying it over
-when ``node_classification.py`` rewrites the page (saved records only, no fits)."""
+"""The generated regions of the link-prediction and node-classification pages, rebuilt from saved
+records (no fits): tables, bars, and the hand-written rest of each page left alone."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import link_prediction  # noqa: E402
 import node_classification  # noqa: E402
-from _common import LINK_SECTION_END, LINK_SECTION_START, splice_section  # noqa: E402
+from _common import GENERATED_END, GENERATED_START, generated_region  # noqa: E402
 
-SECTION = f"{LINK_SECTION_START}\n## Link prediction\nnew\n{LINK_SECTION_END}"
+# a page as the scripts find it: hand-written text around a stale generated region
+PROSE = "# Title\n\nWhat is measured, by hand.\n\n## Results\n\n"
+NOTES = "\n\n## Notes\n\nBy hand too.\n"
+PAGE = f"{PROSE}{GENERATED_START}\nstale\n{GENERATED_END}{NOTES}"
 
 META = {
     "command": "python benchmarks/x.py",
@@ -69,23 +70,16 @@ def _cells(page: str, prefix: str) -> list[str]:
     return [cell.strip() for cell in row.strip("|").split("|")]
 
 
-def test_splice_replaces_the_marked_section_in_place():
-    page = f"# Page\n\nbefore\n\n{LINK_SECTION_START}\nold\n{LINK_SECTION_END}\n\nafter\n"
-    assert splice_section(page, SECTION) == f"# Page\n\nbefore\n\n{SECTION}\n\nafter\n"
+def _written(page: str) -> str:
+    """The generated region of a page the scripts wrote, after checking that the hand-written
+    text around it is the one of `PAGE`."""
+    assert page.startswith(PROSE + GENERATED_START + "\n")
+    assert page.endswith(GENERATED_END + NOTES)
+    assert "stale" not in page
+    return generated_region(page)
 
 
-def test_splice_appends_when_the_page_has_no_section():
-    assert splice_section("# Page\n\ntext\n\n", SECTION) == f"# Page\n\ntext\n\n{SECTION}\n"
-    assert splice_section("", SECTION) == f"{SECTION}\n"
-    assert splice_section("# Page\n", None) == "# Page\n"
-
-
-def test_splice_rejects_an_unterminated_section():
-    with pytest.raises(ValueError, match="link-prediction:end"):
-        splice_section(f"# Page\n{LINK_SECTION_START}\nold\n", SECTION)
-
-
-def test_link_section_tables_and_bars(tmp_path):
+def test_link_prediction_region_tables_and_bars(tmp_path):
     saved = _save(
         tmp_path / "lp.json",
         [
@@ -95,12 +89,11 @@ def test_link_section_tables_and_bars(tmp_path):
         ],
     )
     out = tmp_path / "page.md"
-    out.write_text("# Benchmarks: node classification\n")
+    out.write_text(PAGE)
     link_prediction.main(["--from-json", str(saved), "--out", str(out)])
-    page = out.read_text()
-    assert page.startswith(f"# Benchmarks: node classification\n\n{LINK_SECTION_START}\n")
-    assert page.endswith(f"{LINK_SECTION_END}\n")
-    assert "## Link prediction (85/5/10 edge split)" in page
+    page = _written(out.read_text())
+    assert page.startswith("Produced on 2026-01-01 00:00 UTC by\n")
+    assert "### cora (2708 nodes, 5278 edges, 4486 for training)" in page
     # test ROC AUC, test Hits@50, val ROC AUC, Δ ROC AUC, Δ Hits@50
     assert _cells(page, "| gcn | VQ")[3:8] == [
         "0.900 ± 0.000",
@@ -132,9 +125,10 @@ def test_link_section_tables_and_bars(tmp_path):
         "NOT RUN",
     ]
 
-    # a second run replaces the section instead of adding one
+    # a second run rewrites the same region in place
+    written = out.read_text()
     link_prediction.main(["--from-json", str(saved), "--out", str(out)])
-    assert out.read_text().count(LINK_SECTION_START) == 1
+    assert out.read_text() == written
 
 
 def test_bars_take_the_vq_mode_of_best_validation_auc(tmp_path):
@@ -171,16 +165,27 @@ def test_bars_take_the_vq_mode_of_best_validation_auc(tmp_path):
         assert row[3] == "0.990 ± 0.000"
 
 
-def test_node_classification_carries_the_link_section_over(tmp_path):
+def test_node_classification_region_tables_and_bars(tmp_path):
     saved = _save(
         tmp_path / "nc.json",
-        [_record("gcn", mode, test_acc=0.8, val_acc=0.78) for mode in ("vq", "full")],
+        [
+            _record("gcn", "vq", test_acc=0.8, val_acc=0.78),
+            _record("gcn", "full", test_acc=0.81, val_acc=0.79),
+            _record("sage", "full", test_acc=0.81, val_acc=0.79),
+        ],
     )
     out = tmp_path / "page.md"
-    out.write_text(f"# Old page\n\nstale\n\n{SECTION}\n\nstale too\n")
+    out.write_text(PAGE)
     node_classification.main(["--from-json", str(saved), "--out", str(out)])
-    page = out.read_text()
-    assert page.startswith("# Benchmarks: node classification\n")
-    assert "stale" not in page
-    assert "| cora / gcn: VQ (n/8) ≥ full − 1 point | 0.800 |" in page
-    assert page.endswith(f"\n\n{SECTION}\n")
+    page = _written(out.read_text())
+    assert page.startswith("Produced on 2026-01-01 00:00 UTC by\n")
+    assert "### cora (2708 nodes)" in page
+    # test acc, val acc, Δ
+    assert _cells(page, "| gcn | VQ, batch n/8")[3:6] == ["0.800 ± 0.000", "0.780 ± 0.000", "-1.0"]
+    assert _cells(page, "| gcn | full graph")[5] == "(reference)"
+    assert (
+        "| cora / gcn: VQ (n/8) ≥ full − 1 point | 0.800 | 0.810 − 0.010 = 0.800 | **PASS** |"
+        in (page)
+    )
+    assert "| cora / sage: VQ (n/8) ≥ full − 1 point | – | – | NOT RUN |" in page
+    assert "| cora / gcn: VQ, batch 512 ≥ 0.80 | – | – | NOT RUN |" in page

@@ -1,6 +1,7 @@
 """The scale benchmark (``benchmarks/scale.py``): its memory probes, a tiny sweep through the real
-workers, the out-of-memory and wall-time guards, the exponent fit, and the page section and plots
-rebuilt from hand-made records."""
+workers, the out-of-memory and wall-time guards, the exponent fit, and the generated region of its
+page and the plots rebuilt from hand-made records (the plots need matplotlib, which comes with the
+``bench`` extra)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .conftest import random_graph
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import scale  # noqa: E402
+from _common import GENERATED_END, GENERATED_START, generated_region  # noqa: E402
 
 MIB = 2**20
 
@@ -304,33 +306,35 @@ def test_exponents_and_largest_graph_of_each_mode():
     assert fitted["n_nodes"] == 1_000_000 and failed is None
 
 
-def test_from_json_rebuilds_the_section_and_the_plots(tmp_path):
+def test_from_json_rebuilds_the_region_and_the_plots(tmp_path):
+    pytest.importorskip("matplotlib")
     saved = tmp_path / "scale.json"
     saved.write_text(json.dumps({"meta": META, "runs": _records(large_vq_peak=21.0)}))
-    page = tmp_path / "doc" / "benchmarks.md"
-    page.parent.mkdir()
-    other = "<!-- inductive:start -->\n## Inductive\nkept\n<!-- inductive:end -->"
-    page.write_text(f"# Benchmarks\n\nintro\n\n{other}\n")
-    plots = tmp_path / "plots"
+    page = tmp_path / "doc" / "benchmarks" / "scale.md"
+    page.parent.mkdir(parents=True)
+    prose = "# Scale\n\nHow it is measured: `/proc/self/clear_refs`.\n\n"
+    page.write_text(f"{prose}{GENERATED_START}\nstale\n{GENERATED_END}\n\n## Notes\n")
+    plots = tmp_path / "doc"
     scale.main(["--from-json", str(saved), "--out", str(page), "--plots-dir", str(plots)])
 
     text = page.read_text()
-    assert text.startswith("# Benchmarks\n\nintro\n\n" + other)  # the rest of the page kept
-    section = text[text.index(scale.SECTION_START) :]
-    assert section.rstrip().endswith(scale.SECTION_END)
-    assert "regenerated from the saved records" in section
-    assert "| VQ per-step peak memory at n = 1,000,000 ≤ 1.2 × its value at n = 10,000" in section
-    assert "| 21.0 MiB | 1.2 × 20.0 = 24.0 MiB | **PASS** |" in section
-    assert "| n = 1,000,000: 0.20 ×, agreement 95.00% | 4 ×, 99% | **FAIL** |" in section
-    assert "| full graph | 100,000 | 1,000,000 | does not fit (fit): MemoryError" in section
-    assert "| VQ mini-batch | 1,000,000 | – (every size fitted) | – |" in section
+    assert text.startswith(prose + GENERATED_START)  # the hand-written rest of the page kept
+    assert text.endswith(f"{GENERATED_END}\n\n## Notes\n") and "stale" not in text
+    region = generated_region(text)
+    assert region.startswith("Produced on 2026-01-01 00:00 UTC by\n")
+    assert "regenerated from the saved records" in region
+    assert "| VQ per-step peak memory at n = 1,000,000 ≤ 1.2 × its value at n = 10,000" in region
+    assert "| 21.0 MiB | 1.2 × 20.0 = 24.0 MiB | **PASS** |" in region
+    assert "| n = 1,000,000: 0.20 ×, agreement 95.00% | 4 ×, 99% | **FAIL** |" in region
+    assert "| full graph | 100,000 | 1,000,000 | does not fit (fit): MemoryError" in region
+    assert "| VQ mini-batch | 1,000,000 | – (every size fitted) | – |" in region
     memory_n = scale.fit_exponent([1e4, 1e5, 1e6], [20.0, 20.0, 21.0])
     assert f"| VQ mini-batch | 1.00 (3 sizes) | 1.00 (3 degrees) | {memory_n:.2f} (3 sizes) |" in (
-        section
+        region
     )
-    assert "| full graph | 1.00 (2 sizes) | 1.00 (3 degrees) | 1.00 (2 sizes) |" in section
-    assert "](../plots/scale_memory.png)" in section and "](../plots/scale_time.png)" in section
-    assert "/proc/self/clear_refs" in section  # how it was measured
+    assert "| full graph | 1.00 (2 sizes) | 1.00 (3 degrees) | 1.00 (2 sizes) |" in region
+    # the plots are linked from the page's folder
+    assert "](../scale_memory.png)" in region and "](../scale_time.png)" in region
     for name in (scale.MEMORY_PLOT, scale.TIME_PLOT):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -341,7 +345,7 @@ def test_from_json_rebuilds_the_section_and_the_plots(tmp_path):
     args = ["--from-json", str(saved), str(newer), "--out", str(page), "--plots-dir", str(plots)]
     scale.main(args)
     again = page.read_text()
-    assert again.count(scale.SECTION_START) == 1
+    assert again.count(GENERATED_START) == 1 and again.startswith(prose)
     assert "| 30.0 MiB | 1.2 × 20.0 = 24.0 MiB | **FAIL** |" in again
 
 

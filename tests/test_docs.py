@@ -6,7 +6,8 @@
   fence; only a few may be.
 * ``doc/api.md`` is what ``doc/build_api.py`` writes from the docstrings, and every public name
   is documented, with each parameter in its "Parameters" section.
-* The links of the index, the how-to pages and the README point to files that exist.
+* The links of the index, the how-to pages, the benchmark pages and the README point to files
+  that exist.
 """
 
 import importlib.util
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "doc"
 HOWTO = sorted((DOC / "howto").glob("*.md"))
 PAGES = [*HOWTO, DOC / "concepts.md"]
+BENCHMARKS = [DOC / "benchmarks.md", *sorted((DOC / "benchmarks").glob("*.md"))]
 SKIP = "<!-- skip-test -->"
 MAX_SKIPPED = 3  # blocks that need what a test machine lacks (a GPU, an OGB download)
 
@@ -91,7 +93,7 @@ _LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 @pytest.mark.parametrize(
     "page",
-    [ROOT / "README.md", DOC / "index.md", *HOWTO],
+    [ROOT / "README.md", DOC / "index.md", *HOWTO, *BENCHMARKS],
     ids=lambda p: p.relative_to(ROOT).as_posix(),
 )
 def test_relative_links_resolve(page):
