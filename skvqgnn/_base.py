@@ -251,7 +251,14 @@ class BaseVQGNN(BaseEstimator):
         if self.sampler == "random" or b >= graph.n_nodes:
             return RandomNodeSampler(graph.n_nodes, b)
         key = ("cluster_sampler", b, self.parts_per_batch, seed)
-        return graph.cached(key, lambda: ClusterSampler(graph.A, b, self.parts_per_batch, seed))
+        part = None
+        if getattr(self, "partition_", None) is not None and (
+            graph.fingerprint == self.graph_fingerprint_ and seed == self._fit_seed_
+        ):
+            part = self.partition_  # the training graph again: its METIS partition as it was
+        return graph.cached(
+            key, lambda: ClusterSampler(graph.A, b, self.parts_per_batch, seed, part=part)
+        )
 
     def _backward_flags(self, kinds: Sequence[type[Convolution]]) -> list[bool]:
         """Per convolution, whether training adds its backward messages (Eq. 7). ``"auto"``:

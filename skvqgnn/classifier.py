@@ -371,6 +371,10 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     vq_error_ : ndarray of shape (n_vq_layers,)
         Relative VQ error ``‖X − R X̃‖_F / ‖X‖_F`` of each quantised layer input over the last
         epoch (empty for full-graph training).
+    partition_ : ndarray of shape (n_nodes,), int32, or None
+        The METIS part of every node of the training graph (``sampler="cluster"``), so that
+        predictions on the same graph, even a fresh copy of it, batch it as training did
+        without partitioning again; ``None`` otherwise.
     n_iter_ : int
         Epochs run.
     model_ : torch.nn.Module

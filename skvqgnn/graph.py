@@ -303,27 +303,41 @@ def without_pairs(A: sp.csr_array, pairs: np.ndarray, undirected: bool) -> sp.cs
     return out
 
 
+def _hash_parts(h: Any, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray) -> None:
+    """Feed CSR parts to hash ``h`` as int64 structure and float32 values, whatever the index
+    width or value dtype they are stored with (no copy when they already are)."""
+    h.update(np.ascontiguousarray(indptr, dtype=np.int64))
+    h.update(np.ascontiguousarray(indices, dtype=np.int64))
+    h.update(np.ascontiguousarray(data, dtype=np.float32))
+
+
 def _hash_csr(h: Any, M: sp.csr_array) -> None:
-    """Feed the canonical content of CSR ``M`` to hash ``h``: int64 structure, float32 values,
-    whatever the index width or value dtype it is stored with."""
-    h.update(np.ascontiguousarray(M.indptr, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(M.indices, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(M.data, dtype=np.float32).tobytes())
+    """Feed the canonical content of CSR ``M`` to hash ``h`` (`_hash_parts`)."""
+    _hash_parts(h, M.indptr, M.indices, M.data)
 
 
-_HASH_VALUES = 1 << 22  # dense feature values converted to CSR at once by the fingerprint
+_HASH_VALUES = 1 << 22  # feature values hashed per chunk of rows by the fingerprint
 
 
 def _hash_features(h: Any, X: np.ndarray | sp.csr_array) -> None:
     """Feed the content of features ``X`` to ``h`` the same way for dense and CSR storage:
-    its rows in chunks, each as canonical CSR (sorted indices, no stored zeros)."""
+    its rows in chunks, each as canonical CSR (sorted indices, no stored zeros). A dense chunk
+    gives those parts directly (its non-zeros in row order), without building a matrix."""
     n, f = X.shape
     step = max(1, _HASH_VALUES // max(f, 1))
     for start in range(0, n, step):
-        chunk = sp.csr_array(X[start : start + step], dtype=np.float32)
-        chunk.eliminate_zeros()
-        chunk.sort_indices()
-        _hash_csr(h, chunk)
+        if sp.issparse(X):
+            chunk = sp.csr_array(X[start : start + step], dtype=np.float32)
+            chunk.eliminate_zeros()
+            chunk.sort_indices()
+            _hash_csr(h, chunk)
+            continue
+        rows = np.asarray(X[start : start + step], dtype=np.float32)
+        nonzero = rows != 0
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(np.count_nonzero(nonzero, axis=1), out=indptr[1:])
+        flat = np.flatnonzero(nonzero)
+        _hash_parts(h, indptr, flat % f, rows.reshape(-1)[flat])
 
 
 def csr_digest(M: sp.csr_array) -> str:

@@ -89,17 +89,31 @@ class ClusterSampler(NodeSampler):
         Parts joined per batch; several small parts per batch keep batches varied across epochs.
     seed : int
         METIS seed.
+    part : ndarray of shape (n_nodes,), default=None
+        A partition to use instead of METIS's (a previous sampler's ``part``); ``A`` is then
+        not read.
     """
 
-    def __init__(self, A: sp.csr_array, batch_size: int, parts_per_batch: int = 4, seed: int = 0):
-        self.n_nodes = A.shape[0]
+    def __init__(
+        self,
+        A: sp.csr_array | None,
+        batch_size: int,
+        parts_per_batch: int = 4,
+        seed: int = 0,
+        part: np.ndarray | None = None,
+    ):
+        self.n_nodes = A.shape[0] if part is None else len(part)
         self.batch_size = batch_size
         n_batches = max(1, math.ceil(self.n_nodes / batch_size))
         self.parts_per_batch = parts_per_batch if n_batches > 1 else 1
         n_parts = n_batches * self.parts_per_batch
-        part = metis_partition(A, n_parts, seed)
-        order = np.argsort(part, kind="stable")
-        bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
+        if part is None:
+            part = metis_partition(A, n_parts, seed)
+        #: (n,) int32, every node's part: what a fitted estimator keeps to batch its training
+        #: graph again without METIS
+        self.part = np.asarray(part, dtype=np.int32)
+        order = np.argsort(self.part, kind="stable")
+        bounds = np.searchsorted(self.part[order], np.arange(n_parts + 1))
         self.parts = [order[bounds[i] : bounds[i + 1]] for i in range(n_parts)]
         self.parts = [p for p in self.parts if len(p)]
 

@@ -665,6 +665,7 @@ class FitLoop:
         with np.errstate(invalid="ignore", divide="ignore"):
             est.vq_error_ = np.sqrt(self.vq_sq / self.vq_norm) if len(self.tables) else np.zeros(0)
         est._fit_seed_ = self.seed
+        est.partition_ = getattr(self.sampler, "part", None)
 
 
 # -- the codebook updates of a step ---------------------------------------------------------------

@@ -13,7 +13,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, cross_val_predict, cross_val_score
 from sklearn.utils._param_validation import InvalidParameterError
 
-from skvqgnn import Callback, Graph, NodeSet, VQGNNClassifier, inference
+from skvqgnn import Callback, Graph, NodeSet, VQGNNClassifier, inference, samplers
 from skvqgnn.convolutions import GraphData
 from skvqgnn.datasets import load_cora
 from skvqgnn.layers import make_backbone
@@ -353,8 +353,8 @@ def test_predict_on_an_unseen_graph_assigns_nearest_codewords(csbm):
 def test_the_training_graph_in_any_storage_is_the_training_graph(csbm, monkeypatch):
     """The same content means the same graph: predictions on it in another storage (dtype,
     format, index width, dense or sparse X, networkx, edge_index, torch tensors, a PyG-like
-    Data) use the training assignments, never the new-graph path, and equal the predictions
-    on the original."""
+    Data) use the training assignments and the training partition (never the new-graph path,
+    never METIS again, also after pickling), and equal the predictions on the original."""
     import networkx as nx
     import scipy.sparse as sp
 
@@ -366,6 +366,8 @@ def test_the_training_graph_in_any_storage_is_the_training_graph(csbm, monkeypat
         raise AssertionError("the training graph was taken for a new graph")
 
     monkeypatch.setattr(inference, "assign_new_graph", refuse)
+    monkeypatch.setattr(samplers, "metis_partition", refuse)
+    clf = pickle.loads(pickle.dumps(clf))
     wide = sp.csr_array(A)
     wide.indptr, wide.indices = wide.indptr.astype(np.int64), wide.indices.astype(np.int64)
     coo = sp.coo_array(A)
