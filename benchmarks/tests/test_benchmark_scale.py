@@ -14,10 +14,9 @@ import pymetis
 import pytest
 
 from skvqgnn.samplers import metis_partition
+from tests.conftest import random_graph
 
-from .conftest import random_graph
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import scale  # noqa: E402
 from _common import GENERATED_END, GENERATED_START, generated_region  # noqa: E402

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .conftest import random_graph
+from tests.conftest import random_graph
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import inductive  # noqa: E402
-
-from .test_benchmark_link import META, PAGE, _cells, _record, _written  # noqa: E402
+from test_benchmark_link import META, PAGE, _cells, _record, _written  # noqa: E402
 
 
 def test_protocol_holds_out_a_seeded_fifth_independent_of_the_split():

@@ -21,14 +21,12 @@ import torch
 from skvqgnn import VQGNNClassifier
 from skvqgnn.datasets import make_csbm
 from skvqgnn.samplers import ClusterSampler
+from tests.conftest import random_graph
 
-from .conftest import random_graph
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import peers  # noqa: E402
-
-from .test_benchmark_link import META, PAGE, _cells, _written  # noqa: E402
+from test_benchmark_link import META, PAGE, _cells, _written  # noqa: E402
 
 
 @pytest.fixture
