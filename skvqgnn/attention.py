@@ -248,7 +248,9 @@ def attend(
             return torch.einsum("bmh,mhd->bhd", alpha, values), lse
         return torch.einsum("bmh,mf->bhf", alpha, x_src), lse
     rows, cols = edges
-    s = conv.score(q[rows], k[cols])  # (E, H)
+    # index_select, not q[rows]: its backward (index_add_) is deterministic on a multithreaded
+    # CPU, where the backward of advanced indexing sums repeated rows in any order
+    s = conv.score(q.index_select(0, rows), k.index_select(0, cols))  # (E, H)
     if log_count is not None:
         s = s + log_count.unsqueeze(-1)
     index = rows.unsqueeze(-1).expand(-1, H)
@@ -258,7 +260,7 @@ def attend(
     w = torch.exp(s - peak[rows])  # (E, H), at most 1
     den = torch.zeros(b, H, dtype=s.dtype, device=s.device).index_add(0, rows, w)
     den = den.clamp_min(torch.finfo(s.dtype).tiny)
-    alpha = w / den[rows]
+    alpha = w / den.index_select(0, rows)
     if dropout > 0:
         alpha = F.dropout(alpha, dropout, True)
     return segment_sum(rows, cols, alpha, x_src if values is None else values, b), peak + torch.log(
@@ -338,8 +340,9 @@ def attention_blue(
             inner = torch.einsum("uhf,bf->ubh", g_rec, x) - inner_rec.unsqueeze(1)
         else:
             senders, groups = edges
-            s = conv.score(q[groups], k[senders]) - lse_rec[groups]  # (E, H)
+            s = conv.score(q[groups], k.index_select(0, senders)) - lse_rec[groups]  # (E, H)
             alpha = torch.exp(s.clamp_max(0.0) + log_count.unsqueeze(-1))
-            inner = torch.einsum("ehf,ef->eh", g_rec[groups], x[senders]) - inner_rec[groups]
+            x_s = x.index_select(0, senders)
+            inner = torch.einsum("ehf,ef->eh", g_rec[groups], x_s) - inner_rec[groups]
         (grad,) = torch.autograd.grad((alpha * inner).sum(), x)
     return grad

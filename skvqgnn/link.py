@@ -305,7 +305,8 @@ class LinkPrediction(Task):
         if count == 0:
             return logits.sum() * 0.0, 0
         device = logits.device
-        z_anchor = logits[torch.from_numpy(local).to(device)]
+        # index_select: its backward is deterministic on a multithreaded CPU (logits[idx]'s is not)
+        z_anchor = logits.index_select(0, torch.from_numpy(local).to(device))
         z_partner = logits.detach()[torch.from_numpy(where).to(device)]
         scores = self.head(z_anchor, z_partner)
         t = torch.from_numpy(np.asarray(targets, dtype=np.float32)).to(device)

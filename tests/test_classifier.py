@@ -154,6 +154,31 @@ def test_vq_and_exact_inference_agree(csbm):
     assert (vq == exact).mean() > 0.9
 
 
+@pytest.fixture
+def two_threads():
+    """torch on two threads for the test (its default on a 2-core machine), whatever an
+    earlier test set."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("two_threads")
+@pytest.mark.parametrize("backbone", ["gcn", "gat", "transformer"])
+def test_bit_reproducible_on_several_threads(csbm, backbone):
+    """Same random_state, same fit, also when torch runs on several threads: no operation
+    whose backward sums repeated rows in thread order (advanced indexing) is on the path."""
+    from skvqgnn import VQGNNLinkPredictor
+
+    A, X, y, split = csbm
+    params = dict(backbone=backbone, random_state=3, max_epochs=3, batch_size=100, n_codewords=16)
+    fits = [VQGNNClassifier(**params).fit(A, X, y).predict_proba(A, X) for _ in range(2)]
+    np.testing.assert_array_equal(*fits)
+    links = [VQGNNLinkPredictor(**params).fit(A, X).embed(A, X) for _ in range(2)]
+    np.testing.assert_array_equal(*links)
+
+
 @pytest.mark.parametrize("sampler", ["cluster", "random"])
 def test_bit_reproducible_with_random_state(csbm, sampler):
     A, X, y, split = csbm
