@@ -22,8 +22,9 @@ kind                Eq. 6, out-of-batch senders     Eq. 7, out-of-batch receiver
 Each kind owns every step of its convolution, so that the rest of the package never asks a
 convolution what it is:
 
-* ``prepare`` (host, once per graph): what the kind needs of the graph (transposes, the first
-  layer's aggregated input ``C X``);
+* ``prepare`` (host, once per graph): what the kind needs of the graph (the first layer's
+  aggregated input ``C X``; the transpose of a pattern is built when backward messages first
+  need it, ``transposed``);
 * ``split`` and ``batch`` (host to device, once per batch): its share of a `Batch`, a `Part`;
 * ``input_messages``: the first layer's messages, which aggregate the raw features;
 * ``messages``: Eq. 6 at a VQ layer; ``blue_messages``: Eq. 7;
@@ -241,6 +242,21 @@ class Convolution:
     matrix: sp.csr_array | None = None
 
     # -- host: once per graph
+    def transposed(self) -> sp.csr_array:
+        """``matrix``ᵀ as CSR, for the backward messages: built when first asked for (inference
+        never needs it) and kept; when ``matrix`` is symmetric (an undirected graph's GCN or
+        attention pattern) it is ``matrix`` itself, and no second matrix is kept."""
+        if getattr(self, "_transposed", None) is None:
+            T = _transpose(self.matrix)
+            M = self.matrix
+            same = (
+                np.array_equal(T.indptr, M.indptr)
+                and np.array_equal(T.indices, M.indices)
+                and np.array_equal(T.data, M.data)
+            )
+            self._transposed = M if same else T
+        return self._transposed
+
     def prepare(self, graph: Graph) -> None:
         """Compute what the kind needs of the graph (called once, by `GraphData`).
 
@@ -579,12 +595,11 @@ class Fixed(Convolution):
         self.matrix = matrix
 
     def prepare(self, graph: Graph) -> None:  # noqa: D102
-        self.transpose = _transpose(self.matrix)
         self.inputs = _aggregate(self.matrix, graph.X)
 
     def split(self, nodes, position, backward):  # noqa: D102
         edges = split_batch_edges(self.matrix, nodes, position)
-        return edges, split_batch_edges(self.transpose, nodes, position) if backward else None
+        return edges, split_batch_edges(self.transposed(), nodes, position) if backward else None
 
     def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
         part = Part(
@@ -737,12 +752,9 @@ class MaskedAttention(Attention):
 
     name = "attention"
 
-    def prepare(self, graph: Graph) -> None:  # noqa: D102
-        self.transpose = _transpose(self.matrix)
-
     def split(self, nodes, position, backward):  # noqa: D102
         edges = split_batch_edges(self.matrix, nodes, position)
-        return edges, split_batch_edges(self.transpose, nodes, position) if backward else None
+        return edges, split_batch_edges(self.transposed(), nodes, position) if backward else None
 
     def exact_senders(self, edges):  # noqa: D102
         return edges.out_nodes

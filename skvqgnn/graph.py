@@ -204,15 +204,36 @@ def gcn_norm(A: sp.csr_array) -> sp.csr_array:
     csr_array of shape (n_nodes, n_nodes), dtype float32
         The normalised convolution, with sorted indices.
     """
-    n = A.shape[0]
-    missing = (A.diagonal() == 0).astype(np.float32)
-    A_tilde = (A + sp.diags_array(missing, format="csr")).tocsr()
-    deg = np.asarray(A_tilde.sum(axis=1)).ravel()
-    inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1e-30)), 0.0).astype(np.float32)
-    D = sp.diags_array(inv_sqrt, shape=(n, n), format="csr")
-    C = (D @ A_tilde @ D).tocsr()
+    missing = A.diagonal() == 0
+    C = sp.csr_array(A, dtype=np.float32, copy=True)
+    if missing.any():
+        C = (C + sp.diags_array(missing.astype(np.float32), format="csr")).tocsr()
     C.sort_indices()
-    return C.astype(np.float32)
+    deg = np.asarray(C.sum(axis=1), dtype=np.float64).ravel()
+    inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1e-30)), 0.0).astype(np.float32)
+    _scale_entries(C, inv_sqrt, inv_sqrt)
+    return C
+
+
+_SCALE_ENTRIES = 1 << 22  # entries of a CSR matrix rescaled at once (bounds the temporaries)
+
+
+def _scale_entries(M: sp.csr_array, row: np.ndarray, col: np.ndarray | None = None) -> None:
+    """``M[i, j] *= row[i] * col[j]`` (``col=None``: ``M[i, j] *= row[i]``) in place, in
+    chunks of rows, so that no temporary the size of ``M`` is made. ``row[i] * col[j]`` is
+    formed first: a symmetric ``M`` with ``row == col`` stays exactly symmetric."""
+    indptr, indices, data = M.indptr, M.indices, M.data
+    n = M.shape[0]
+    start = 0
+    while start < n:
+        stop = int(np.searchsorted(indptr, indptr[start] + _SCALE_ENTRIES, side="right")) - 1
+        stop = min(max(stop, start + 1), n)
+        lo, hi = indptr[start], indptr[stop]
+        rows = np.repeat(row[start:stop], np.diff(indptr[start : stop + 1]))
+        if col is not None:
+            rows *= col[indices[lo:hi]]
+        data[lo:hi] *= rows
+        start = stop
 
 
 def mean_norm(A: sp.csr_array) -> sp.csr_array:
@@ -228,11 +249,12 @@ def mean_norm(A: sp.csr_array) -> sp.csr_array:
     csr_array of shape (n_nodes, n_nodes), dtype float32
         ``A`` with each row divided by its sum, with sorted indices.
     """
-    deg = np.asarray(A.sum(axis=1)).ravel()
+    deg = np.asarray(A.sum(axis=1), dtype=np.float64).ravel()
     inv = np.where(deg > 0, 1.0 / np.maximum(deg, 1e-30), 0.0).astype(np.float32)
-    C = (sp.diags_array(inv, format="csr") @ A).tocsr()
+    C = sp.csr_array(A, dtype=np.float32, copy=True)
     C.sort_indices()
-    return C.astype(np.float32)
+    _scale_entries(C, inv)
+    return C
 
 
 def attention_mask(A: sp.csr_array) -> sp.csr_array:
