@@ -525,16 +525,21 @@ class Convolution:
         raise NotImplementedError
 
 
-class Identity(Convolution):
+class _OwnRow(Convolution):
+    """A node's message is its own row: in the first layer its raw features (the batch's rows
+    of ``X``), later a representation of the node itself; no out-of-batch messages."""
+
+    def prepare(self, graph: Graph) -> None:
+        self.inputs = graph.X
+
+    def batch(self, ctx, edges, tedges, backward) -> Part:
+        return Part(inputs=input_rows(self.inputs, ctx.nodes, ctx.device))
+
+
+class Identity(_OwnRow):
     """``C = I``: the node's own input (a root weight). No out-of-batch messages."""
 
     name = "identity"
-
-    def prepare(self, graph: Graph) -> None:  # noqa: D102
-        self.inputs = graph.X
-
-    def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
-        return Part(inputs=input_rows(self.inputs, ctx.nodes, ctx.device))
 
     @classmethod
     def messages(cls, part, level, x, initial, codebook, attention, network):  # noqa: D102
@@ -546,7 +551,7 @@ class Identity(Convolution):
         return torch.from_numpy(source[rows]).to(device)
 
 
-class Initial(Convolution):
+class Initial(_OwnRow):
     """``M = H⁰``: the node's own output of the first layer, an initial residual (GCNII, APPNP).
 
     In the first layer it is the raw features, from which the layer computes ``H⁰``. Later
@@ -557,12 +562,6 @@ class Initial(Convolution):
 
     name = "initial"
     uses_initial = True
-
-    def prepare(self, graph: Graph) -> None:  # noqa: D102
-        self.inputs = graph.X
-
-    def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
-        return Part(inputs=input_rows(self.inputs, ctx.nodes, ctx.device))
 
     @classmethod
     def messages(cls, part, level, x, initial, codebook, attention, network):  # noqa: D102
