@@ -90,8 +90,8 @@ class ClusterSampler(NodeSampler):
     seed : int
         METIS seed.
     part : ndarray of shape (n_nodes,), default=None
-        A partition to use instead of METIS's (a previous sampler's ``part``); ``A`` is then
-        not read.
+        A partition to use instead of METIS's (a previous sampler's ``part``), when it has as
+        many parts as this sampler would make; ``A`` is then not read.
     """
 
     def __init__(
@@ -102,12 +102,16 @@ class ClusterSampler(NodeSampler):
         seed: int = 0,
         part: np.ndarray | None = None,
     ):
-        self.n_nodes = A.shape[0] if part is None else len(part)
+        self.n_nodes = A.shape[0] if A is not None else len(part)
         self.batch_size = batch_size
         n_batches = max(1, math.ceil(self.n_nodes / batch_size))
         self.parts_per_batch = parts_per_batch if n_batches > 1 else 1
         n_parts = n_batches * self.parts_per_batch
+        if part is not None and (len(part) != self.n_nodes or int(part.max()) + 1 != n_parts):
+            part = None  # a partition for another batch size: partition again
         if part is None:
+            if A is None:
+                raise ValueError("ClusterSampler needs A when no usable partition is given")
             part = metis_partition(A, n_parts, seed)
         #: (n,) int32, every node's part: what a fitted estimator keeps to batch its training
         #: graph again without METIS

@@ -423,6 +423,17 @@ def test_the_training_graph_in_any_storage_is_the_training_graph(csbm, monkeypat
         np.testing.assert_allclose(clf.predict_proba(A_, X_), proba, atol=1e-5, err_msg=name)
 
 
+def test_a_new_batch_size_at_predict_time_partitions_again(csbm):
+    """The kept training partition is for the fit's batch size; with another one, predictions
+    come from a partition of that size (every node predicted, as a fresh estimator would)."""
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(random_state=0, **FAST).fit(A, X, _labels(y, split))
+    clf.set_params(batch_size=300)
+    proba = clf.predict_proba(A, X)
+    assert np.isfinite(proba).all() and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert np.mean(proba.argmax(1) == clf.transduction_) > 0.9
+
+
 @pytest.mark.parametrize("backbone", ["gat", "gin", "transformer"])
 def test_every_backbone_trains_infers_and_persists(csbm, backbone, tmp_path):
     """VQ training, both inference modes and joblib for the learnable and MLP backbones."""
