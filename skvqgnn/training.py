@@ -310,6 +310,9 @@ class FitLoop:
         Codes of the raw features (attention backbones' input codebook).
     history : list of dict
         ``history_`` so far (a warm start continues the previous one).
+    traces : list of LayerTrace
+        The last step's trace of every VQ layer (its inputs, messages and, after the backward
+        pass, their gradients), for callbacks that measure a step.
     epoch : int
         Index of the current epoch in this fit.
     max_epochs : int
@@ -438,6 +441,7 @@ class FitLoop:
             self.position,
         )
         logits, traces = self.model(batch, blue=any(self.backward))
+        self.traces = traces
         loss, count = task.loss(logits, batch.nodes.to(device))
         if count:
             (loss / self.norm).backward()
