@@ -532,8 +532,11 @@ class _OwnRow(Convolution):
     def prepare(self, graph: Graph) -> None:
         self.inputs = graph.X
 
+    def inputs_of(self, rows: np.ndarray, device: torch.device) -> Tensor:  # noqa: D102
+        return input_rows(self.inputs, rows, device)
+
     def batch(self, ctx, edges, tedges, backward) -> Part:
-        return Part(inputs=input_rows(self.inputs, ctx.nodes, ctx.device))
+        return Part(inputs=self.inputs_of(ctx.nodes, ctx.device))
 
 
 class Identity(_OwnRow):
@@ -547,7 +550,7 @@ class Identity(_OwnRow):
 
     def exact_messages(self, layer, source, initial, rows, attention, network, device):  # noqa: D102
         if layer == 0:
-            return input_rows(self.inputs, rows, device)
+            return self.inputs_of(rows, device)
         return torch.from_numpy(source[rows]).to(device)
 
 
@@ -569,17 +572,18 @@ class Initial(_OwnRow):
 
     def exact_messages(self, layer, source, initial, rows, attention, network, device):  # noqa: D102
         if layer == 0:
-            return input_rows(self.inputs, rows, device)
+            return self.inputs_of(rows, device)
         return torch.from_numpy(initial[rows]).to(device)
 
 
 class Fixed(Convolution):
     """A fixed convolution matrix ``C`` (GCN's ``D̃^-½(A+I)D̃^-½``, SAGE's ``D⁻¹A``, GIN's ``A``).
 
-    Its first layer is exact: ``C X`` is computed once on the host. Later layers take
-    intra-batch messages from ``C_in`` and out-of-batch ones from the codeword sketch; the
-    backward messages use the transposed sketch and the gradient codewords of ``∂ℓ/∂M``
-    (before the layer's weights), so they reach the batch inputs only.
+    Its first layer is exact: the batch rows of ``C X`` are computed on the host from the
+    rows of ``C`` and ``X`` (O(b·d·f) per batch; nothing of size n·f is kept beside ``X``).
+    Later layers take intra-batch messages from ``C_in`` and out-of-batch ones from the
+    codeword sketch; the backward messages use the transposed sketch and the gradient
+    codewords of ``∂ℓ/∂M`` (before the layer's weights), so they reach the batch inputs only.
 
     Parameters
     ----------
@@ -594,7 +598,26 @@ class Fixed(Convolution):
         self.matrix = matrix
 
     def prepare(self, graph: Graph) -> None:  # noqa: D102
-        self.inputs = _aggregate(self.matrix, graph.X)
+        self.features = graph.X
+
+    def inputs_of(self, rows: np.ndarray, device: torch.device) -> Tensor:
+        """The first layer's input rows ``(C X)[rows]``.
+
+        Parameters
+        ----------
+        rows : ndarray
+            Node ids.
+        device : torch.device
+
+        Returns
+        -------
+        Tensor of shape (len(rows), n_features)
+            Sparse CSR when ``X`` is sparse and the rows are mostly zeros, else dense.
+        """
+        out = _aggregate(self.matrix[rows], self.features)
+        if sp.issparse(out):
+            return input_rows(out, np.arange(len(rows)), device)
+        return torch.from_numpy(out).to(device)
 
     def split(self, nodes, position, backward):  # noqa: D102
         edges = split_batch_edges(self.matrix, nodes, position)
@@ -602,7 +625,7 @@ class Fixed(Convolution):
 
     def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
         part = Part(
-            inputs=input_rows(self.inputs, ctx.nodes, ctx.device),
+            inputs=self.inputs_of(ctx.nodes, ctx.device),
             intra=edges.intra_tensor(ctx.device),
         )
         for level, table in enumerate(ctx.tables):
@@ -640,7 +663,7 @@ class Fixed(Convolution):
 
     def exact_messages(self, layer, source, initial, rows, attention, network, device):  # noqa: D102
         if layer == 0:
-            return input_rows(self.inputs, rows, device)
+            return self.inputs_of(rows, device)
         return torch.from_numpy(np.asarray(self.matrix[rows] @ source)).to(device)
 
 

@@ -16,7 +16,7 @@ The estimators call them; so can a callback or a benchmark, with the ``FitLoop``
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -57,24 +57,45 @@ def _column_moments(M: np.ndarray | sp.csr_array) -> tuple[np.ndarray, np.ndarra
     return mean, np.maximum(square - mean**2, 0.0) * n / (n - 1)
 
 
+def _streamed_moments(
+    rows_of: Callable[[np.ndarray], Tensor], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and unbiased variance (f,) of the rows ``rows_of`` computes, chunk by
+    chunk (1 for one row)."""
+    total = square = None
+    for start in range(0, n, _CHUNK_ROWS):
+        x = rows_of(np.arange(start, min(start + _CHUNK_ROWS, n))).double()
+        s, q = x.sum(0), (x * x).sum(0)
+        total, square = (s, q) if total is None else (total + s, square + q)
+    mean, square = (t.cpu().numpy() / n for t in (total, square))
+    if n < 2:
+        return mean, np.ones_like(mean)
+    return mean, np.maximum(square - mean**2, 0.0) * n / (n - 1)
+
+
 @torch.no_grad()
 def initialise_codebook(
     cb: ProductCodebook,
-    H: np.ndarray | sp.csr_array,
+    H: np.ndarray | sp.csr_array | Callable[[np.ndarray], Tensor],
     weight: float,
     gen: torch.Generator,
     device: torch.device,
     whiten: bool = True,
+    n_rows: int | None = None,
 ) -> AssignmentTable:
-    """k-means of every node's input ``H`` (n, f), dense or CSR, into ``cb``.
+    """k-means of every node's input ``H`` (n, f) into ``cb``.
 
     Moments come from all rows, centroids from a sample of them, then every node is assigned
-    in chunks of rows, so that no more than a chunk is held densely on the device.
+    in chunks of rows, so that no more than a chunk is held densely on the device. ``H`` is a
+    dense or CSR matrix, or a function that computes the rows it is given (a dense float32
+    device tensor): then no (n, f) matrix is ever held, at the price of computing the rows
+    twice (moments, then codes).
 
     Parameters
     ----------
     cb : ProductCodebook
-    H : ndarray or csr_array of shape (n_nodes, n_features)
+    H : ndarray, csr_array of shape (n_nodes, n_features), or callable
+        The inputs, or ``rows -> Tensor of shape (len(rows), n_features)``.
     weight : float
         The EMA counts the codewords start with, as a share of their members (a batch's share
         of the nodes: the counts a training step adds).
@@ -82,26 +103,34 @@ def initialise_codebook(
     device : torch.device
     whiten : bool, default=True
         Cluster standardised inputs; ``False``: in the inputs' own scale.
+    n_rows : int, default=None
+        The number of nodes when ``H`` is a function.
 
     Returns
     -------
     AssignmentTable
         The nodes' codes (feature and gradient codes alike).
     """
-    n = H.shape[0]
+    if callable(H):
+        n, rows_of = n_rows, H
+        moments = _streamed_moments(rows_of, n)
+    else:
+        n, matrix = H.shape[0], H
+        moments = _column_moments(matrix)
+
+        def rows_of(rows: np.ndarray) -> Tensor:
+            return dense_rows(matrix, rows, device)
+
     sample = torch.randperm(n, generator=gen)[: max(_KMEANS_SAMPLE, 4 * cb.n_codewords)]
-    mean, var = (
-        cb.split(torch.from_numpy(v.astype(np.float32)).to(device)) for v in _column_moments(H)
-    )
+    mean, var = (cb.split(torch.from_numpy(v.astype(np.float32)).to(device)) for v in moments)
     if not whiten:
         var = torch.ones_like(var)
-    rows = np.sort(sample.numpy())
-    cb.seed(mean, var, cb.split(dense_rows(H, rows, device)), gen, _KMEANS_ITERS)
+    cb.seed(mean, var, cb.split(rows_of(np.sort(sample.numpy()))), gen, _KMEANS_ITERS)
     table = AssignmentTable(n, cb.n_slices, cb.n_codewords)
     count = sums = None
     for start in range(0, n, _CHUNK_ROWS):
         chunk = np.arange(start, min(start + _CHUNK_ROWS, n))
-        x = cb.split(dense_rows(H, chunk, device))
+        x = cb.split(rows_of(chunk))
         codes = cb.assign(x)
         c, s_ = cb.member_sums(x, codes)
         count, sums = (c, s_) if count is None else (count + c, sums + s_)
@@ -121,6 +150,10 @@ def initialise_codebooks(
     """Codebooks from data before training: every layer input from the exact layers, k-means
     per slice, every node assigned; and the input codebook of learnable convolutions from the
     raw features. Leaves ``model`` in eval mode.
+
+    Codebook ``l`` clusters the output of layer ``l``, which is computed chunk by chunk from
+    the exact output of layer ``l - 1`` (the raw features for ``l = 0``): the host holds the
+    layer below, never the clustered layer itself.
 
     Parameters
     ----------
@@ -145,8 +178,13 @@ def initialise_codebooks(
     tables: list[AssignmentTable] = []
     weight = sampler.batch_size / data.n_nodes
     for level, cb in enumerate(model.codebooks):
-        H = exact_layers(model, data, device, upto=level + 1)  # (n, f_l) host
-        tables.append(initialise_codebook(cb, H, weight, gen, device))
+        source, initial = _exact_pass(model, data, device, level)
+
+        def rows_of(rows: np.ndarray, level=level, source=source, initial=initial) -> Tensor:
+            return _exact_rows(model, data, level, source, initial, rows, device)
+
+        tables.append(initialise_codebook(cb, rows_of, weight, gen, device, n_rows=data.n_nodes))
+        del source, initial
     input_table = None
     if model.input_codebook is not None:
         # raw features are clustered in their own scale: the first layer projects them
@@ -156,6 +194,48 @@ def initialise_codebooks(
             model.input_codebook, data.graph.X, 1.0, gen, device, whiten=False
         )
     return tables, input_table
+
+
+def _exact_rows(
+    model: VQGNN,
+    data: GraphData,
+    layer: int,
+    source: np.ndarray | sp.csr_array,
+    initial: np.ndarray | None,
+    rows: np.ndarray,
+    device: torch.device,
+) -> Tensor:
+    """The exact output of ``layer`` for ``rows``, from its input ``source`` (every node) and
+    the first layer's output ``initial`` (for initial residuals; else ``None``)."""
+    messages = [
+        conv.exact_messages(layer, source, initial, rows, model.attention(layer, s), model, device)
+        for s, conv in enumerate(data.convolutions)
+    ]
+    return model.layer_output(layer, messages)
+
+
+def _exact_pass(
+    model: VQGNN, data: GraphData, device: torch.device, upto: int
+) -> tuple[np.ndarray | sp.csr_array, np.ndarray | None]:
+    """The input of layer ``upto`` for every node (the raw features for 0) and the first
+    layer's output when a convolution uses it, by layer-wise full-neighbour passes."""
+    n = data.n_nodes
+    keep_initial = any(conv.uses_initial for conv in data.convolutions)
+    H, initial = data.graph.X, None
+    for i in range(upto):
+        if i == 1 and keep_initial:
+            initial = H  # the first layer's output, for initial residuals
+        out = None
+        for start in range(0, n, _CHUNK_ROWS):
+            rows = np.arange(start, min(start + _CHUNK_ROWS, n))
+            z = _exact_rows(model, data, i, H, initial, rows, device)
+            if out is None:
+                out = np.empty((n, z.shape[1]), dtype=np.float32)
+            out[rows] = z.cpu().numpy()
+        H = out
+    if upto == 1 and keep_initial:
+        initial = H
+    return H, initial
 
 
 @torch.no_grad()
@@ -177,28 +257,7 @@ def exact_layers(
     -------
     ndarray of shape (n_nodes, width), float32
     """
-    n = data.n_nodes
-    chunk = max(1, min(n, 8192))
-    upto = len(model.layers) if upto is None else upto
-    keep_initial = any(conv.uses_initial for conv in data.convolutions)
-    H = initial = None
-    for i in range(upto):
-        source = data.graph.X if i == 0 else H
-        if i == 1 and keep_initial:
-            initial = H  # the first layer's output, for initial residuals
-        out = None
-        for start in range(0, n, chunk):
-            rows = np.arange(start, min(start + chunk, n))
-            messages = [
-                conv.exact_messages(i, source, initial, rows, model.attention(i, s), model, device)
-                for s, conv in enumerate(data.convolutions)
-            ]
-            z = model.layer_output(i, messages)
-            if out is None:
-                out = np.empty((n, z.shape[1]), dtype=np.float32)
-            out[rows] = z.cpu().numpy()
-        H = out
-    return H
+    return _exact_pass(model, data, device, len(model.layers) if upto is None else upto)[0]
 
 
 def level_inputs(

@@ -353,9 +353,10 @@ def test_sparse_and_dense_features_give_the_same_network_output(csbm, backbone):
     A, X, y, split = csbm
     X = np.where(np.abs(X) > 4.0, X, 0.0)  # mostly zeros
     clf = VQGNNClassifier(backbone, random_state=0, inference="exact", **{**FAST, "max_epochs": 2})
-    if backbone == "gcn":  # the sparse path of precomputed inputs
+    if backbone == "gcn":  # the sparse path of the first layer's inputs
         data = GraphData(Graph(A, sp.csr_array(X)), make_backbone("gcn"))
-        assert sp.issparse(data.convolutions[0].inputs)
+        rows = data.convolutions[0].inputs_of(np.arange(50), torch.device("cpu"))
+        assert rows.layout == torch.sparse_csr
     clf.fit(A, sp.csr_array(X), _labels(y, split))
     np.testing.assert_allclose(
         clf.predict_proba(A, sp.csr_array(X)), clf.predict_proba(A, X), atol=1e-5
