@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,13 +32,32 @@ def _check_float32_range(values: np.ndarray, name: str, what: str) -> None:
         )
     if values.dtype.kind != "f" or values.size == 0:
         return
-    if not np.all(np.isfinite(values)):
+    if not _all_finite(values):
         raise ValueError(f"{name} contains NaN or infinite {what}")
-    if np.abs(values).max() > _FLOAT32_MAX:
+    if values.dtype.itemsize <= 4:
+        return  # float32 holds every finite value of its own type and of float16
+    largest = max(max(-chunk.min(), chunk.max()) for chunk in _row_chunks(values))
+    if largest > _FLOAT32_MAX:
         raise ValueError(
-            f"{name} holds {what} up to {np.abs(values).max():.3g}, beyond float32's range "
+            f"{name} holds {what} up to {largest:.3g}, beyond float32's range "
             f"(±{_FLOAT32_MAX:.3g}); rescale {name}"
         )
+
+
+_CHECK_VALUES = 1 << 22  # values a check reads at once, so that its temporaries stay small
+
+
+def _row_chunks(values: np.ndarray) -> Iterator[np.ndarray]:
+    """``values`` in chunks of whole rows (of elements for 1-D) of about ``_CHECK_VALUES``."""
+    per_row = max(1, values.size // max(1, len(values)))
+    step = max(1, _CHECK_VALUES // per_row)
+    for start in range(0, len(values), step):
+        yield values[start : start + step]
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite, read in chunks (no temporary of the array's size)."""
+    return all(np.isfinite(chunk).all() for chunk in _row_chunks(values))
 
 
 def is_pyg_data(A: Any) -> bool:
@@ -139,7 +159,7 @@ def _as_csr_adjacency(A: Any, n_nodes: int | None = None) -> sp.csr_array:
         raise ValueError(f"A must be square (n_nodes, n_nodes), got shape {A.shape}")
     A.sum_duplicates()
     A.sort_indices()
-    if not np.all(np.isfinite(A.data)):
+    if not _all_finite(A.data):
         raise ValueError("A contains NaN or infinite edge weights")
     if np.any(A.data < 0):
         raise ValueError("A contains negative edge weights; edge weights must be >= 0")
@@ -182,7 +202,7 @@ def _as_features(X: Any, n_nodes: int) -> np.ndarray | sp.csr_array:
             f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required: X must have "
             "at least one feature column"
         )
-    if not np.all(np.isfinite(values)):
+    if not _all_finite(values):
         raise ValueError("X contains NaN or infinite values")
     return X
 
@@ -328,9 +348,9 @@ def without_pairs(A: sp.csr_array, pairs: np.ndarray, undirected: bool) -> sp.cs
 def _hash_parts(h: Any, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray) -> None:
     """Feed CSR parts to hash ``h`` as int64 structure and float32 values, whatever the index
     width or value dtype they are stored with (no copy when they already are)."""
-    h.update(np.ascontiguousarray(indptr, dtype=np.int64))
-    h.update(np.ascontiguousarray(indices, dtype=np.int64))
-    h.update(np.ascontiguousarray(data, dtype=np.float32))
+    for array, dtype in ((indptr, np.int64), (indices, np.int64), (data, np.float32)):
+        for start in range(0, len(array), _HASH_VALUES):  # no full-size converted copy
+            h.update(np.ascontiguousarray(array[start : start + _HASH_VALUES], dtype=dtype))
 
 
 def _hash_csr(h: Any, M: sp.csr_array) -> None:
