@@ -127,6 +127,7 @@ class BaseVQGNN(BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "sampler": [StrOptions({"cluster", "random"})],
         "parts_per_batch": [Interval(Integral, 1, None, closed="left")],
+        "partitioner": [StrOptions({"metis", "label_propagation"})],
         "inference": [StrOptions({"vq", "exact"})],
         "backward_messages": [StrOptions({"auto", "codewords", "none"})],
         "grad_scale": [Interval(Real, 0, None, closed="left")],
@@ -158,6 +159,7 @@ class BaseVQGNN(BaseEstimator):
         batch_size: int | None = 512,
         sampler: str = "cluster",
         parts_per_batch: int = 4,
+        partitioner: str = "metis",
         inference: str = "vq",
         backward_messages: str = "auto",
         grad_scale: float = 1.0,
@@ -185,6 +187,7 @@ class BaseVQGNN(BaseEstimator):
         self.batch_size = batch_size
         self.sampler = sampler
         self.parts_per_batch = parts_per_batch
+        self.partitioner = partitioner
         self.inference = inference
         self.backward_messages = backward_messages
         self.grad_scale = grad_scale
@@ -250,14 +253,17 @@ class BaseVQGNN(BaseEstimator):
         b = self._effective_batch_size(graph.n_nodes)
         if self.sampler == "random" or b >= graph.n_nodes:
             return RandomNodeSampler(graph.n_nodes, b)
-        key = ("cluster_sampler", b, self.parts_per_batch, seed)
+        key = ("cluster_sampler", b, self.parts_per_batch, self.partitioner, seed)
         part = None
         if getattr(self, "partition_", None) is not None and (
             graph.fingerprint == self.graph_fingerprint_ and seed == self._fit_seed_
         ):
             part = self.partition_  # the training graph again: its METIS partition as it was
         return graph.cached(
-            key, lambda: ClusterSampler(graph.A, b, self.parts_per_batch, seed, part=part)
+            key,
+            lambda: ClusterSampler(
+                graph.A, b, self.parts_per_batch, seed, part=part, partitioner=self.partitioner
+            ),
         )
 
     def _backward_flags(self, kinds: Sequence[type[Convolution]]) -> list[bool]:

@@ -277,10 +277,17 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         Nodes per mini-batch. ``None`` trains on the full graph (exact, no codebooks): the
         in-package reference.
     sampler : {"cluster", "random"}, default="cluster"
-        ``"cluster"`` joins ``parts_per_batch`` random METIS parts per batch, so most messages are
-        intra-batch; ``"random"`` draws nodes uniformly.
+        ``"cluster"`` joins ``parts_per_batch`` random graph parts (``partitioner``) per batch, so
+        most messages are intra-batch; ``"random"`` draws nodes uniformly.
     parts_per_batch : int, default=4
-        METIS parts per batch for ``sampler="cluster"``.
+        Graph parts per batch for ``sampler="cluster"``.
+    partitioner : {"metis", "label_propagation"}, default="metis"
+        How ``sampler="cluster"`` cuts the graph into parts. ``"metis"``: METIS k-way (the
+        most edges inside parts); its memory, about 250 bytes per node and 140 per stored
+        adjacency entry, is what limits the largest graph a fit holds. ``"label_propagation"``:
+        size-capped label propagation, linear in memory (a fraction of METIS's) and faster,
+        with fewer edges inside parts (``doc/benchmarks/scale.md``): for graphs METIS cannot
+        hold.
     inference : {"vq", "exact"}, default="vq"
         ``"vq"``: mini-batch inference, out-of-batch messages from codewords. ``"exact"``:
         layer-wise full-neighbour inference over node chunks.
@@ -412,6 +419,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         batch_size: int | None = 512,
         sampler: str = "cluster",
         parts_per_batch: int = 4,
+        partitioner: str = "metis",
         inference: str = "vq",
         backward_messages: str = "auto",
         grad_scale: float = 1.0,
@@ -441,6 +449,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             batch_size=batch_size,
             sampler=sampler,
             parts_per_batch=parts_per_batch,
+            partitioner=partitioner,
             inference=inference,
             backward_messages=backward_messages,
             grad_scale=grad_scale,

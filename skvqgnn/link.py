@@ -388,8 +388,8 @@ class VQGNNLinkPredictor(ClassifierMixin, BaseVQGNN):
     backward_messages : {"auto", "codewords", "none"}, default="codewords"
         As in ``VQGNNClassifier``, but on for every backbone by default: the link benchmarks
         (``doc/link_prediction.md``) chose this setting.
-    heads, n_codewords, codeword_dim, batch_size, sampler, parts_per_batch, inference, \
-grad_scale, ema_decay, dropout, attention_dropout, max_epochs, warm_start, \
+    heads, n_codewords, codeword_dim, batch_size, sampler, parts_per_batch, partitioner, \
+inference, grad_scale, ema_decay, dropout, attention_dropout, max_epochs, warm_start, \
 device, sparse_backend, random_state, verbose
         As in ``VQGNNClassifier``.
     learning_rate : float, default=0.002
@@ -470,6 +470,7 @@ device, sparse_backend, random_state, verbose
         batch_size: int | None = 512,
         sampler: str = "cluster",
         parts_per_batch: int = 4,
+        partitioner: str = "metis",
         inference: str = "vq",
         backward_messages: str = "codewords",
         grad_scale: float = 1.0,
@@ -498,6 +499,7 @@ device, sparse_backend, random_state, verbose
             batch_size=batch_size,
             sampler=sampler,
             parts_per_batch=parts_per_batch,
+            partitioner=partitioner,
             inference=inference,
             backward_messages=backward_messages,
             grad_scale=grad_scale,

@@ -14,7 +14,13 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["NodeSampler", "RandomNodeSampler", "ClusterSampler", "metis_partition"]
+__all__ = [
+    "NodeSampler",
+    "RandomNodeSampler",
+    "ClusterSampler",
+    "label_propagation_partition",
+    "metis_partition",
+]
 
 
 class NodeSampler:
@@ -72,13 +78,125 @@ def metis_partition(A: sp.csr_array, n_parts: int, seed: int) -> np.ndarray:
         raise RuntimeError(
             f"METIS could not partition the graph ({n:,} nodes, {S.nnz:,} adjacency entries), "
             f"most likely out of memory: pymetis raised {exc!r}, which is how an allocation "
-            "failure inside METIS surfaces. sampler='random' needs no partition"
+            "failure inside METIS surfaces. partitioner='label_propagation' needs a fraction "
+            "of METIS's memory, and sampler='random' needs no partition"
         ) from exc
     return np.asarray(result[1], dtype=np.int64)
 
 
+_LP_EDGES = 1 << 22  # adjacency entries label propagation reads at once
+
+
+def _row_entries(M: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(local row, column) of the stored entries of ``M[rows]``, without a sub-matrix."""
+    starts = M.indptr[rows].astype(np.int64)
+    lengths = M.indptr[rows + 1] - starts
+    local = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    pos = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    pos += np.arange(len(pos), dtype=np.int64)
+    return local, M.indices[pos]
+
+
+def _best_labels(
+    rows: np.ndarray,
+    mats: list[sp.csr_array],
+    label: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Per node of ``rows``, the label most of its neighbours carry (ties broken at random, in
+    favour of its own label); its own label when it has no neighbour."""
+    local, cols = zip(*(_row_entries(M, rows) for M in mats), strict=True)
+    local = np.concatenate(local)
+    best = label[rows].copy()
+    if not len(local):
+        return best
+    n = len(label)
+    keys = local * n + label[np.concatenate(cols)]
+    keys, counts = np.unique(keys, return_counts=True)
+    who, lab = np.divmod(keys, n)
+    score = counts + 0.5 * rng.random(len(counts))
+    score[lab == label[rows[who]]] += 0.75  # stay unless a label clearly wins
+    order = np.lexsort((-score, who))
+    first = order[np.r_[True, who[order][1:] != who[order][:-1]]]
+    best[who[first]] = lab[first]
+    return best
+
+
+def label_propagation_partition(
+    A: sp.csr_array, n_parts: int, seed: int, n_rounds: int = 10
+) -> np.ndarray:
+    """Part id (n,) of every node from size-capped label propagation, in memory linear in the
+    graph and a few sorts of its entries per round.
+
+    Every node starts as its own cluster; in each round the nodes, in four random groups, move
+    to the cluster most of their neighbours (in- and out-neighbours) belong to, while it holds
+    fewer than ``ceil(n / n_parts)`` nodes. The clusters, in random order, are then cut into
+    ``n_parts`` consecutive parts of equal size. It keeps fewer edges inside parts than METIS
+    on most graphs, and needs a fraction of its memory: the partitioner for graphs METIS
+    cannot hold.
+
+    Parameters
+    ----------
+    A : csr_array of shape (n, n)
+    n_parts : int
+    seed : int
+    n_rounds : int, default=10
+        Rounds at most (fewer once almost no node moves).
+
+    Returns
+    -------
+    ndarray of shape (n,), int64
+    """
+    n = A.shape[0]
+    if n_parts <= 1 or n <= 1:
+        return np.zeros(n, dtype=np.int64)
+    if n_parts >= n:
+        return np.arange(n, dtype=np.int64)
+    A = sp.csr_array(A)
+    T = A.T.tocsr()
+    A.sort_indices()
+    T.sort_indices()
+    symmetric = np.array_equal(A.indptr, T.indptr) and np.array_equal(A.indices, T.indices)
+    mats = [A] if symmetric else [A, T]
+    del T
+    degree = sum(np.diff(M.indptr) for M in mats)
+    cap = math.ceil(n / n_parts)
+    rng = np.random.default_rng(seed)
+    label = np.arange(n, dtype=np.int64)
+    size = np.ones(n, dtype=np.int64)
+    for _ in range(n_rounds):
+        moved = 0
+        for group in np.array_split(rng.permutation(n), 4):
+            group.sort()
+            bounds = np.r_[0, np.flatnonzero(np.diff(np.cumsum(degree[group]) // _LP_EDGES)) + 1]
+            for start, stop in zip(bounds, np.r_[bounds[1:], len(group)], strict=True):
+                rows = group[start:stop]
+                best = _best_labels(rows, mats, label, rng)
+                movers = np.flatnonzero(best != label[rows])
+                if not len(movers):
+                    continue
+                target = best[movers]
+                order = np.argsort(target, kind="stable")
+                target, movers = target[order], movers[order]
+                first = np.r_[0, np.flatnonzero(np.diff(target)) + 1]
+                rank = np.arange(len(target)) - np.repeat(first, np.diff(np.r_[first, len(target)]))
+                ok = rank < cap - size[target]
+                nodes, target = rows[movers[ok]], target[ok]
+                np.subtract.at(size, label[nodes], 1)
+                np.add.at(size, target, 1)
+                label[nodes] = target
+                moved += len(nodes)
+        if moved <= n // 1000:
+            break
+    cluster_order = rng.permutation(n)  # clusters in random order, then cut into equal parts
+    order = np.argsort(cluster_order[label], kind="stable")
+    part = np.empty(n, dtype=np.int64)
+    part[order] = np.arange(n, dtype=np.int64) * n_parts // n
+    return part
+
+
 class ClusterSampler(NodeSampler):
-    """Batches of ``parts_per_batch`` random METIS parts of about ``batch_size / parts_per_batch``.
+    """Batches of ``parts_per_batch`` random graph parts of about ``batch_size / parts_per_batch``.
 
     Parameters
     ----------
@@ -88,10 +206,12 @@ class ClusterSampler(NodeSampler):
     parts_per_batch : int
         Parts joined per batch; several small parts per batch keep batches varied across epochs.
     seed : int
-        METIS seed.
+        Seed of the partitioner.
     part : ndarray of shape (n_nodes,), default=None
-        A partition to use instead of METIS's (a previous sampler's ``part``), when it has as
-        many parts as this sampler would make; ``A`` is then not read.
+        A partition to use instead of the partitioner's (a previous sampler's ``part``), when
+        it has as many parts as this sampler would make; ``A`` is then not read.
+    partitioner : {"metis", "label_propagation"}, default="metis"
+        `metis_partition` or `label_propagation_partition`.
     """
 
     def __init__(
@@ -101,6 +221,7 @@ class ClusterSampler(NodeSampler):
         parts_per_batch: int = 4,
         seed: int = 0,
         part: np.ndarray | None = None,
+        partitioner: str = "metis",
     ):
         self.n_nodes = A.shape[0] if A is not None else len(part)
         self.batch_size = batch_size
@@ -112,7 +233,8 @@ class ClusterSampler(NodeSampler):
         if part is None:
             if A is None:
                 raise ValueError("ClusterSampler needs A when no usable partition is given")
-            part = metis_partition(A, n_parts, seed)
+            cut = {"metis": metis_partition, "label_propagation": label_propagation_partition}
+            part = cut[partitioner](A, n_parts, seed)
         #: (n,) int32, every node's part: what a fitted estimator keeps to batch its training
         #: graph again without METIS
         self.part = np.asarray(part, dtype=np.int32)

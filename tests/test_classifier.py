@@ -514,3 +514,20 @@ def test_two_hidden_layers_with_random_batches_come_close_to_full_graph(csbm_600
     # regime in benchmarks/depth.py too
     margin = 0.08 if backbone == "gat" else 0.05
     assert vq_acc >= full_acc - margin, (vq_acc, full_acc)
+
+
+def test_label_propagation_partitioner_trains_without_metis(csbm, monkeypatch):
+    import skvqgnn.samplers
+
+    def no_metis(*args, **kwargs):
+        raise AssertionError("METIS was called")
+
+    monkeypatch.setattr(skvqgnn.samplers, "metis_partition", no_metis)
+    A, X, y, split = csbm
+    clf = VQGNNClassifier(random_state=0, partitioner="label_propagation", **FAST)
+    clf.fit(A, X, _labels(y, split))
+    sizes = np.bincount(clf.partition_)
+    assert len(sizes) == 24 and sizes.max() - sizes.min() <= 1  # 6 batches of 4 parts
+    assert _acc(clf.predict(A, X), y, split.test_mask) > 0.8
+    with pytest.raises(AssertionError, match="METIS"):  # the default partitioner is METIS
+        VQGNNClassifier(random_state=0, **FAST).fit(A, X, _labels(y, split))

@@ -1,8 +1,14 @@
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from skvqgnn.datasets import make_csbm
-from skvqgnn.samplers import ClusterSampler, RandomNodeSampler, metis_partition
+from skvqgnn.samplers import (
+    ClusterSampler,
+    RandomNodeSampler,
+    label_propagation_partition,
+    metis_partition,
+)
 
 from .conftest import random_graph
 
@@ -29,10 +35,11 @@ def test_random_sampler_partitions_nodes_each_epoch():
     assert _cover(s.inference_batches(), 103)
 
 
-def test_cluster_sampler_keeps_more_messages_inside_batches():
+@pytest.mark.parametrize("partitioner", ["metis", "label_propagation"])
+def test_cluster_sampler_keeps_more_messages_inside_batches(partitioner):
     # planted communities, so that a partition has something to find
     A = make_csbm(600, n_classes=6, avg_degree=8, homophily=0.9, random_state=0).A
-    cluster = ClusterSampler(A, batch_size=100, parts_per_batch=2, seed=0)
+    cluster = ClusterSampler(A, batch_size=100, parts_per_batch=2, seed=0, partitioner=partitioner)
     rnd = RandomNodeSampler(600, 100)
     rng = np.random.default_rng(0)
     cb = list(cluster.epoch(rng))
@@ -51,6 +58,34 @@ def test_metis_is_deterministic_for_a_seed_and_handles_edge_cases():
     assert np.array_equal(metis_partition(A[:3][:, :3], 5, 0), np.arange(3))
     empty = random_graph(10, 0, seed=0)
     assert len(np.unique(metis_partition(empty, 2, 0))) == 2
+
+
+def _inside_parts(A, part):
+    coo = A.tocoo()
+    return np.mean(part[coo.row] == part[coo.col])
+
+
+def test_label_propagation_finds_planted_parts_in_equal_sizes():
+    # 8 communities of 60 nodes, 95 % of the edges inside them, node ids shuffled
+    A = make_csbm(480, n_classes=8, avg_degree=10, homophily=0.95, random_state=1).A
+    part = label_propagation_partition(A, 8, seed=0)
+    sizes = np.bincount(part, minlength=8)
+    assert len(sizes) == 8 and sizes.max() - sizes.min() <= 1
+    rnd = np.random.default_rng(0).integers(0, 8, 480)
+    assert _inside_parts(A, part) > 0.6 > 3 * _inside_parts(A, rnd)
+    assert np.array_equal(part, label_propagation_partition(A, 8, seed=0))
+    assert not np.array_equal(part, label_propagation_partition(A, 8, seed=1))
+    # a directed graph (each edge stored once) is cut by its in- and out-neighbours alike
+    directed = sp.triu(A, format="csr")
+    assert _inside_parts(A, label_propagation_partition(directed, 8, seed=0)) > 0.6
+
+
+def test_label_propagation_edge_cases():
+    A = random_graph(200, 5, seed=1)
+    assert np.array_equal(label_propagation_partition(A, 1, 0), np.zeros(200))
+    assert np.array_equal(label_propagation_partition(A[:3][:, :3], 5, 0), np.arange(3))
+    empty = random_graph(10, 0, seed=0)  # no edges: still balanced parts
+    assert np.array_equal(np.bincount(label_propagation_partition(empty, 2, 0)), [5, 5])
 
 
 def test_a_metis_failure_names_the_graph_and_the_way_out(monkeypatch):

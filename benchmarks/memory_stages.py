@@ -1,0 +1,267 @@
+"""Memory of a fit, stage by stage, against the size of the data: how large a graph one machine
+trains.
+
+For each (n, sampler) configuration a fresh subprocess (this script with ``--worker``)
+generates a contextual SBM graph (``skvqgnn.datasets.make_csbm``, average degree 10, 64
+features), builds a ``Graph`` from it and drops the raw arrays, fits ``VQGNNClassifier`` for a
+few epochs and predicts every node. Each stage's peak resident set size is read from the kernel
+(``VmHWM`` of ``/proc/self/status``, reset at every stage boundary), and set against the *data
+floor*: the bytes of the graph itself at its leanest, float32 features plus a CSR adjacency of
+int32 indices, float32 weights and int32 row pointers. Stages: generation, ``Graph``, the fit's
+set-up (convolution matrices, partition, codebook initialisation: up to its first epoch), each
+epoch, the end of the fit (the codebooks' eval-mode refresh), and ``predict``.
+
+The provenance, table and bar replace the generated region of ``--out`` (by default
+``doc/benchmarks/memory_stages.md``); raw records go to ``--json``, from which ``--from-json``
+rebuilds the region. As in the other scripts, the parent process imports only the standard
+library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import OUT_HELP, Record, collect_records, page_for, write_generated
+
+SAMPLERS = {  # label -> estimator parameters
+    "random": {"sampler": "random"},
+    "cluster": {"sampler": "cluster", "partitioner": "metis"},
+    "cluster-lp": {"sampler": "cluster", "partitioner": "label_propagation"},
+}
+BAR = 2.0  # a fit's absolute peak RSS at most this many data floors
+GIB = 2**30
+
+
+# --------------------------------------------------------------------------------------------
+# Worker: one configuration in this process
+# --------------------------------------------------------------------------------------------
+
+
+def _status_gib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024 / GIB
+    raise KeyError(field)
+
+
+class Stages:
+    """Peak RSS per stage: ``begin(name)`` closes the running stage and opens the next."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self.libc = ctypes.CDLL("libc.so.6")
+        self.stages: list[Record] = []
+        self.name: str | None = None
+
+    def begin(self, name: str | None) -> None:
+        import gc
+
+        if self.name is not None:
+            peak = _status_gib("VmHWM")
+            self.stages.append(
+                {
+                    "stage": self.name,
+                    "peak_gib": round(peak, 3),
+                    "above_gib": round(peak - self.before, 3),
+                    "seconds": round(time.perf_counter() - self.t0, 2),
+                }
+            )
+        self.name = name
+        gc.collect()
+        self.libc.malloc_trim(0)  # resident memory is live memory only
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := VmRSS (Linux >= 4.0)
+        self.before, self.t0 = _status_gib("VmRSS"), time.perf_counter()
+
+
+def run_config(spec: Record) -> Record:
+    """Generate, build, fit and predict one configuration, stage by stage."""
+    import numpy as np
+    import torch
+
+    from skvqgnn import Callback, Graph, VQGNNClassifier
+    from skvqgnn.datasets import make_csbm
+
+    torch.set_num_threads(1)
+    n = spec["n_nodes"]
+    stages = Stages()
+    baseline = _status_gib("VmRSS")
+    stages.begin("generate")
+    A, X, y, split = make_csbm(
+        n, 5, avg_degree=spec["avg_degree"], n_features=spec["n_features"], random_state=0
+    )
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    floor = (X.nbytes + A.nnz * 8 + (n + 1) * 4) / GIB
+    labels = np.where(split.train_mask, y, -1)
+    stages.begin("Graph")
+    graph = Graph(A, X)
+    del A, X  # the Graph holds the data from here on
+
+    class Boundaries(Callback):
+        def on_fit_start(self, fit: Any) -> None:
+            stages.begin("epoch 1")
+
+        def on_epoch_end(self, fit: Any, record: Record) -> None:
+            stages.begin(f"epoch {fit.epoch + 2}" if fit.epoch + 1 < fit.max_epochs else "finish")
+
+    clf = VQGNNClassifier(
+        batch_size=spec["batch_size"],
+        n_codewords=spec["n_codewords"],
+        max_epochs=spec["epochs"],
+        random_state=0,
+        device="cpu",
+        **SAMPLERS[spec["sampler"]],
+    )
+    stages.begin("set-up")
+    t0 = time.perf_counter()
+    clf.fit(graph.nodes(), labels, callbacks=[Boundaries()])
+    fit_s = time.perf_counter() - t0
+    stages.begin("predict")
+    pred = clf.predict(graph.nodes())
+    stages.begin(None)
+    test = split.test_mask
+    return {
+        **spec,
+        "n_entries": int(graph.A.nnz),
+        "floor_gib": round(floor, 3),
+        "baseline_gib": round(baseline, 3),
+        "stages": stages.stages,
+        "fit_s": round(fit_s, 1),
+        "test_accuracy": round(float(np.mean(pred[test] == y[test])), 4),
+        "torch": torch.__version__,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def fit_peak(record: Record) -> float:
+    """The absolute peak RSS (GiB) from the fit's set-up to the end of ``predict``."""
+    return max(s["peak_gib"] for s in record["stages"] if s["stage"] not in ("generate", "Graph"))
+
+
+def summary(record: Record) -> str:
+    return (
+        f"n={record['n_nodes']:,} {record['sampler']}: floor {record['floor_gib']:.2f} GiB, "
+        f"fit peak {fit_peak(record):.2f} GiB ({fit_peak(record) / record['floor_gib']:.2f}x), "
+        f"fit {record['fit_s']:.0f} s, accuracy {record['test_accuracy']:.3f}"
+    )
+
+
+def render(meta: Record, records: list[Record], regenerated: str | None) -> str:
+    """The page's generated region: provenance, the per-stage table and the bar."""
+    lines = [f"Produced on {meta['date']} by", "", "```", meta["command"], "```", ""]
+    if regenerated:
+        lines += [f"(regenerated from the saved records with `{regenerated}`)", ""]
+    lines += [
+        f"- Machine: {meta['cpu_count']} CPUs ({meta['cpu_model']}), {meta['memory_gib']} GiB "
+        f"RAM; {meta['platform']}; one torch thread",
+        f"- Software: Python {meta['python']}, torch "
+        f"{', '.join(sorted({r['torch'] for r in records}))}, skvqgnn {meta['skvqgnn']} at git "
+        f"{meta['git']}",
+        "",
+        "Peak RSS of each stage in GiB, absolute (the process, the graph included) and, in "
+        "brackets, above the stage's start; the data floor is float32 `X` plus the int32/float32 "
+        "CSR adjacency; the interpreter with torch and skvqgnn imported holds "
+        f"{min(r['baseline_gib'] for r in records):.2f} GiB before any data.",
+        "",
+    ]
+    names = []
+    for r in records:
+        names += [s["stage"] for s in r["stages"] if s["stage"] not in names]
+    header = [
+        "n",
+        "stored entries",
+        "sampler",
+        "floor GiB",
+        *names,
+        "fit peak / floor",
+        "(peak - interpreter) / floor",
+        "fit s",
+        "test acc.",
+    ]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in sorted(records, key=lambda r: (r["n_nodes"], r["sampler"])):
+        by = {s["stage"]: s for s in r["stages"]}
+        cells = [
+            f"{by[name]['peak_gib']:.2f} (+{by[name]['above_gib']:.2f})" if name in by else ""
+            for name in names
+        ]
+        ratio = fit_peak(r) / r["floor_gib"]
+        above = (fit_peak(r) - r["baseline_gib"]) / r["floor_gib"]
+        lines.append(
+            f"| {r['n_nodes']:,} | {r['n_entries']:,} | {r['sampler']} | {r['floor_gib']:.2f} | "
+            + " | ".join(cells)
+            + f" | {ratio:.2f} | {above:.2f} | {r['fit_s']:.0f} | {r['test_accuracy']:.3f} |"
+        )
+    largest = max(records, key=lambda r: r["n_nodes"])
+    at_largest = [r for r in records if r["n_nodes"] == largest["n_nodes"]]
+    verdicts = []
+    for r in sorted(at_largest, key=lambda r: r["sampler"]):
+        ratio = fit_peak(r) / r["floor_gib"]
+        verdicts.append(f"{r['sampler']} {ratio:.2f}x: **{'PASS' if ratio <= BAR else 'FAIL'}**")
+    lines += [
+        "",
+        f"**Bar: a fit (set-up, epochs, refresh) and `predict` peak at most {BAR:g}x the data "
+        f"floor at n = {largest['n_nodes']:,}**: " + "; ".join(verdicts) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="+", type=float, default=[1e6])
+    parser.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), default=list(SAMPLERS))
+    parser.add_argument("--avg-degree", type=float, default=10.0)
+    parser.add_argument("--n-features", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--n-codewords", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=page_for(__file__), help=OUT_HELP)
+    parser.add_argument("--json", type=Path, default=None, help="raw per-run records")
+    parser.add_argument("--from-json", type=Path, nargs="+", default=None)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    # what machine_info records of every benchmark
+    args.datasets, args.backbones, args.seeds, args.max_epochs = ["csbm"], ["gcn"], [0], args.epochs
+    return args
+
+
+def make_specs(args: argparse.Namespace) -> list[Record]:
+    return [
+        {
+            "n_nodes": int(n),
+            "sampler": sampler,
+            "avg_degree": args.avg_degree,
+            "n_features": args.n_features,
+            "batch_size": args.batch_size,
+            "n_codewords": args.n_codewords,
+            "epochs": args.epochs,
+        }
+        for n in args.sizes
+        for sampler in args.samplers
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import json
+
+    args = parse_args(argv)
+    if args.worker is not None:
+        print(json.dumps(run_config(json.loads(args.worker))))
+        return
+    meta, records, regenerated = collect_records(args, __file__, make_specs(args), summary)
+    write_generated(args.out, render(meta, records, regenerated))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
