@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .sketch import dropout as _dropout
+
 __all__ = [
     "AttentionConvolution",
     "DotProductAttention",
@@ -243,7 +245,7 @@ def attend(
         lse = torch.logsumexp(s, dim=1)  # (b, H)
         alpha = torch.exp(s - lse.unsqueeze(1))
         if dropout > 0:
-            alpha = F.dropout(alpha, dropout, True)
+            alpha = _dropout(alpha, dropout, True)
         if values is not None:
             return torch.einsum("bmh,mhd->bhd", alpha, values), lse
         return torch.einsum("bmh,mf->bhf", alpha, x_src), lse
@@ -262,7 +264,7 @@ def attend(
     den = den.clamp_min(torch.finfo(s.dtype).tiny)
     alpha = w / den.index_select(0, rows)
     if dropout > 0:
-        alpha = F.dropout(alpha, dropout, True)
+        alpha = _dropout(alpha, dropout, True)
     return segment_sum(rows, cols, alpha, x_src if values is None else values, b), peak + torch.log(
         den
     )

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from .attention import AttentionConvolution, DotProductAttention, GATAttention
 from .convolutions import Attention, Batch, Convolution, Fixed, Identity, Initial
 from .graph import attention_mask, gcn_norm, mean_norm
-from .sketch import is_sparse, sparse_dropout
+from .sketch import dropout, is_sparse, sparse_dropout
 from .vq import ProductCodebook
 
 __all__ = [
@@ -611,7 +611,7 @@ class VQGNN(nn.Module):
                 if extra is not None:
                     x = AddGradient.apply(x, extra)
                 messages, lses = self.aggregate(
-                    batch, i - 1, F.dropout(x, self.dropout, self.training), initial
+                    batch, i - 1, dropout(x, self.dropout, self.training), initial
                 )
                 if self.training:
                     slots = self.channels(i - 1)

@@ -147,3 +147,22 @@ def test_sketch_product_rejects_codewords_of_another_shape():
     )
     with pytest.raises(ValueError, match="6 columns times 5 codewords"):
         sketch_product(bags, torch.zeros(5, 4))
+
+
+def test_dropout_zeroes_a_share_p_and_keeps_the_expectation():
+    from skvqgnn.sketch import dropout
+
+    torch.manual_seed(0)
+    x = torch.full((400, 250), 2.0, requires_grad=True)
+    y = dropout(x, 0.3, True)
+    zero = y == 0
+    assert abs(float(zero.float().mean()) - 0.3) < 0.01
+    assert torch.allclose(y[~zero], torch.tensor(2.0 / 0.7))
+    y.sum().backward()  # the gradient flows through the kept values only, scaled alike
+    assert torch.equal(x.grad == 0, zero)
+    assert torch.allclose(x.grad[~zero], torch.tensor(1 / 0.7))
+    assert dropout(x, 0.3, False) is x and dropout(x, 0.0, True) is x
+    torch.manual_seed(1)
+    first = dropout(x, 0.5, True)
+    torch.manual_seed(1)
+    assert torch.equal(first, dropout(x, 0.5, True))  # torch's global generator decides
