@@ -284,10 +284,18 @@ class Convolution:
         Returns
         -------
         edges, tedges : BatchEdges or None
-            The rows of the batch in ``matrix`` and (``backward``) in its transpose; ``None``
-            where the kind has no pattern.
+            The rows of the batch in ``matrix`` and (``backward``) in its transpose (the same
+            object when ``matrix`` is symmetric); ``None`` where the kind has no pattern.
         """
-        return None, None
+        if self.matrix is None:
+            return None, None
+        edges = split_batch_edges(self.matrix, nodes, position)
+        if not backward:
+            return edges, None
+        transposed = self.transposed()
+        if transposed is self.matrix:
+            return edges, edges
+        return edges, split_batch_edges(transposed, nodes, position)
 
     def exact_senders(self, edges: BatchEdges | None) -> np.ndarray:
         """Out-of-batch senders whose raw features the first layer would read exactly.
@@ -635,10 +643,6 @@ class Fixed(Convolution):
         )
         return out.to(device)
 
-    def split(self, nodes, position, backward):  # noqa: D102
-        edges = split_batch_edges(self.matrix, nodes, position)
-        return edges, split_batch_edges(self.transposed(), nodes, position) if backward else None
-
     def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
         part = Part(
             inputs=self.inputs_of(ctx.nodes, ctx.device),
@@ -789,10 +793,6 @@ class MaskedAttention(Attention):
     """
 
     name = "attention"
-
-    def split(self, nodes, position, backward):  # noqa: D102
-        edges = split_batch_edges(self.matrix, nodes, position)
-        return edges, split_batch_edges(self.transposed(), nodes, position) if backward else None
 
     def exact_senders(self, edges):  # noqa: D102
         return edges.out_nodes
