@@ -49,7 +49,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .attention import AttentionConvolution, attend, attend_chunked, attention_blue
-from .graph import Graph
+from .graph import Graph, is_symmetric
 from .sketch import (
     BatchEdges,
     SketchBags,
@@ -248,14 +248,8 @@ class Convolution:
         never needs it) and kept; when ``matrix`` is symmetric (an undirected graph's GCN or
         attention pattern) it is ``matrix`` itself, and no second matrix is kept."""
         if getattr(self, "_transposed", None) is None:
-            T = _transpose(self.matrix)
             M = self.matrix
-            same = (
-                np.array_equal(T.indptr, M.indptr)
-                and np.array_equal(T.indices, M.indices)
-                and np.array_equal(T.data, M.data)
-            )
-            self._transposed = M if same else T
+            self._transposed = M if is_symmetric(M) else _transpose(M)
         return self._transposed
 
     def prepare(self, graph: Graph) -> None:

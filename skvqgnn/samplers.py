@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 
+from .graph import is_symmetric
+
 __all__ = [
     "NodeSampler",
     "RandomNodeSampler",
@@ -153,12 +155,8 @@ def label_propagation_partition(
     if n_parts >= n:
         return np.arange(n, dtype=np.int64)
     A = sp.csr_array(A)
-    T = A.T.tocsr()
-    A.sort_indices()
-    T.sort_indices()
-    symmetric = np.array_equal(A.indptr, T.indptr) and np.array_equal(A.indices, T.indices)
-    mats = [A] if symmetric else [A, T]
-    del T
+    pattern = sp.csr_array((np.ones(A.nnz, dtype=np.int8), A.indices, A.indptr), shape=A.shape)
+    mats = [A] if is_symmetric(pattern) else [A, A.T.tocsr()]
     degree = sum(np.diff(M.indptr) for M in mats)
     cap = math.ceil(n / n_parts)
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import scipy.sparse as sp
 from sklearn.model_selection import train_test_split
 
 from skvqgnn import Graph, NodeSet
-from skvqgnn.graph import gcn_norm, mean_norm
+from skvqgnn.graph import gcn_norm, is_symmetric, mean_norm
 
 
 def _path(n=4):
@@ -155,3 +155,22 @@ def test_every_scipy_sparse_format_is_taken():
     for fmt in ("dok_array", "lil_array", "dia_array", "bsr_array", "dok_matrix", "lil_matrix"):
         convert = getattr(sp, fmt)
         assert Graph(convert(A), convert(X)).fingerprint == reference, fmt
+
+
+@pytest.mark.parametrize("block", [3, 1 << 22])
+def test_is_symmetric_is_exact_block_by_block(monkeypatch, block):
+    import skvqgnn.graph
+
+    monkeypatch.setattr(skvqgnn.graph, "_SYMMETRY_ENTRIES", block)
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.integers(1, 25))
+        M = sp.random(n, n, density=0.2, random_state=trial, format="csr", dtype=np.float32)
+        for candidate in (M, M + M.T, (M + M.T) * (M + M.T)):
+            candidate = sp.csr_array(candidate)
+            assert is_symmetric(candidate) == ((candidate != candidate.T).nnz == 0)
+    cycle = sp.csr_array((np.ones(5), (np.arange(5), (np.arange(5) + 1) % 5)), shape=(5, 5))
+    assert not is_symmetric(cycle)  # every in-degree equals its out-degree, yet directed
+    weighted = sp.csr_array(np.array([[0, 1, 0], [2, 0, 0], [0, 0, 1]], dtype=np.float32))
+    assert not is_symmetric(weighted)  # the same pattern both ways, other weights
+    assert is_symmetric(weighted + weighted.T)

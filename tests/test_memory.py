@@ -119,3 +119,27 @@ def test_set_up_holds_no_matrix_of_all_nodes_beside_the_graph():
         tracemalloc.stop()
     assert kept < matrix / 2, f"the convolutions keep {kept / 1e6:.1f} MB"
     assert init_peak < matrix / 2, f"the initialisation peaked {init_peak / 1e6:.1f} MB higher"
+
+
+def test_a_symmetric_convolution_is_its_own_transpose_without_a_transposed_copy(monkeypatch):
+    """The backward messages need ``Cᵀ``; for a symmetric ``C`` (GCN on an undirected graph)
+    it is ``C`` itself, found without building a transpose: the check holds a block of
+    entries at a time (here 2¹⁶) and a few arrays of n, a fraction of ``C`` on a graph of
+    average degree 60, where a transposed copy alone would be ``C``'s size."""
+    import tracemalloc
+
+    import skvqgnn.graph
+
+    monkeypatch.setattr(skvqgnn.graph, "_SYMMETRY_ENTRIES", 1 << 16)
+    A, X, _, _ = make_csbm(20_000, 4, avg_degree=60, n_features=4, random_state=0)
+    conv = GraphData(Graph(A, X), make_backbone("gcn")).convolutions[0]
+    C = conv.matrix
+    size = C.data.nbytes + C.indices.nbytes + C.indptr.nbytes
+    tracemalloc.start()
+    try:
+        transposed = conv.transposed()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert transposed is C
+    assert peak < 0.5 * size, f"the check peaked at {peak / size:.2f}x the size of C"
