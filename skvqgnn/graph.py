@@ -316,16 +316,17 @@ def contains_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return sorted_keys[pos] == keys
 
 
-_SYMMETRY_ENTRIES = 1 << 22  # entries of the transpose a symmetry check builds at once
+_SYMMETRY_ENTRIES = 1 << 22  # at most this many entries of the transpose built at once
 
 
 def is_symmetric(A: sp.csr_array) -> bool:
     """Whether ``A`` equals its transpose, weights included.
 
     Exact, and without a transposed copy: every node's in- and out-degrees are compared first,
-    then the rows of ``Aᵀ`` are built a block at a time (about 4·10⁶ entries) by scanning ``A``
-    for the entries of the block's columns, and compared with the same rows of ``A``. The
-    memory is a block's; the time, one pass over ``A`` per block.
+    then the rows of ``Aᵀ`` are built a block at a time by scanning ``A`` for the entries of the
+    block's columns, and compared with the same rows of ``A``. A block holds a 32nd of the
+    entries (at most 4·10⁶): the memory is a block's and a few arrays of n; the time, a pass
+    over ``A`` per block.
     """
     n = A.shape[0]
     if A.shape[0] != A.shape[1]:
@@ -341,13 +342,14 @@ def is_symmetric(A: sp.csr_array) -> bool:
         in_degree += np.bincount(A.indices[start : start + _SYMMETRY_ENTRIES], minlength=n)
     if not np.array_equal(np.diff(A.indptr), in_degree):
         return False
+    block = min(_SYMMETRY_ENTRIES, max(1 << 16, A.nnz // 32))
     indptr = A.indptr.astype(np.int64)
-    cuts = np.searchsorted(indptr, np.arange(0, A.nnz, _SYMMETRY_ENTRIES), side="right") - 1
+    cuts = np.searchsorted(indptr, np.arange(0, A.nnz, block), side="right") - 1
     bounds = np.unique(np.r_[0, cuts, n])
     for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
         rows, cols, vals = [], [], []  # entries (j, i) of A with i in [r0, r1): rows of Aᵀ
-        for start in range(0, A.nnz, _SYMMETRY_ENTRIES):
-            chunk = A.indices[start : start + _SYMMETRY_ENTRIES]
+        for start in range(0, A.nnz, block):
+            chunk = A.indices[start : start + block]
             hit = np.flatnonzero((chunk >= r0) & (chunk < r1)) + start
             rows.append(A.indices[hit])
             cols.append(np.searchsorted(indptr, hit, side="right") - 1)
