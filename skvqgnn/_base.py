@@ -3,8 +3,7 @@
 The estimator holds its parameters and the fitted state (model and codebooks on the CPU, host
 assignment tables, the training graph's fingerprint); a fit runs a ``skvqgnn.training.FitLoop``,
 and predictions run ``skvqgnn.inference``. Everything sized by the graph (convolution matrices,
-the first layer's aggregated inputs, the batch sampler) is derived from a ``Graph`` and cached
-on it.
+the batch sampler and its partition) is derived from a ``Graph`` and cached on it.
 """
 
 from __future__ import annotations

@@ -286,8 +286,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         most edges inside parts); its memory, about 250 bytes per node and 140 per stored
         adjacency entry, is what limits the largest graph a fit holds. ``"label_propagation"``:
         size-capped label propagation, linear in memory (a fraction of METIS's) and faster,
-        with fewer edges inside parts (``doc/benchmarks/scale.md``): for graphs METIS cannot
-        hold.
+        with fewer edges inside parts (``doc/benchmarks/memory_stages.md``): for graphs METIS
+        cannot hold.
     inference : {"vq", "exact"}, default="vq"
         ``"vq"``: mini-batch inference, out-of-batch messages from codewords. ``"exact"``:
         layer-wise full-neighbour inference over node chunks.
@@ -379,7 +379,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         Relative VQ error ``‖X − R X̃‖_F / ‖X‖_F`` of each quantised layer input over the last
         epoch (empty for full-graph training).
     partition_ : ndarray of shape (n_nodes,), int32, or None
-        The METIS part of every node of the training graph (``sampler="cluster"``), so that
+        The part of every node of the training graph (``sampler="cluster"``), so that
         predictions on the same graph, even a fresh copy of it, batch it as training did
         without partitioning again; ``None`` otherwise.
     n_iter_ : int

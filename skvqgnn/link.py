@@ -415,7 +415,7 @@ device, sparse_backend, random_state, verbose
         statistics of ``VQGNNClassifier.history_``.
     vq_error_ : ndarray of shape (n_vq_layers,)
     partition_ : ndarray of shape (n_nodes,), int32, or None
-        The METIS part of every node of the training graph (``sampler="cluster"``), so that
+        The part of every node of the training graph (``sampler="cluster"``), so that
         predictions on the same graph, even a fresh copy of it, batch it as training did
         without partitioning again; ``None`` otherwise.
     n_iter_ : int
