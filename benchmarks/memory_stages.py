@@ -27,10 +27,12 @@ from typing import Any
 
 from _common import OUT_HELP, Record, collect_records, page_for, write_generated
 
-SAMPLERS = {  # label -> estimator parameters
+SAMPLERS = {  # mode -> estimator parameters ("pyg": PyTorch Geometric, not the estimator)
     "random": {"sampler": "random"},
     "cluster": {"sampler": "cluster", "partitioner": "metis"},
     "cluster-lp": {"sampler": "cluster", "partitioner": "label_propagation"},
+    "full": {"batch_size": None, "inference": "exact"},
+    "pyg": None,
 }
 BAR = 2.0  # a fit's absolute peak RSS at most this many data floors
 GIB = 2**30
@@ -85,7 +87,7 @@ def run_config(spec: Record) -> Record:
     import numpy as np
     import torch
 
-    from skvqgnn import Callback, Graph, VQGNNClassifier
+    from skvqgnn import Graph
     from skvqgnn.datasets import make_csbm
 
     torch.set_num_threads(1)
@@ -100,8 +102,34 @@ def run_config(spec: Record) -> Record:
     floor = (X.nbytes + A.nnz * 8 + (n + 1) * 4) / GIB
     labels = np.where(split.train_mask, y, -1)
     stages.begin("Graph")
-    graph = Graph(A, X)
-    del A, X  # the Graph holds the data from here on
+    if spec["sampler"] == "pyg":
+        from peers import pyg_data
+
+        data, n_entries = pyg_data(A, X, y, split), int(A.nnz)
+        del A, X  # the Data holds the graph from here on
+        fit_s, pred = _pyg_fit(spec, stages, data)
+    else:
+        graph = Graph(A, X)
+        del A, X  # the Graph holds the data from here on
+        fit_s, pred = _skvqgnn_fit(spec, stages, graph, labels)
+        n_entries = int(graph.A.nnz)
+    stages.begin(None)
+    test = split.test_mask
+    return {
+        **spec,
+        "n_entries": n_entries,
+        "floor_gib": round(floor, 3),
+        "baseline_gib": round(baseline, 3),
+        "stages": stages.stages,
+        "fit_s": round(fit_s, 1),
+        "test_accuracy": round(float(np.mean(pred[test] == y[test])), 4),
+        "torch": torch.__version__,
+    }
+
+
+def _skvqgnn_fit(spec: Record, stages: Stages, graph: Any, labels: Any) -> tuple[float, Any]:
+    """Fit and predict with ``VQGNNClassifier``; stage boundaries from its callbacks."""
+    from skvqgnn import Callback, VQGNNClassifier
 
     class Boundaries(Callback):
         def on_fit_start(self, fit: Any) -> None:
@@ -110,32 +138,44 @@ def run_config(spec: Record) -> Record:
         def on_epoch_end(self, fit: Any, record: Record) -> None:
             stages.begin(f"epoch {fit.epoch + 2}" if fit.epoch + 1 < fit.max_epochs else "finish")
 
+    settings = {"batch_size": spec["batch_size"], **SAMPLERS[spec["sampler"]]}
     clf = VQGNNClassifier(
-        batch_size=spec["batch_size"],
         n_codewords=spec["n_codewords"],
         max_epochs=spec["epochs"],
         random_state=0,
         device="cpu",
-        **SAMPLERS[spec["sampler"]],
+        **settings,
     )
     stages.begin("set-up")
     t0 = time.perf_counter()
     clf.fit(graph.nodes(), labels, callbacks=[Boundaries()])
     fit_s = time.perf_counter() - t0
     stages.begin("predict")
-    pred = clf.predict(graph.nodes())
-    stages.begin(None)
-    test = split.test_mask
-    return {
-        **spec,
-        "n_entries": int(graph.A.nnz),
-        "floor_gib": round(floor, 3),
-        "baseline_gib": round(baseline, 3),
-        "stages": stages.stages,
-        "fit_s": round(fit_s, 1),
-        "test_accuracy": round(float(np.mean(pred[test] == y[test])), 4),
-        "torch": torch.__version__,
-    }
+    return fit_s, clf.predict(graph.nodes())
+
+
+def _pyg_fit(spec: Record, stages: Stages, data: Any) -> tuple[float, Any]:
+    """PyTorch Geometric's two-layer ``GCNConv`` network trained on the full graph (Adam,
+    dropout 0.5, as in ``peers.py``); building its ``Data`` was the ``Graph`` stage."""
+    import torch
+    from peers import pyg_forward, pyg_network, pyg_predict
+
+    stages.begin("set-up")
+    t0 = time.perf_counter()
+    network = pyg_network("gcn", [spec["n_features"], 64, 5])
+    optimiser = torch.optim.Adam(network.parameters(), lr=0.002, weight_decay=5e-4)
+    for epoch in range(spec["epochs"]):
+        stages.begin(f"epoch {epoch + 1}")
+        network.train()
+        optimiser.zero_grad()
+        logits = pyg_forward(network, data.x, data.edge_index, 0.5)
+        loss = torch.nn.functional.cross_entropy(logits[data.train_mask], data.y[data.train_mask])
+        loss.backward()
+        optimiser.step()
+        del logits, loss
+    fit_s = time.perf_counter() - t0
+    stages.begin("predict")
+    return fit_s, pyg_predict(network, data, 0.5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,7 +259,13 @@ def render(meta: Record, records: list[Record], regenerated: str | None) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e6])
-    parser.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), default=list(SAMPLERS))
+    parser.add_argument(
+        "--samplers",
+        nargs="+",
+        choices=list(SAMPLERS),
+        default=["random", "cluster", "cluster-lp"],
+        help="VQ samplers, or the full-graph references: full (the estimator), pyg (GCNConv)",
+    )
     parser.add_argument("--avg-degree", type=float, default=10.0)
     parser.add_argument("--n-features", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=1024)

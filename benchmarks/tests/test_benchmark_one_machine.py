@@ -1,0 +1,115 @@
+"""The one-machine benchmarks: the memory stages of a fit (``memory_stages.py``) and the epoch
+against its compute floor (``epoch_floor.py``): their measurement helpers, and their generated
+regions rebuilt from records (no fits)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import epoch_floor  # noqa: E402
+import memory_stages  # noqa: E402
+from test_benchmark_link import META  # noqa: E402
+
+
+def _stages(peaks: dict[str, float]) -> list[dict]:
+    return [
+        {"stage": name, "peak_gib": peak, "above_gib": peak - 0.3, "seconds": 1.0}
+        for name, peak in peaks.items()
+    ]
+
+
+def _memory_record(n: int, sampler: str, fit_peak: float) -> dict:
+    return {
+        "n_nodes": n,
+        "sampler": sampler,
+        "n_entries": 10 * n,
+        "floor_gib": 1.0,
+        "baseline_gib": 0.3,
+        "stages": _stages({"generate": 9.0, "Graph": 1.5, "set-up": fit_peak, "predict": 1.2}),
+        "fit_s": 10.0,
+        "test_accuracy": 0.5,
+        "torch": "2.0",
+    }
+
+
+def test_a_stage_records_what_it_allocated_above_its_start():
+    stages = memory_stages.Stages()
+    stages.begin("small")
+    stages.begin("big")
+    held = np.ones(50 * 2**20)  # 400 MB, touched
+    stages.begin(None)
+    small, big = stages.stages
+    assert (small["stage"], big["stage"]) == ("small", "big")
+    assert big["above_gib"] > 0.3 > small["above_gib"]
+    assert big["peak_gib"] >= big["above_gib"]
+    del held
+
+
+def test_memory_bar_reads_the_fit_peak_at_the_largest_size(tmp_path):
+    records = [
+        _memory_record(1000, "random", 3.0),  # smaller graph: not the bar's
+        _memory_record(10_000, "random", 1.9),
+        _memory_record(10_000, "cluster", 2.4),  # generation peaks far higher: not counted
+    ]
+    region = memory_stages.render(
+        {**META, "command": "python benchmarks/memory_stages.py"}, records, None
+    )
+    assert "random 1.90x: **PASS**" in region and "cluster 2.40x: **FAIL**" in region
+    assert "at n = 10,000" in region
+    assert "3.0" not in region.split("**Bar")[1]
+    assert region.count("\n| 1") == 3  # one row per record
+
+
+def _floor_record(vq: float, full: float, pyg: float) -> dict:
+    spec = {"n_nodes": 10_000, "n_features": 64, "batch_size": 1024, "n_codewords": 256}
+    rates = {"sgemm": 1e11, "spmm": 5e9, "amin": 5e9, "copy": 5e9}
+    return {
+        **spec,
+        "n_entries": 110_000,
+        "median_s": {"vq": vq, "full": full, "pyg": pyg},
+        "rates": rates,
+        "floor_s": epoch_floor.floors(spec, 110_000, rates),
+        "torch": "2.0",
+    }
+
+
+def test_the_floor_adds_its_parts_and_grows_with_the_work():
+    spec = {"n_nodes": 10_000, "n_features": 64, "n_codewords": 256}
+    rates = {"sgemm": 1e11, "spmm": 5e9, "amin": 5e9, "copy": 5e9}
+    one = epoch_floor.floors(spec, 110_000, rates)
+    assert one["vq"] == pytest.approx(sum(one["parts"].values()))
+    assert one["full"] == pytest.approx(
+        one["parts"]["dense layers"] + one["parts"]["message passing"]
+    )
+    two = epoch_floor.floors({**spec, "n_nodes": 20_000}, 220_000, rates)
+    assert two["vq"] == pytest.approx(2 * one["vq"])
+    # two searches of n rows, h / 4 slices, k codewords at the amin rate
+    assert one["parts"]["search minimum"] == pytest.approx(2 * 10_000 * 16 * 256 / 5e9)
+    faster = epoch_floor.floors(spec, 110_000, {**rates, "amin": 1e10})
+    assert faster["parts"]["search minimum"] == pytest.approx(one["parts"]["search minimum"] / 2)
+
+
+def test_epoch_bars_compare_the_vq_epoch_with_its_floor_and_both_references():
+    record = _floor_record(vq=1.0, full=0.8, pyg=1.2)
+    region = epoch_floor.render(META, [record], None)
+    assert "faster than PyG's full graph**: 0.83x, **PASS**" in region
+    assert "the full-graph epoch**: 1.25x, **PASS**" in region
+    ratio = 1.0 / record["floor_s"]["vq"]
+    assert f"its floor**: {ratio:.2f}x, **{'PASS' if ratio <= 4 else 'FAIL'}**" in region
+    slow = epoch_floor.render(META, [_floor_record(vq=3.0, full=1.0, pyg=1.5)], None)
+    assert "2.00x, **FAIL**" in slow and "3.00x, **FAIL**" in slow
+
+
+def test_saved_records_rebuild_the_region(tmp_path):
+    saved = tmp_path / "r.json"
+    saved.write_text(json.dumps({"meta": META, "runs": [_floor_record(1.0, 0.8, 1.2)]}))
+    page = tmp_path / "page.md"
+    epoch_floor.main(["--from-json", str(saved), "--out", str(page)])
+    assert "| 10,000 | 110,000 |" in page.read_text()
