@@ -232,3 +232,21 @@ def test_trust_is_zero_when_the_predictions_are_right_node_by_node_but_wrong_in_
     assert cb.grad_trust.item() == pytest.approx(0.0)
     cb.calibrate(g.reshape(1, 4, 1, 2) - offset, codes)  # now right in sum as well
     assert cb.grad_trust.item() == pytest.approx(1.0)
+
+
+def test_assign_finds_the_nearest_codeword_of_every_slice_across_blocks():
+    """``assign`` against a brute-force search, over more rows than one block of the search
+    holds, with exact ties (the first codeword wins)."""
+    torch.manual_seed(0)
+    cb = ProductCodebook(n_features=15, n_codewords=40, codeword_dim=5)
+    cb.feature_sums.copy_(torch.randn(3, 40, 5))
+    cb.counts.fill_(1.0)
+    cb.feature_var.fill_(1.0)
+    cb.feature_sums[:, 7] = cb.feature_sums[:, 3]  # codewords 3 and 7 equal: a tie
+    words = cb.codewords
+    x = torch.randn(5000, 3, 5)
+    x[:10] = words[:, 3].unsqueeze(0)  # rows exactly on the tied codewords
+    brute = ((x.unsqueeze(2) - words.unsqueeze(0)) ** 2).sum(-1).argmin(-1)  # (m, P)
+    codes = cb.assign(x)
+    assert torch.equal(codes, brute)
+    assert (codes[:10] == 3).all()
