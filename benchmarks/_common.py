@@ -531,6 +531,22 @@ def provenance_lines(
     ]
 
 
+def machine_lines(meta: Record, records: list[Record], regenerated: str | None) -> list[str]:
+    """Provenance of a single-threaded benchmark on generated graphs: date and command, the
+    command that regenerated the page (if any), the machine and the software."""
+    lines = [f"Produced on {meta['date']} by", "", "```", meta["command"], "```", ""]
+    if regenerated:
+        lines += [f"(regenerated from the saved records with `{regenerated}`)", ""]
+    return [
+        *lines,
+        f"- Machine: {meta['cpu_count']} CPUs ({meta['cpu_model']}), {meta['memory_gib']} GiB "
+        f"RAM; {meta['platform']}; one torch thread",
+        f"- Software: Python {meta['python']}, torch "
+        f"{', '.join(sorted({r['torch'] for r in records}))}, skvqgnn {meta['skvqgnn']} at git "
+        f"{meta['git']}",
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # The generated region of a page
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import OUT_HELP, Record, collect_records, page_for, write_generated
+from _common import (
+    OUT_HELP,
+    Record,
+    collect_records,
+    machine_lines,
+    page_for,
+    write_generated,
+)
 
 BARS = {  # the issue's targets: VQ epoch against ...
     "floor": 4.0,  # at most 4x its floor
@@ -175,15 +182,8 @@ def summary(record: Record) -> str:
 
 def render(meta: Record, records: list[Record], regenerated: str | None) -> str:
     """Provenance, the rates, the epochs against their floors, the floor's parts and the bars."""
-    lines = [f"Produced on {meta['date']} by", "", "```", meta["command"], "```", ""]
-    if regenerated:
-        lines += [f"(regenerated from the saved records with `{regenerated}`)", ""]
+    lines = machine_lines(meta, records, regenerated)
     lines += [
-        f"- Machine: {meta['cpu_count']} CPUs ({meta['cpu_model']}), {meta['memory_gib']} GiB "
-        f"RAM; {meta['platform']}; one torch thread",
-        f"- Software: Python {meta['python']}, torch "
-        f"{', '.join(sorted({r['torch'] for r in records}))}, skvqgnn {meta['skvqgnn']} at git "
-        f"{meta['git']}",
         "",
         "| n | stored entries | sgemm GFLOP/s | CSR GFLOP/s | amin G elem/s | copy GB/s | "
         "VQ epoch s | VQ floor s | VQ / floor | full-graph epoch s | full floor s | "

@@ -25,7 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import OUT_HELP, Record, collect_records, page_for, write_generated
+from _common import (
+    OUT_HELP,
+    Record,
+    collect_records,
+    machine_lines,
+    page_for,
+    write_generated,
+)
 
 SAMPLERS = {  # mode -> estimator parameters ("pyg": PyTorch Geometric, not the estimator)
     "random": {"sampler": "random"},
@@ -198,15 +205,8 @@ def summary(record: Record) -> str:
 
 def render(meta: Record, records: list[Record], regenerated: str | None) -> str:
     """The page's generated region: provenance, the per-stage table and the bar."""
-    lines = [f"Produced on {meta['date']} by", "", "```", meta["command"], "```", ""]
-    if regenerated:
-        lines += [f"(regenerated from the saved records with `{regenerated}`)", ""]
+    lines = machine_lines(meta, records, regenerated)
     lines += [
-        f"- Machine: {meta['cpu_count']} CPUs ({meta['cpu_model']}), {meta['memory_gib']} GiB "
-        f"RAM; {meta['platform']}; one torch thread",
-        f"- Software: Python {meta['python']}, torch "
-        f"{', '.join(sorted({r['torch'] for r in records}))}, skvqgnn {meta['skvqgnn']} at git "
-        f"{meta['git']}",
         "",
         "Peak RSS of each stage in GiB, absolute (the process, the graph included) and, in "
         "brackets, above the stage's start; the data floor is float32 `X` plus the int32/float32 "
