@@ -262,7 +262,11 @@ class Convolution:
         """
 
     def split(
-        self, nodes: np.ndarray, position: np.ndarray, backward: bool
+        self,
+        nodes: np.ndarray,
+        position: np.ndarray,
+        backward: bool,
+        segment: np.ndarray | None = None,
     ) -> tuple[BatchEdges | None, BatchEdges | None]:
         """The entries of ``matrix`` into the batch, split into intra-batch and out-of-batch ones.
 
@@ -274,6 +278,8 @@ class Convolution:
             Each node's index in the batch, -1 outside it.
         backward : bool
             Whether the entries of the transpose (the batch nodes' receivers) are needed too.
+        segment : ndarray of shape (b,), default=None
+            Which of several batches each node belongs to (``make_batch``).
 
         Returns
         -------
@@ -283,13 +289,13 @@ class Convolution:
         """
         if self.matrix is None:
             return None, None
-        edges = split_batch_edges(self.matrix, nodes, position)
+        edges = split_batch_edges(self.matrix, nodes, position, segment)
         if not backward:
             return edges, None
         transposed = self.transposed()
         if transposed is self.matrix:
             return edges, edges
-        return edges, split_batch_edges(transposed, nodes, position)
+        return edges, split_batch_edges(transposed, nodes, position, segment)
 
     def exact_senders(self, edges: BatchEdges | None) -> np.ndarray:
         """Out-of-batch senders whose raw features the first layer would read exactly.
@@ -603,7 +609,9 @@ class Fixed(Convolution):
     def prepare(self, graph: Graph) -> None:  # noqa: D102
         self.features = graph.X
 
-    def inputs_of(self, rows: np.ndarray, device: torch.device) -> Tensor:
+    def inputs_of(
+        self, rows: np.ndarray, device: torch.device, edges: BatchEdges | None = None
+    ) -> Tensor:
         """The first layer's input rows ``(C X)[rows]``.
 
         Parameters
@@ -611,6 +619,8 @@ class Fixed(Convolution):
         rows : ndarray
             Node ids.
         device : torch.device
+        edges : BatchEdges, default=None
+            The rows of ``C`` already gathered (`split`), if they are.
 
         Returns
         -------
@@ -624,7 +634,10 @@ class Fixed(Convolution):
                 return input_rows(out, np.arange(len(rows)), device)
             return torch.from_numpy(out).to(device)
         # dense X: one weighted bag of rows of X per row of C (faster than SciPy's product)
-        _, cols, vals = gather_rows(self.matrix, rows)
+        if edges is None:
+            _, cols, vals = gather_rows(self.matrix, rows)
+        else:
+            cols, vals = edges.cols, edges.vals
         lengths = self.matrix.indptr[rows + 1] - self.matrix.indptr[rows]
         offsets = np.zeros(len(rows), dtype=np.int64)
         np.cumsum(lengths[:-1], out=offsets[1:])
@@ -639,7 +652,7 @@ class Fixed(Convolution):
 
     def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
         part = Part(
-            inputs=self.inputs_of(ctx.nodes, ctx.device),
+            inputs=self.inputs_of(ctx.nodes, ctx.device, edges),
             intra=edges.intra_tensor(ctx.device),
         )
         for level, table in enumerate(ctx.tables):
@@ -952,8 +965,14 @@ def make_batch(
     receivers: np.ndarray | None = None,
     input_table: AssignmentTable | None = None,
     position: np.ndarray | None = None,
+    segment: np.ndarray | None = None,
 ) -> Batch:
     """Gather the host structures of batch ``nodes`` and move them to ``device``.
+
+    With ``segment``, ``nodes`` are several batches at once, each row's messages from rows of
+    another segment out-of-batch: the rows' outputs are those of each batch run on its own, at
+    the cost of one call (inference runs its batches so). Networks of fixed convolutions
+    only: the out-of-batch terms of a learnable convolution depend on its whole batch.
 
     Parameters
     ----------
@@ -973,15 +992,21 @@ def make_batch(
         without it every sender must be in the batch (full graph).
     position : ndarray of shape (n_nodes,), int64, default=None
         Scratch space, -1 everywhere, left so; allocated when not given.
+    segment : ndarray of shape (b,), int, default=None
+        The batch each node belongs to; ``None``: one batch.
     """
     convs = data.convolutions
+    if segment is not None and any(conv.learnable for conv in convs):
+        raise ValueError("several batches at once (segment) need a network without attention")
     flags = [backward] * len(convs) if isinstance(backward, bool) else list(backward)
     b = len(nodes)
     if position is None:
         position = np.full(data.n_nodes, -1, dtype=np.int64)
     position[nodes] = np.arange(b)
     try:
-        split = [conv.split(nodes, position, f) for conv, f in zip(convs, flags, strict=True)]
+        split = [
+            conv.split(nodes, position, f, segment) for conv, f in zip(convs, flags, strict=True)
+        ]
     finally:
         position[nodes] = -1
     raw, halo = None, np.zeros(0, dtype=np.int64)

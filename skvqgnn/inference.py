@@ -32,6 +32,7 @@ __all__ = [
     "assign_new_graph",
     "exact_layers",
     "initialise_codebook",
+    "inference_groups",
     "initialise_codebooks",
     "level_inputs",
     "refresh_codebooks",
@@ -260,6 +261,57 @@ def exact_layers(
     return _exact_pass(model, data, device, len(model.layers) if upto is None else upto)[0]
 
 
+def inference_groups(
+    data: GraphData,
+    sampler: NodeSampler,
+    keep: Callable[[np.ndarray], bool] | None = None,
+    rows: int = _CHUNK_ROWS,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """The sampler's inference batches, several at a time where the network allows.
+
+    A network of fixed convolutions runs batches of about ``rows`` nodes together (sorted
+    nodes and the batch of each, ``make_batch``'s ``segment``): the outputs are those of the
+    batches one by one, with a step's fixed costs paid once per group. Networks with
+    attention get one batch at a time (``segment`` ``None``).
+
+    Parameters
+    ----------
+    data : GraphData
+    sampler : NodeSampler
+    keep : callable, default=None
+        ``keep(batch)``: whether a batch is run; every one when ``None``.
+    rows : int
+        Nodes of a group, at least (the last one may hold fewer).
+
+    Yields
+    ------
+    nodes : ndarray
+    segment : ndarray or None
+    """
+    batches = (b for b in sampler.inference_batches() if keep is None or keep(b))
+    if any(conv.learnable for conv in data.convolutions):
+        for nodes in batches:
+            yield nodes, None
+        return
+    group: list[np.ndarray] = []
+    for nodes in batches:
+        group.append(nodes)
+        if sum(len(g) for g in group) >= rows:
+            yield _merged(group)
+            group = []
+    if group:
+        yield _merged(group)
+
+
+def _merged(group: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    if len(group) == 1:
+        return group[0], None
+    nodes = np.concatenate(group)
+    segment = np.repeat(np.arange(len(group)), [len(g) for g in group])
+    order = np.argsort(nodes, kind="stable")
+    return nodes[order], segment[order]
+
+
 def level_inputs(
     model: VQGNN,
     data: GraphData,
@@ -293,14 +345,21 @@ def level_inputs(
     ------
     nodes : ndarray
     inputs : Tensor of shape (b, P, D)
+        Per group of batches (`inference_groups`).
     """
     cb = model.codebooks[level]
     position = np.full(data.n_nodes, -1, dtype=np.int64)
-    for batch_nodes in sampler.inference_batches():
+    for nodes, segment in inference_groups(data, sampler):
         batch = make_batch(
-            data, batch_nodes, tables[:level], device, input_table=input_table, position=position
+            data,
+            nodes,
+            tables[:level],
+            device,
+            input_table=input_table,
+            position=position,
+            segment=segment,
         )
-        yield batch_nodes, cb.split(model(batch, upto=level)[0])
+        yield nodes, cb.split(model(batch, upto=level)[0])
 
 
 @torch.no_grad()
@@ -391,11 +450,15 @@ def vq_inference(
     where[nodes] = np.arange(len(nodes))
     position = np.full(data.n_nodes, -1, dtype=np.int64)
     levels = tables if upto is None else tables[:upto]
-    for batch_nodes in sampler.inference_batches():
-        if not wanted[batch_nodes].any():
-            continue
+    for batch_nodes, segment in inference_groups(data, sampler, lambda b: wanted[b].any()):
         batch = make_batch(
-            data, batch_nodes, levels, device, input_table=input_table, position=position
+            data,
+            batch_nodes,
+            levels,
+            device,
+            input_table=input_table,
+            position=position,
+            segment=segment,
         )
         logits, _ = model(batch, upto=upto)
         logits = logits.cpu()

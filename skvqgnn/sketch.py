@@ -47,7 +47,8 @@ class BatchEdges:
     """Rows ``B`` of a convolution, split into intra-batch and out-of-batch entries.
 
     ``in_*`` use local indices (0..b-1) for both ends; ``out_rows`` are local batch rows and
-    ``out_nodes`` global ids of the out-of-batch end.
+    ``out_nodes`` global ids of the out-of-batch end. ``cols`` and ``vals`` are every entry of
+    the rows, in row order (global ids), as ``gather_rows`` gave them.
     """
 
     b: int
@@ -57,6 +58,8 @@ class BatchEdges:
     out_rows: np.ndarray
     out_nodes: np.ndarray
     out_vals: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray
 
     def keep_out(self, mask: np.ndarray) -> BatchEdges:
         """The same edges with only the out-of-batch entries whose node is marked in ``mask``."""
@@ -102,11 +105,22 @@ def gather_rows(C: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return local, C.indices[pos].astype(np.int64), C.data[pos]
 
 
-def split_batch_edges(C: sp.csr_array, batch: np.ndarray, position: np.ndarray) -> BatchEdges:
-    """Split the rows ``batch`` of ``C``; ``position[j]`` is j's index in the batch or -1."""
+def split_batch_edges(
+    C: sp.csr_array,
+    batch: np.ndarray,
+    position: np.ndarray,
+    segment: np.ndarray | None = None,
+) -> BatchEdges:
+    """Split the rows ``batch`` of ``C``; ``position[j]`` is j's index in the batch or -1.
+
+    ``segment`` (b,), when given, says which of several batches each row belongs to: an entry
+    between rows of different segments is then out-of-batch too.
+    """
     rows, cols, vals = gather_rows(C, batch)
     local = position[cols]
     inside = local >= 0
+    if segment is not None:
+        inside &= segment[local] == segment[rows]  # local = -1 is outside already
     return BatchEdges(
         b=len(batch),
         in_rows=rows[inside],
@@ -115,6 +129,8 @@ def split_batch_edges(C: sp.csr_array, batch: np.ndarray, position: np.ndarray) 
         out_rows=rows[~inside],
         out_nodes=cols[~inside],
         out_vals=vals[~inside],
+        cols=cols,
+        vals=vals,
     )
 
 

@@ -210,3 +210,27 @@ def test_training_on_a_block_diagonal_union_of_graphs(graphs):
     np.testing.assert_allclose(union[:N_PART], clf.decision_function(A1, X1), atol=1e-5)
     np.testing.assert_allclose(union[N_PART:], clf.decision_function(A2, X2), atol=1e-5)
     assert (union.argmax(1) == np.concatenate([y1, y2])).mean() > 0.85  # measured 0.95
+
+
+def test_vq_inference_runs_batches_together_with_the_outputs_of_each_alone(graphs):
+    """Without attention, inference runs the sampler's batches several at a time (one step per
+    group, messages between batches of a group from codewords): the logits equal those of each
+    inference batch run on its own."""
+    A, X, y = graphs[0]
+    params = {**FAST, "hidden_layer_sizes": (16, 16), "max_epochs": 3}
+    clf = VQGNNClassifier("sage", sampler="random", random_state=0, **params).fit(A, X, y)
+    got = clf.decision_function(A, X)
+    graph = Graph(A, X)
+    data = GraphData(graph, make_backbone("sage"))
+    sampler = RandomNodeSampler(graph.n_nodes, clf.batch_size)
+    groups = list(inference.inference_groups(data, sampler))
+    assert len(groups) == 1 and len(np.unique(groups[0][1])) == 6  # six batches, one step
+    model, expected = clf.model_.eval(), np.empty_like(got)
+    for nodes in sampler.inference_batches():
+        batch = make_batch(data, nodes, clf.tables_, torch.device("cpu"))
+        with torch.no_grad():
+            expected[nodes] = model(batch)[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # grouped batches still take each other's messages from codewords, not exactly
+    exact = clf.set_params(inference="exact").decision_function(A, X)
+    assert np.abs(exact - expected).max() > 1e-2
