@@ -643,7 +643,7 @@ class Fixed(Convolution):
         np.cumsum(lengths[:-1], out=offsets[1:])
         out = F.embedding_bag(
             torch.from_numpy(cols),
-            torch.from_numpy(X),
+            _read_only_view(X),
             torch.from_numpy(offsets),
             mode="sum",
             per_sample_weights=torch.from_numpy(np.asarray(vals, dtype=np.float32)),
@@ -936,6 +936,16 @@ class GraphData:
         for conv in self.convolutions:
             conv.prepare(graph)
         self.kinds = [type(conv) for conv in self.convolutions]
+
+
+def _read_only_view(X: np.ndarray) -> Tensor:
+    """``X`` as a tensor without a copy, also when it is read-only (a memory-mapped file opened
+    with ``mmap_mode="r"``): torch warns that it may not be written to, which it never is here."""
+    if X.flags.writeable:
+        return torch.from_numpy(X)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(X)
 
 
 def _transpose(M: sp.csr_array) -> sp.csr_array:

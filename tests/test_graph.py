@@ -174,3 +174,25 @@ def test_is_symmetric_is_exact_block_by_block(monkeypatch, block):
     weighted = sp.csr_array(np.array([[0, 1, 0], [2, 0, 0], [0, 0, 1]], dtype=np.float32))
     assert not is_symmetric(weighted)  # the same pattern both ways, other weights
     assert is_symmetric(weighted + weighted.T)
+
+
+@pytest.mark.parametrize("sampler", ["cluster", "random"])
+def test_memory_mapped_features_are_read_in_place(tmp_path, sampler):
+    """Features too large for memory stay on disk: a read-only ``numpy`` memory map is used
+    without a copy, silently, and gives the predictions of the same features in memory."""
+    import warnings
+
+    from skvqgnn import VQGNNClassifier
+    from skvqgnn.datasets import make_csbm
+
+    A, X, y, split = make_csbm(600, 3, avg_degree=6, n_features=8, random_state=0)
+    np.save(tmp_path / "X.npy", X.astype(np.float32))
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    graph = Graph(A, mapped)
+    assert np.shares_memory(graph.X, mapped)
+    labels = np.where(split.train_mask, y, -1)
+    params = dict(sampler=sampler, batch_size=200, max_epochs=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not writable")
+        got = VQGNNClassifier(**params).fit(graph.nodes(), labels).predict(graph.nodes())
+    np.testing.assert_array_equal(got, VQGNNClassifier(**params).fit(A, X, labels).predict(A, X))
