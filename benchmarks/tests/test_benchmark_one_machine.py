@@ -105,6 +105,16 @@ def test_epoch_bars_compare_the_vq_epoch_with_its_floor_and_both_references():
     assert f"its floor**: {ratio:.2f}x, **{'PASS' if ratio <= 4 else 'FAIL'}**" in region
     slow = epoch_floor.render(META, [_floor_record(vq=3.0, full=1.0, pyg=1.5)], None)
     assert "2.00x, **FAIL**" in slow and "3.00x, **FAIL**" in slow
+    assert "inference" not in region  # records without predict times have no such bar
+
+
+def test_inference_bar_compares_vq_with_exact_predict():
+    record = {**_floor_record(vq=1.0, full=0.8, pyg=1.2), "predict_s": {"vq": 0.3, "exact": 0.1}}
+    region = epoch_floor.render(META, [record], None)
+    assert "VQ inference 0.300 s, exact inference 0.100 s" in region
+    assert "as fast as exact inference**: 3.00x, **FAIL**" in region
+    record["predict_s"] = {"vq": 0.1, "exact": 0.12}
+    assert "0.83x, **PASS**" in epoch_floor.render(META, [record], None)
 
 
 def test_saved_records_rebuild_the_region(tmp_path):
