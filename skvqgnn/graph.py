@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -508,6 +509,17 @@ class Graph:
         """Number of feature columns of ``X``."""
         return self.X.shape[1]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays of ``A`` and ``X`` (what pickling the graph sends)."""
+        return _array_bytes(self.A) + _array_bytes(self.X)
+
+    def __sizeof__(self) -> int:
+        # the arrays, not only the instance: Dask's ``sizeof`` (and so joblib's Dask backend,
+        # which sends an argument larger than 1 kB to the cluster once and reuses it for every
+        # task) reads this through ``sys.getsizeof``
+        return object.__sizeof__(self) + self.nbytes
+
     def nodes(self, index: Any = None) -> NodeSet:
         """A ``NodeSet`` view of the nodes ``index`` (all nodes when ``None``).
 
@@ -595,6 +607,12 @@ class Graph:
         )
 
 
+def _array_bytes(M: np.ndarray | sp.sparray) -> int:
+    if sp.issparse(M):
+        return int(sum(a.nbytes for a in (M.data, M.indices, M.indptr)))
+    return int(M.nbytes)
+
+
 def _node_index(index: Any, n: int) -> np.ndarray:
     if isinstance(index, slice):
         return np.arange(n)[index]
@@ -680,6 +698,11 @@ class _GraphView:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} {self._what} of {self.graph!r})"
+
+    def __sizeof__(self) -> int:
+        # the graph travels with the view, so a grid search under joblib's Dask backend sends
+        # it to the cluster once rather than with every task (``Graph.__sizeof__``)
+        return object.__sizeof__(self) + self._items.nbytes + sys.getsizeof(self.graph)
 
 
 class NodeSet(_GraphView):
