@@ -331,11 +331,23 @@ def run_script(
     every spec in its own worker (or, with ``--from-json``, merge saved records), then replace
     the generated region of ``--out`` with ``render``'s output (`write_generated`).
     """
+    serve(args, script, lambda: run_specs(args, modes), run_fit, summary, render)
+
+
+def serve(
+    args: argparse.Namespace,
+    script: str,
+    make_specs: Callable[[], list[Record]],
+    run_fit: Callable[[Record], Record],
+    summary: Callable[[Record], str],
+    render: Callable[[Record, list[Record], str | None], str],
+) -> None:
+    """`run_script` for any list of runs: ``make_specs()`` gives them (not called for a
+    worker)."""
     if args.worker is not None:
         print(json.dumps(run_fit(json.loads(args.worker))))
         return
-    specs = run_specs(args, modes)
-    meta, records, regenerated = collect_records(args, script, specs, summary)
+    meta, records, regenerated = collect_records(args, script, make_specs(), summary)
     write_generated(args.out, render(meta, records, regenerated))
     print(f"wrote {args.out}", file=sys.stderr)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,9 @@ from typing import Any
 from _common import (
     OUT_HELP,
     Record,
-    collect_records,
     machine_lines,
     page_for,
-    write_generated,
+    serve,
 )
 
 BARS = {  # the targets: VQ epoch against ...
@@ -257,13 +255,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import json
-
     args = parse_args(argv)
-    if args.worker is not None:
-        print(json.dumps(run_config(json.loads(args.worker))))
-        return
-    specs = [
+    specs = lambda: [  # noqa: E731
         {
             "n_nodes": int(n),
             "n_features": args.n_features,
@@ -273,9 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         for n in args.sizes
     ]
-    meta, records, regenerated = collect_records(args, __file__, specs, summary)
-    write_generated(args.out, render(meta, records, regenerated))
-    print(f"wrote {args.out}", file=sys.stderr)
+    serve(args, __file__, specs, run_config, summary, render)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ library.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,9 @@ from typing import Any
 from _common import (
     OUT_HELP,
     Record,
-    collect_records,
     machine_lines,
     page_for,
-    write_generated,
+    serve,
 )
 
 SAMPLERS = {  # mode -> estimator parameters ("pyg": PyTorch Geometric, not the estimator)
@@ -298,15 +296,8 @@ def make_specs(args: argparse.Namespace) -> list[Record]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import json
-
     args = parse_args(argv)
-    if args.worker is not None:
-        print(json.dumps(run_config(json.loads(args.worker))))
-        return
-    meta, records, regenerated = collect_records(args, __file__, make_specs(args), summary)
-    write_generated(args.out, render(meta, records, regenerated))
-    print(f"wrote {args.out}", file=sys.stderr)
+    serve(args, __file__, lambda: make_specs(args), run_config, summary, render)
 
 
 if __name__ == "__main__":
