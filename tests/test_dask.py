@@ -86,3 +86,25 @@ def test_a_dask_search_sends_the_graph_once_and_equals_the_local_one(client, mon
     np.testing.assert_allclose(remote, local, atol=1e-12)
     # both workers took part
     assert len(client.scheduler_info()["workers"]) == 2
+
+
+def test_a_link_predictor_search_over_pairs_sends_the_graph_once(client, monkeypatch):
+    """A ``PairSet`` carries its graph as a ``NodeSet`` does: one pickle for the search."""
+    import joblib
+    from sklearn.model_selection import GridSearchCV
+
+    from skvqgnn import VQGNNLinkPredictor
+    from skvqgnn.model_selection import edge_split
+
+    G, _ = _graph()
+    train, _, _ = edge_split(G.A, val=0.05, test=0.1, random_state=0)
+    graph = Graph(train.adjacency, G.X)
+    pairs = graph.pairs(train.pairs)
+    lp = VQGNNLinkPredictor(**{**PARAMS, "batch_size": 200})
+    search = GridSearchCV(lp, {"n_codewords": [8, 16]}, cv=2, refit=False)
+    local = search.fit(pairs, train.targets).cv_results_["mean_test_score"]
+    sent = _pickles_of_the_graph(monkeypatch)
+    with joblib.parallel_backend("dask"):
+        remote = search.fit(pairs, train.targets).cv_results_["mean_test_score"]
+    assert sent == [graph.n_nodes]
+    np.testing.assert_allclose(remote, local, atol=1e-12)
