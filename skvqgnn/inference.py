@@ -281,7 +281,7 @@ def inference_groups(
     keep : callable, default=None
         ``keep(batch)``: whether a batch is run; every one when ``None``.
     rows : int
-        Nodes of a group, at least (the last one may hold fewer).
+        A group is closed once it holds this many nodes (the last one may hold fewer).
 
     Yields
     ------
@@ -304,6 +304,7 @@ def inference_groups(
 
 
 def _merged(group: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Batches as one: their nodes sorted, and the batch of each (``None`` for one batch)."""
     if len(group) == 1:
         return group[0], None
     nodes = np.concatenate(group)

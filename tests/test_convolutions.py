@@ -433,3 +433,12 @@ def test_a_user_defined_kind_fits_pickles_and_predicts():
     np.testing.assert_array_equal(again.predict_proba(A, X), clf.predict_proba(A, X))
     exact = clf.set_params(inference="exact").predict_proba(A, X)
     assert np.isfinite(exact).all() and exact.shape == (60, 2)
+
+
+def test_several_batches_at_once_need_a_network_without_attention():
+    data, _, _ = _setup("gat", 1)
+    nodes = np.arange(10)
+    with pytest.raises(ValueError, match="without attention"):
+        make_batch(data, nodes, [], CPU, segment=nodes % 2)
+    data, _, _ = _setup("gcn", 1)
+    assert make_batch(data, nodes, [], CPU, segment=nodes % 2).parts
