@@ -511,6 +511,14 @@ def best_on_validation(candidates: list[tuple[str, list[Record] | None]], key: s
     return max(scored)[2] if scored else None
 
 
+def _produced(meta: Record, regenerated: str | None) -> list[str]:
+    """The date and command of the runs, and the command that regenerated the page (if any)."""
+    lines = [f"Produced on {meta['date']} by", "", "```", meta["command"], "```", ""]
+    if regenerated:
+        lines += [f"(regenerated from the saved records with `{regenerated}`)", ""]
+    return lines
+
+
 def provenance_lines(
     meta: Record, records: list[Record], regenerated: str | None, estimator: str
 ) -> list[str]:
@@ -522,11 +530,8 @@ def provenance_lines(
     torch_versions = ", ".join(sorted({r["torch"] for r in records}))
     max_epochs = sorted({r["max_epochs"] for r in records})
     epochs_note = "estimator default" if meta["max_epochs"] is None else "--max-epochs"
-    lines = [f"Produced on {meta['date']} by", "", "```", meta["command"], "```", ""]
-    if regenerated:
-        lines += [f"(regenerated from the saved records with `{regenerated}`)", ""]
     return [
-        *lines,
+        *_produced(meta, regenerated),
         f"- Machine: {meta['cpu_count']} CPUs ({meta['cpu_model']}), "
         f"{meta['memory_gib']} GiB RAM; {meta['platform']}",
         f"- Software: Python {meta['python']}, torch {torch_versions} ({threads} threads), "
@@ -546,11 +551,8 @@ def provenance_lines(
 def machine_lines(meta: Record, records: list[Record], regenerated: str | None) -> list[str]:
     """Provenance of a single-threaded benchmark on generated graphs: date and command, the
     command that regenerated the page (if any), the machine and the software."""
-    lines = [f"Produced on {meta['date']} by", "", "```", meta["command"], "```", ""]
-    if regenerated:
-        lines += [f"(regenerated from the saved records with `{regenerated}`)", ""]
     return [
-        *lines,
+        *_produced(meta, regenerated),
         f"- Machine: {meta['cpu_count']} CPUs ({meta['cpu_model']}), {meta['memory_gib']} GiB "
         f"RAM; {meta['platform']}; one torch thread",
         f"- Software: Python {meta['python']}, torch "

@@ -294,11 +294,13 @@ def inference_groups(
             yield nodes, None
         return
     group: list[np.ndarray] = []
+    size = 0
     for nodes in batches:
         group.append(nodes)
-        if sum(len(g) for g in group) >= rows:
+        size += len(nodes)
+        if size >= rows:
             yield _merged(group)
-            group = []
+            group, size = [], 0
     if group:
         yield _merged(group)
 
