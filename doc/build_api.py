@@ -58,6 +58,7 @@ MODULES: list[tuple[str, list[str] | None]] = [
     ("skvqgnn.attention", ["AttentionConvolution", "GATAttention", "DotProductAttention"]),
     ("skvqgnn.training", ["ProgressBar"]),
     ("skvqgnn.inference", None),
+    ("skvqgnn.distributed", None),
 ]
 
 #: Numpydoc sections whose entries are ``name : type`` lines with indented descriptions.

@@ -23,6 +23,7 @@ from torch import Tensor
 from . import inference
 from ._version import PICKLE_VERSION_KEY, check_version, package_version
 from .convolutions import Convolution, GraphData
+from .distributed import Local, Strategy
 from .graph import Graph, NodeSet, PairSet, is_pyg_data
 from .layers import BACKBONES, VQGNN, Backbone, make_backbone
 from .samplers import ClusterSampler, NodeSampler, RandomNodeSampler
@@ -369,24 +370,32 @@ class BaseVQGNN(BaseEstimator):
         seed: int,
         task: Task,
         callbacks: Any = None,
+        strategy: Strategy | None = None,
     ) -> None:
         """Train on ``nodes.graph`` for ``task``; ``val_nodes`` (may be empty) are scored
-        after every epoch. The training loop is a `FitLoop`; ``callbacks`` hook into it."""
+        after every epoch. The training loop is a `FitLoop`; ``callbacks`` hook into it; the
+        ``strategy`` shares its batches among processes (only rank 0 shows progress)."""
         hooks = list(callbacks or ())
         for hook in hooks:
             if not isinstance(hook, Callback):
                 raise TypeError(
                     f"callbacks must be skvqgnn.Callback instances, got {type(hook).__name__}"
                 )
-        if self.verbose:
+        strategy = Local() if strategy is None else strategy
+        if self.verbose and strategy.rank == 0:
             hooks.insert(0, ProgressBar(type(self).__name__))
         with torch.random.fork_rng(devices=[]):  # the fit seeds torch; the caller's stream stays
-            FitLoop(self, task, nodes.graph, val_nodes, seed, hooks).run()
+            FitLoop(self, task, nodes.graph, val_nodes, seed, hooks, strategy).run()
 
-    def _fit_random_state(self) -> tuple[np.random.RandomState, int]:
+    def _fit_random_state(self, strategy: Strategy) -> tuple[np.random.RandomState, int]:
         """The fit's random state (``random_state``) and the seed of its training loop, drawn
-        from it first."""
-        rs = check_random_state(self.random_state)
+        from it first. Data-parallel with ``random_state=None``: rank 0's draw, on every rank."""
+        random_state = self.random_state
+        if random_state is None and strategy.world_size > 1:
+            fresh = np.random.default_rng().integers(np.iinfo(np.int32).max)
+            drawn = torch.tensor([int(fresh)], dtype=torch.int64)
+            random_state = int(strategy.broadcast(drawn, 0)[0])
+        rs = check_random_state(random_state)
         return rs, int(rs.randint(np.iinfo(np.int32).max))
 
     def _decision(self, nodes: NodeSet, hidden: bool = False) -> Tensor:

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ._base import BaseVQGNN, _check_not_empty, resolve_graph, view_arguments
+from .distributed import resolve_strategy
 from .graph import NodeSet, _node_index
 from .layers import Backbone
 from .training import Task
@@ -547,6 +548,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         sample_weight: Any = None,
         validation_nodes: Any = None,
         callbacks: Any = None,
+        distributed: Any = None,
     ) -> VQGNNClassifier:
         """Fit on a graph: ``fit(A, X, y)`` or ``fit(nodes, y)``.
 
@@ -581,6 +583,13 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         callbacks : list of skvqgnn.Callback, default=None
             Hooks into the training loop (after each step and epoch, at the start and end of
             the fit): to record or plot a measure over the epochs, or to stop a fit early.
+        distributed : None, False, torch.distributed.ProcessGroup or Strategy, default=None
+            Data-parallel training (``doc/howto/distributed.md``). ``None``: when
+            ``torch.distributed`` is initialised with several processes (``torchrun``), every
+            rank runs this same fit on its share of the batches, and all end with the same
+            model; else one process. ``False``: one process even then. A process group: over
+            its ranks. A strategy of ``skvqgnn.distributed`` (``Simulated(n)`` reproduces an
+            ``n``-rank fit in one process).
 
         Returns
         -------
@@ -613,7 +622,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
                 "y has no labelled node: every entry is unlabelled (-1, NaN, None or masked)"
             )
         self._hidden_sizes()
-        rs, seed = self._fit_random_state()
+        strategy = resolve_strategy(distributed, self._device())
+        rs, seed = self._fit_random_state(strategy)
         val_nodes = np.zeros(0, dtype=np.int64)
         if validation_nodes is not None:
             val_nodes = _given_validation(validation_nodes, nodes, labels, len(labelled))
@@ -651,7 +661,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             multilabel,
             self._weights(encoded, nodes, sample_weight),
         )
-        self._fit_graph(nodes, val_nodes, seed, task, callbacks)
+        self._fit_graph(nodes, val_nodes, seed, task, callbacks, strategy)
         self.transduction_ = self._labels_of(self._decision(graph.nodes()))
         return self
 

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._base import BaseVQGNN, _check_not_empty, resolve_graph, view_arguments
+from .distributed import resolve_strategy
 from .graph import (
     Graph,
     NodeSet,
@@ -557,7 +558,12 @@ device, sparse_backend, random_state, verbose
     # -- fit -------------------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(
-        self, A: Any, X: Any = None, t: Any = None, callbacks: Any = None
+        self,
+        A: Any,
+        X: Any = None,
+        t: Any = None,
+        callbacks: Any = None,
+        distributed: Any = None,
     ) -> VQGNNLinkPredictor:
         """Fit on the edges of a graph, ``fit(A, X)``, or on labelled pairs, ``fit(pairs, t)``.
 
@@ -575,6 +581,13 @@ device, sparse_backend, random_state, verbose
         callbacks : list of skvqgnn.Callback, default=None
             Hooks into the training loop (after each step and epoch, at the start and end of
             the fit): to record or plot a measure over the epochs, or to stop a fit early.
+        distributed : None, False, torch.distributed.ProcessGroup or Strategy, default=None
+            Data-parallel training (``doc/howto/distributed.md``). ``None``: when
+            ``torch.distributed`` is initialised with several processes (``torchrun``), every
+            rank runs this same fit on its share of the batches (each rank draws its own
+            negatives), and all end with the same model; else one process. ``False``: one
+            process even then. A process group: over its ranks. A strategy of
+            ``skvqgnn.distributed``.
 
         Returns
         -------
@@ -615,7 +628,8 @@ device, sparse_backend, random_state, verbose
         if self.n_negatives == 0 and not (targets == 0).any():
             raise ValueError("n_negatives=0 needs negative pairs (t == 0) among the training pairs")
         self._hidden_sizes()
-        rs, seed = self._fit_random_state()
+        strategy = resolve_strategy(distributed, self._device())
+        rs, seed = self._fit_random_state(strategy)
         n = graph.n_nodes
         undirected = graph.is_symmetric
 
@@ -669,7 +683,7 @@ device, sparse_backend, random_state, verbose
             targets,
             n,
             negatives,
-            sampler_rng,
+            sampler_rng if strategy.rank == 0 else np.random.default_rng([seed + 1, strategy.rank]),
             self.embedding_dim,
             self.n_negatives,
             self.partner_nodes,
@@ -679,7 +693,7 @@ device, sparse_backend, random_state, verbose
         self.classes_ = np.array([0, 1])
         self.n_features_in_ = graph.n_features
         self.crossing_fraction_ = self._crossing_fraction(mp_graph, pairs[targets == 1], seed)
-        self._fit_graph(mp_graph.nodes(), val_nodes, seed, task, callbacks)
+        self._fit_graph(mp_graph.nodes(), val_nodes, seed, task, callbacks, strategy)
         return self
 
     # -- inference -------------------------------------------------------------------------------

@@ -30,13 +30,14 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
 from .convolutions import make_batch
+from .distributed import Local, Strategy
 from .graph import Graph
 from .inference import exact_layers, initialise_codebooks, refresh_codebooks, vq_inference
 from .layers import VQGNN, LayerTrace
 from .sketch import resolve_backend
-from .vq import AssignmentTable, ProductCodebook
+from .vq import AssignmentTable
 
-__all__ = ["Callback", "FitLoop", "ProgressBar", "Task", "gradient_channels", "update_codebooks"]
+__all__ = ["Callback", "CodebookUpdates", "FitLoop", "ProgressBar", "Task", "gradient_channels"]
 
 
 class Task:
@@ -297,6 +298,9 @@ class FitLoop:
         Seeds the batches, the codebook initialisation and torch's generator.
     callbacks : list of Callback
         Notified in order.
+    strategy : skvqgnn.distributed.Strategy, default=None
+        How the batches are shared among processes (`skvqgnn.distributed`); ``None``: one
+        process, one batch per step.
 
     Attributes
     ----------
@@ -328,9 +332,11 @@ class FitLoop:
         val_nodes: np.ndarray,
         seed: int,
         callbacks: Sequence[Callback] = (),
+        strategy: Strategy | None = None,
     ):
         self.estimator, self.task, self.graph = estimator, task, graph
         self.val_nodes, self.seed, self.callbacks = val_nodes, seed, list(callbacks)
+        self.strategy = Local() if strategy is None else strategy
         self.device = estimator._device()
         self.max_epochs = estimator.max_epochs
         self.epoch = 0
@@ -355,9 +361,16 @@ class FitLoop:
                 "a codebook cannot use more codewords than there are nodes; use n_codewords <= "
                 f"{graph.n_nodes} (or batch_size=None for full-graph training)"
             )
+        if self.strategy.world_size > 1 and graph.n_nodes <= self.sampler.batch_size:
+            raise ValueError(
+                f"data-parallel training on {self.strategy.world_size} processes needs "
+                "mini-batches, but batch_size covers the whole graph: set batch_size so that "
+                f"the graph has at least {self.strategy.world_size} batches"
+            )
+        # every rank draws the same batches and re-seeds; dropout differs per rank
         self.rng = np.random.default_rng(self.seed)
         self.gen = torch.Generator().manual_seed(self.seed)
-        torch.manual_seed(self.seed)
+        torch.manual_seed(rank_seed(self.seed, self.strategy.rank))
         self.position = np.full(graph.n_nodes, -1, dtype=np.int64)  # make_batch's scratch
 
         self.reuse = est.warm_start and hasattr(est, "model_")
@@ -403,6 +416,45 @@ class FitLoop:
         self.group = 0 if est.accumulate_batches == "epoch" else est.accumulate_batches
         self.vq_sq = np.zeros(len(self.tables))
         self.vq_norm = np.zeros(len(self.tables))
+        if self.strategy.world_size > 1:
+            self._agree_on_start()
+        self.codebooks = CodebookUpdates(
+            model, self.tables, self.gen, self.task.loss_mask, self.strategy
+        )
+
+    def _agree_on_start(self) -> None:
+        """Data-parallel: check that every rank fits the same graph, targets and seed (a
+        ``ValueError`` names what differs), then give every rank rank 0's network and
+        assignment tables, so that they start from one state whatever their hardware."""
+        graph, task, strategy = self.graph, self.task, self.strategy
+        part = getattr(self.sampler, "part", None)
+        checks = {
+            "the graph (A and X)": _digest(graph.fingerprint),
+            "the training targets (y)": _digest(np.packbits(task.loss_mask).tobytes()),
+            "the seed (random_state)": self.seed,
+            "the METIS partition of the cluster sampler": _digest(
+                b"" if part is None else np.ascontiguousarray(part).tobytes()
+            ),
+        }
+        values = np.array(list(checks.values()), dtype=np.int64)
+        for rank, other in enumerate(strategy.all_gather(values)):
+            differs = [name for name, a, b in zip(checks, values, other, strict=True) if a != b]
+            if differs:
+                raise ValueError(
+                    f"data-parallel fit: rank {strategy.rank} and rank {rank} differ in "
+                    f"{', '.join(differs)}; every rank must call fit with the same arguments "
+                    "(and an integer random_state, or None, which rank 0 draws for all)"
+                )
+        state = [*self.model.state_dict().values()]
+        if self.task.head is not None:
+            state += [*self.task.head.state_dict().values()]
+        for tensor in state:
+            strategy.broadcast(tensor, 0)
+        for table in (*self.tables, *([self.input_table] if self.input_table else [])):
+            table.replace(
+                strategy.broadcast(torch.from_numpy(table.codes.astype(np.int64)), 0).numpy(),
+                strategy.broadcast(torch.from_numpy(table.grad_codes.astype(np.int64)), 0).numpy(),
+            )
 
     # -- training --------------------------------------------------------------------------------
     def _set_mode(self, training: bool) -> None:
@@ -453,6 +505,8 @@ class FitLoop:
         """One optimiser step on the mean gradient of the ``grouped`` batches summed into the
         parameters' gradients (none when no batch had a loss term). Dividing the sum here,
         not each batch's loss, leaves the gradient codewords as they are without grouping.
+        Data-parallel: the gradients and ``with_loss`` are first summed over the ranks (one
+        all-reduce), and ``grouped`` counts the batches of every rank.
 
         Parameters
         ----------
@@ -461,6 +515,8 @@ class FitLoop:
         with_loss : bool
             Whether one of them had a loss term.
         """
+        if self.strategy.world_size > 1:
+            with_loss = self._all_reduce_gradients(with_loss)
         if not with_loss:
             return
         if grouped > 1:
@@ -469,39 +525,53 @@ class FitLoop:
                     p.grad.div_(grouped)
         self.optimiser.step()
 
-    def update_codebooks(
-        self, batch_nodes: np.ndarray, traces: list[LayerTrace], count: int, stats: _EpochStats
-    ) -> None:
-        """The EMA updates of the batch's codewords and codes (none in full-graph mode).
+    def _all_reduce_gradients(self, with_loss: bool) -> bool:
+        """Sum the parameter gradients over the ranks (a parameter without a gradient on a
+        rank contributes zeros; it gets one if any rank has one); whether any rank had a loss."""
+        params = self.parameters
+        has = [float(p.grad is not None) for p in params] + [float(with_loss)]
+        grads = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+            for p in params
+        ]
+        flat = torch.cat([*grads, torch.tensor(has, device=grads[0].device)])
+        self.strategy.all_reduce(flat)
+        offset = 0
+        for p, seen in zip(params, flat[-len(has) : -1].tolist(), strict=True):
+            n = p.numel()
+            if seen > 0:
+                p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
+            offset += n
+        return bool(flat[-1] > 0)
+
+    def update_codebooks(self, stats: _EpochStats) -> bool:
+        """The EMA updates of the step's codewords and codes (none in full-graph mode), merged
+        over its batches and processes by `CodebookUpdates`.
 
         Parameters
         ----------
-        batch_nodes : ndarray
-            The step's nodes.
-        traces : list of LayerTrace
-            The step's traces.
-        count : int
-            The step's number of loss terms (0: no gradients, no gradient codebook update).
         stats : _EpochStats
+
+        Returns
+        -------
+        bool
+            Whether a rank was interrupted (Ctrl-C) during the step (data-parallel; the ranks
+            agree in the same collective).
         """
+        control = torch.tensor([float(self.interrupted)])
         if self.tables:
-            update_codebooks(
-                self.model,
-                traces,
-                self.tables,
-                batch_nodes,
-                self.gen,
-                stats,
-                backward=bool(count) and any(self.backward),
-                loss_mask=self.task.loss_mask,
-            )
+            control = self.codebooks.apply(stats, control)
+        elif self.strategy.world_size > 1:
+            control = self.strategy.all_reduce(control)
+        return bool(control[0] > 0)
 
     def epoch_pass(self) -> dict[str, Any]:
         """One epoch over the sampler's batches; its ``history_`` record (before evaluation).
 
-        Per batch: `step`, `update` when ``accumulate_batches`` batches are summed (the last
-        update of the epoch takes the batches left), `update_codebooks`, with the callbacks'
-        ``on_step_start`` and ``on_step_end`` around them.
+        Per step of the strategy (one batch; data-parallel: one batch per rank): `step` and the
+        codebook search of each batch, `update` when ``accumulate_batches`` batches are summed
+        (the last update of the epoch takes the batches left), `update_codebooks`, with the
+        callbacks' ``on_step_start`` and ``on_step_end`` around each batch.
 
         Returns
         -------
@@ -510,30 +580,79 @@ class FitLoop:
         t0 = time.perf_counter()
         self._set_mode(True)
         stats = _EpochStats(len(self.tables))
+        distributed = self.strategy.world_size > 1
         grouped, with_loss = 0, False  # batches of the current update, whether one had a loss
-        for batch_nodes in self.sampler.epoch(self.rng):
+        for batches, in_step in self.strategy.steps(self.sampler.epoch(self.rng)):
             if grouped == 0:
                 self.optimiser.zero_grad(set_to_none=True)
-            if not self.full_graph:
-                batch_nodes = self.task.extend_batch(batch_nodes)
-            for hook in self.callbacks:
-                hook.on_step_start(self, batch_nodes)
-            _, traces, count = self.step(batch_nodes, stats)
-            with_loss |= bool(count)
-            grouped += 1
-            if grouped == self.group:
+            done = []
+            for batch_nodes in batches:
+                if not self.full_graph:
+                    batch_nodes = self.task.extend_batch(batch_nodes)
+                with self._interruptible(distributed):
+                    for hook in self.callbacks:
+                        hook.on_step_start(self, batch_nodes)
+                _, traces, count = self.step(batch_nodes, stats)
+                with_loss |= bool(count)
+                if self.tables:
+                    backward = bool(count) and any(self.backward)
+                    self.codebooks.collect(batch_nodes, traces, backward, stats)
+                done.append((batch_nodes, count))
+            grouped += in_step
+            if self.group and grouped >= self.group:
                 self.update(grouped, with_loss)
                 grouped, with_loss = 0, False
-            self.update_codebooks(batch_nodes, traces, count, stats)
-            for hook in self.callbacks:
-                hook.on_step_end(self, batch_nodes, count)
+            interrupted = self.update_codebooks(stats)
+            for batch_nodes, count in done:
+                with self._interruptible(distributed):
+                    for hook in self.callbacks:
+                        hook.on_step_end(self, batch_nodes, count)
+            if interrupted:
+                raise KeyboardInterrupt
         if grouped:
             self.update(grouped, with_loss)
         record = stats.summary(self.first_epoch + self.epoch)
         record["time"] = time.perf_counter() - t0
+        if distributed:
+            self._merge_epoch(stats, record)
         _check_finite(record["loss"], self.parameters, self.first_epoch + self.epoch)
         self.vq_sq, self.vq_norm = stats.vq_sq, stats.vq_norm
         return record
+
+    @contextlib.contextmanager
+    def _interruptible(self, distributed: bool) -> Iterator[None]:
+        """Data-parallel: a ``KeyboardInterrupt`` raised by a callback marks this rank as
+        interrupted (the ranks stop together at the end of the step) instead of leaving the
+        others waiting in a collective."""
+        if not distributed:
+            yield
+            return
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.strategy.interrupted = True
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether this rank was interrupted during the step (data-parallel only)."""
+        return bool(getattr(self.strategy, "interrupted", False))
+
+    def _merge_epoch(self, stats: _EpochStats, record: dict[str, Any]) -> None:
+        """The epoch's record over every rank: losses and per-rank measures summed, the time of
+        the slowest rank."""
+        L = len(self.tables)
+        local = [stats.loss, stats.count, *stats.vq_sq, *stats.vq_norm, *stats.blue_norm]
+        flat = self.strategy.all_reduce(torch.tensor(local, dtype=torch.float64))
+        merged = flat.tolist()
+        stats.loss, stats.count = merged[0], int(merged[1])
+        stats.vq_sq = np.array(merged[2 : 2 + L])
+        stats.vq_norm = np.array(merged[2 + L : 2 + 2 * L])
+        stats.blue_norm = merged[2 + 2 * L :]
+        time_taken = record["time"]
+        record.clear()
+        record.update(stats.summary(self.first_epoch + self.epoch))
+        slowest = self.strategy.all_reduce(torch.tensor([time_taken]), op="max")
+        record["time"] = float(slowest[0])
 
     def evaluate(self) -> float:
         """Validation score of the live model (VQ inference over the training codes).
@@ -552,7 +671,10 @@ class FitLoop:
             self.val_nodes,
             self.device,
         )
-        return self.task.val_score(logits, self.val_nodes)
+        score = self.task.val_score(logits, self.val_nodes)
+        if self.strategy.world_size > 1:  # rank 0's, so that early stopping agrees exactly
+            score = float(self.strategy.broadcast(torch.tensor([score], dtype=torch.float64), 0))
+        return score
 
     def keep_if_best(self, score: float) -> None:
         """Early stopping's bookkeeping: a `Snapshot` of an improving epoch, else one more
@@ -604,7 +726,12 @@ class FitLoop:
 
     def run(self) -> None:
         """Set up, train epoch by epoch (Ctrl-C keeps what was trained), finish."""
+        with self.strategy.deferred_interrupt():
+            self._run()
+
+    def _run(self) -> None:
         est = self.estimator
+        distributed = self.strategy.world_size > 1
         self.start()
         for hook in self.callbacks:
             hook.on_fit_start(self)
@@ -618,8 +745,15 @@ class FitLoop:
                     record["val_score"] = self.evaluate()
                     self.keep_if_best(record["val_score"])
                 self.history.append(record)
-                for hook in self.callbacks:
-                    hook.on_epoch_end(self, record)
+                with self._interruptible(distributed):
+                    for hook in self.callbacks:
+                        hook.on_epoch_end(self, record)
+                if distributed:  # a callback's stop or a Ctrl-C on one rank stops them all
+                    flags = torch.tensor([float(self.stop), float(self.interrupted)])
+                    flags = self.strategy.all_reduce(flags, op="max")
+                    self.stop = bool(flags[0] > 0)
+                    if flags[1] > 0:
+                        raise KeyboardInterrupt
                 if self.stop or (est.early_stopping and self.stale >= est.n_iter_no_change):
                     break
         except KeyboardInterrupt:
@@ -627,7 +761,7 @@ class FitLoop:
                 f"fit interrupted after {len(self.history)} epochs; keeping the model "
                 + ("of the best validation epoch" if self.best[1] is not None else "as it is"),
                 RuntimeWarning,
-                stacklevel=5,  # the caller of fit (run, _fit_graph, fit, scikit-learn's wrapper)
+                stacklevel=6,  # the caller of fit (_run, run, _fit_graph, fit, the fit wrapper)
             )
         finally:
             for hook in self.callbacks:
@@ -639,7 +773,7 @@ class FitLoop:
         """The best epoch's network under early stopping, codebooks for inference, and the
         fitted attributes of the estimator."""
         est = self.estimator
-        _warn_if_diverging(self.history[self.first_epoch :], est.learning_rate, stacklevel=7)
+        _warn_if_diverging(self.history[self.first_epoch :], est.learning_rate, stacklevel=8)
         model, head = self.model, self.task.head
         if est.early_stopping and self.best[1] is not None:
             model, head = self.best[1].model, self.best[1].head
@@ -672,94 +806,269 @@ class FitLoop:
         est.partition_ = getattr(self.sampler, "part", None)
 
 
-# -- the codebook updates of a step ---------------------------------------------------------------
-@torch.no_grad()
-def update_codebooks(
-    model: VQGNN,
-    traces: list[LayerTrace],
-    tables: list[AssignmentTable],
-    batch_nodes: np.ndarray,
-    gen: torch.Generator,
-    stats: _EpochStats,
-    backward: bool,
-    loss_mask: np.ndarray,
-) -> None:
-    """Assign the batch rows and EMA-update both codebooks of every VQ layer; re-seed unused
-    codewords.
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of torch's generator (dropout) on process ``rank``: ``seed`` on rank 0, as in a
+    single-process fit; a seed derived from both elsewhere."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
-    Feature codes come from the inputs alone; gradient codes from inputs and gradients, and
-    only for rows whose gradient is known: none when the step had no backward pass, and in
-    the output layer only the nodes with a loss term (the gradient of the others is exactly
-    zero, and they are never taken as receivers there).
+
+def _digest(data: str | bytes) -> int:
+    """A 63-bit digest of ``data``, to compare across processes."""
+    import hashlib
+
+    raw = data.encode() if isinstance(data, str) else data
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little") >> 1
+
+
+# -- the codebook updates of a step ---------------------------------------------------------------
+class CodebookUpdates:
+    """The codebook updates of a step's batches, searched against the same codebooks.
+
+    `collect` takes each batch of the step (its feature codes, and its gradient codes where the
+    gradient is known, with the statistics of both EMA updates and of the calibration);
+    `apply` merges the statistics over the step's batches and processes (one all-reduce),
+    exchanges the codes (one all-gather), takes one EMA step per codebook, writes the codes into
+    the tables in batch order and re-seeds unused codewords. With one batch per step this is
+    the paper's per-batch update (assign, then EMA step).
 
     Parameters
     ----------
     model : VQGNN
-    traces : list of LayerTrace
-        The step's traces, one per VQ layer.
     tables : list of AssignmentTable
-    batch_nodes : ndarray
-        The step's nodes, in the order of the traces' rows.
     gen : torch.Generator
-        For the re-seeding.
-    stats : _EpochStats
-        Receives the step's codebook statistics.
-    backward : bool
-        Whether the step had a backward pass (gradients in the traces).
+        For the re-seeding (the same on every process).
     loss_mask : ndarray of shape (n_nodes,), bool
-        The nodes with a loss term.
+        The nodes with a loss term (the only ones whose output-layer gradient is known).
+    strategy : skvqgnn.distributed.Strategy
     """
-    last = len(tables) - 1
-    for level, (cb, trace, table) in enumerate(zip(model.codebooks, traces, tables, strict=True)):
-        x = cb.split(trace.x.detach())  # (b, P, D)
-        codes = cb.assign(x)
-        before = cb.codewords.clone()
-        cb.update(x, codes)
-        stats.changed[level] += table.set(batch_nodes, codes.cpu().numpy())
-        dead = torch.from_numpy(table.unused()).to(x.device)
-        stats.reseeded[level] += cb.reseed(dead, x, gen)
-        words = cb.codewords
-        stats.shift[level] += float((words - before).norm())
-        quantised = words[torch.arange(cb.n_slices, device=x.device), codes]  # (b, P, D)
-        stats.vq_sq[level] += float(((x - quantised) ** 2).sum())
-        stats.vq_norm[level] += float((x**2).sum())
-        if backward:
-            known = np.ones(len(batch_nodes), dtype=bool)
-            if level == last:
-                known = loss_mask[batch_nodes]
-            rows = np.flatnonzero(known)
-            if len(rows):
-                _update_gradient_codebook(cb, trace, table, x, batch_nodes, rows, gen)
-        stats.grad_norm[level] = float(cb.grad_codewords.norm())
-        stats.trust[level] = cb.grad_trust.tolist()
-        if trace.blue is not None:
-            stats.blue_norm[level] += float(trace.blue.norm())
 
+    def __init__(
+        self,
+        model: VQGNN,
+        tables: list[AssignmentTable],
+        gen: torch.Generator,
+        loss_mask: np.ndarray,
+        strategy: Strategy,
+    ):
+        self.model, self.tables, self.gen = model, tables, gen
+        self.loss_mask, self.strategy = loss_mask, strategy
+        self.begin()
 
-def _update_gradient_codebook(
-    cb: ProductCodebook,
-    trace: LayerTrace,
-    table: AssignmentTable,
-    x: Tensor,
-    batch_nodes: np.ndarray,
-    rows: np.ndarray,
-    gen: torch.Generator,
-) -> None:
-    """Calibrate, assign and EMA-update the gradient codewords with the batch ``rows`` whose
-    gradient is known."""
-    g, aux = gradient_channels(trace)
-    index = torch.from_numpy(rows).to(x.device)
-    x = x[index]
-    g = cb.split(g[:, index])  # (S, r, P, D)
-    aux = None if aux is None else aux[:, index]
-    nodes = batch_nodes[rows]
-    stale = torch.from_numpy(table.grad_codes[nodes].astype(np.int64)).to(x.device)
-    cb.calibrate(g, stale)
-    grad_codes = cb.assign_gradients(x, g, aux)
-    cb.update_gradients(x, g, grad_codes, aux=aux)
-    table.set_gradients(nodes, grad_codes.cpu().numpy())
-    dead = torch.from_numpy(table.grad_unused()).to(x.device)
-    cb.reseed_gradients(dead, x, g, gen, aux)
+    def begin(self) -> None:
+        """Start a step: no batch collected."""
+        self.stats = [cb.empty_statistics() for cb in self.model.codebooks]
+        self.pending: list[dict[str, Any]] = []
+
+    @torch.no_grad()
+    def collect(
+        self, batch_nodes: np.ndarray, traces: list[LayerTrace], backward: bool, epoch: _EpochStats
+    ) -> None:
+        """Search a batch's codes against the step's codebooks and add its statistics.
+
+        Feature codes come from the inputs alone; gradient codes from inputs and gradients, and
+        only for rows whose gradient is known: none when the step had no backward pass, and in
+        the output layer only the nodes with a loss term (the gradient of the others is exactly
+        zero, and they are never taken as receivers there).
+
+        Parameters
+        ----------
+        batch_nodes : ndarray
+            The batch's nodes, in the order of the traces' rows.
+        traces : list of LayerTrace
+            The batch's traces, one per VQ layer.
+        backward : bool
+            Whether the batch had a backward pass (gradients in the traces).
+        epoch : _EpochStats
+            Receives the norm of the backward messages.
+        """
+        last = len(self.tables) - 1
+        levels = []
+        for level, (cb, trace, table) in enumerate(
+            zip(self.model.codebooks, traces, self.tables, strict=True)
+        ):
+            x = cb.split(trace.x.detach())  # (b, P, D)
+            codes = cb.assign(x)
+            cb.feature_statistics(self.stats[level], x, codes)
+            entry: dict[str, Any] = {"x": x, "codes": codes, "rows": None}
+            if backward:
+                known = self.loss_mask[batch_nodes] if level == last else None
+                rows = np.arange(len(batch_nodes)) if known is None else np.flatnonzero(known)
+                if len(rows):
+                    g, aux = gradient_channels(trace)
+                    index = torch.from_numpy(rows).to(x.device)
+                    xr, g = x[index], cb.split(g[:, index])  # (r, P, D), (S, r, P, D)
+                    aux = None if aux is None else aux[:, index]
+                    nodes = batch_nodes[rows]
+                    stale = torch.from_numpy(table.grad_codes[nodes].astype(np.int64))
+                    cb.calibration_statistics(self.stats[level], g, stale.to(x.device))
+                    grad_codes = cb.assign_gradients(xr, g, aux)
+                    cb.gradient_statistics(self.stats[level], xr, g, grad_codes, aux)
+                    entry.update(rows=rows, grad_codes=grad_codes, gx=xr, g=g, aux=aux)
+            if trace.blue is not None:
+                epoch.blue_norm[level] += float(trace.blue.norm())
+            levels.append(entry)
+        self.pending.append({"nodes": batch_nodes, "levels": levels})
+
+    def _merged_statistics(self, control: Tensor) -> Tensor:
+        """Sum the step's statistics (and ``control``) over the processes, in place."""
+        if self.strategy.world_size == 1:
+            return control
+        parts = [t.reshape(-1) for stats in self.stats for t in stats.values()]
+        flat = torch.cat([*parts, control.to(parts[0].device, torch.float64)])
+        self.strategy.all_reduce(flat)
+        offset = 0
+        for stats in self.stats:
+            for t in stats.values():
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+        return flat[offset:].to(control)
+
+    def _batches(self) -> list[dict[str, Any]]:
+        """Every process's collected batches in rank order: their nodes and codes (numpy), the
+        rank that holds each and its index there."""
+        mine = [
+            {
+                "nodes": p["nodes"],
+                "codes": [e["codes"].cpu().numpy() for e in p["levels"]],
+                "rows": [e["rows"] for e in p["levels"]],
+                "grad_codes": [
+                    None if e["rows"] is None else e["grad_codes"].cpu().numpy()
+                    for e in p["levels"]
+                ],
+                "rank": self.strategy.rank,
+                "index": i,
+            }
+            for i, p in enumerate(self.pending)
+        ]
+        if self.strategy.world_size == 1:
+            return mine
+        widths = [cb.n_slices for cb in self.model.codebooks]
+        packed = [np.array([len(mine)], dtype=np.int64)]
+        for batch in mine:
+            b = len(batch["nodes"])
+            counts = [-1 if r is None else len(r) for r in batch["rows"]]
+            packed += [np.array([b, *counts], dtype=np.int64), batch["nodes"]]
+            for codes, rows, grad in zip(
+                batch["codes"], batch["rows"], batch["grad_codes"], strict=True
+            ):
+                packed.append(codes.reshape(-1))
+                if rows is not None:
+                    packed += [rows, grad.reshape(-1)]
+        gathered = self.strategy.all_gather(np.concatenate(packed).astype(np.int64))
+        batches = []
+        for rank, array in enumerate(gathered):
+            pos = 1
+            for index in range(int(array[0])):
+                b = int(array[pos])
+                counts = array[pos + 1 : pos + 1 + len(widths)]
+                pos += 1 + len(widths)
+                batch = {"rank": rank, "index": index, "codes": [], "rows": [], "grad_codes": []}
+                batch["nodes"] = array[pos : pos + b]
+                pos += b
+                for P, r in zip(widths, counts, strict=True):
+                    batch["codes"].append(array[pos : pos + b * P].reshape(b, P))
+                    pos += b * P
+                    if r < 0:
+                        batch["rows"].append(None)
+                        batch["grad_codes"].append(None)
+                        continue
+                    batch["rows"].append(array[pos : pos + r])
+                    batch["grad_codes"].append(array[pos + r : pos + r + r * P].reshape(r, P))
+                    pos += r + r * P
+                batches.append(batch)
+        return batches
+
+    @torch.no_grad()
+    def apply(self, epoch: _EpochStats, control: Tensor) -> Tensor:
+        """Merge the step's statistics and codes over its batches and processes, take one EMA
+        step per codebook, write the codes, re-seed unused codewords; then `begin` the next
+        step.
+
+        Parameters
+        ----------
+        epoch : _EpochStats
+            Receives the step's codebook statistics.
+        control : Tensor of float
+            Flags summed over the processes with the statistics (the same collective).
+
+        Returns
+        -------
+        Tensor
+            ``control`` summed over the processes.
+        """
+        control = self._merged_statistics(control)
+        batches = self._batches()
+        for level, (cb, table) in enumerate(zip(self.model.codebooks, self.tables, strict=True)):
+            before = cb.codewords.clone()
+            cb.apply_statistics(self.stats[level])
+            for batch in batches:
+                codes = batch["codes"][level]
+                epoch.changed[level] += table.set(batch["nodes"], codes.astype(table.codes.dtype))
+                rows = batch["rows"][level]
+                if rows is not None and len(rows):
+                    grad = batch["grad_codes"][level].astype(table.codes.dtype)
+                    table.set_gradients(batch["nodes"][rows], grad)
+            epoch.reseeded[level] += self._reseed(level, batches)
+            self._reseed_gradients(level, batches)
+            words = cb.codewords
+            epoch.shift[level] += float((words - before).norm())
+            slices = torch.arange(cb.n_slices, device=words.device)
+            for pending in self.pending:
+                entry = pending["levels"][level]
+                x, quantised = entry["x"], words[slices, entry["codes"]]  # (b, P, D)
+                epoch.vq_sq[level] += float(((x - quantised) ** 2).sum())
+                epoch.vq_norm[level] += float((x**2).sum())
+            epoch.grad_norm[level] = float(cb.grad_codewords.norm())
+            epoch.trust[level] = cb.grad_trust.tolist()
+        self.begin()
+        return control
+
+    def _source(self, batches: list[dict[str, Any]], level: int, gradients: bool):
+        """The first batch of the step with rows (with known gradients: ``gradients``), and
+        its number of them."""
+        for batch in batches:
+            rows = batch["rows"][level] if gradients else batch["nodes"]
+            if rows is not None and len(rows):
+                return batch, len(rows)
+        return None, 0
+
+    def _reseed(self, level: int, batches: list[dict[str, Any]]) -> int:
+        cb = self.model.codebooks[level]
+        source, n_rows = self._source(batches, level, gradients=False)
+        dead = torch.from_numpy(self.tables[level].unused()).to(cb.counts.device)
+        picked = cb.pick_reseeds(dead, n_rows, self.gen)
+        if picked is None:
+            return 0
+        slice_idx, word_idx, rows = picked
+        values = torch.empty(len(rows), cb.codeword_dim, device=cb.counts.device)
+        if source["rank"] == self.strategy.rank:
+            x = self.pending[source["index"]]["levels"][level]["x"]
+            values = x[rows, slice_idx]
+        self.strategy.broadcast(values, source["rank"])
+        cb.reseed(slice_idx, word_idx, values)
+        return len(rows)
+
+    def _reseed_gradients(self, level: int, batches: list[dict[str, Any]]) -> None:
+        cb = self.model.codebooks[level]
+        source, n_rows = self._source(batches, level, gradients=True)
+        dead = torch.from_numpy(self.tables[level].grad_unused()).to(cb.counts.device)
+        picked = cb.pick_reseeds(dead, n_rows, self.gen)
+        if picked is None:
+            return
+        slice_idx, word_idx, rows = picked
+        n, D, S, A = len(rows), cb.codeword_dim, cb.n_grad, cb.n_aux
+        values = torch.empty(n * D + S * n * D + A * n, device=cb.counts.device)
+        if source["rank"] == self.strategy.rank:
+            entry = self.pending[source["index"]]["levels"][level]
+            parts = [entry["gx"][rows, slice_idx], entry["g"][:, rows, slice_idx]]
+            if A:
+                parts.append(entry["aux"][:, rows])
+            values = torch.cat([p.reshape(-1) for p in parts])
+        self.strategy.broadcast(values, source["rank"])
+        x, g = values[: n * D].view(n, D), values[n * D : n * D + S * n * D].view(S, n, D)
+        cb.reseed_gradients(slice_idx, word_idx, x, g, values[n * D + S * n * D :].view(A, n))
 
 
 def gradient_channels(trace: LayerTrace) -> tuple[Tensor, Tensor | None]:

@@ -338,14 +338,134 @@ class ProductCodebook(nn.Module):
         out.index_add_(0, flat, values.reshape(m * P, *rest))
         return out.reshape(P, k, *rest)
 
+    def empty_statistics(self) -> dict[str, Tensor]:
+        """Zero statistics of no batch, in float64: what `feature_statistics`,
+        `gradient_statistics` and `calibration_statistics` add to and `apply_statistics` reads.
+
+        Every entry is a sum over batches (and, in data-parallel training, over processes, by
+        one all-reduce): the EMA step of a group of ``G`` batches searched against the same
+        codebooks takes their mean with decay ``γ^G``, which for one batch is the usual step.
+        Moments are sums of the rows' deviations from the running mean (the same on every
+        process), whose first two powers give the pooled mean and variance of the group."""
+        P, k, D, S, A = self.n_slices, self.n_codewords, self.codeword_dim, self.n_grad, self.n_aux
+        shapes = {
+            "f.batches": (),
+            "f.counts": (P, k),
+            "f.sums": (P, k, D),
+            "f.rows": (),
+            "f.moment1": (P, D),
+            "f.moment2": (P, D),
+            "g.batches": (),
+            "g.counts": (P, k),
+            "g.feature_sums": (P, k, D),
+            "g.sums": (S, P, k, D),
+            "g.aux_sums": (A, P, k),
+            "g.rows": (),
+            "g.moment1": (S, P, D),
+            "g.moment2": (S, P, D),
+            "g.aux1": (A,),
+            "g.aux2": (A,),
+            "t.batches": (),
+            "t.num": (2, S),
+            "t.den": (2, S),
+        }
+        device = self.counts.device
+        f64 = torch.float64
+        return {key: torch.zeros(s, dtype=f64, device=device) for key, s in shapes.items()}
+
+    @torch.no_grad()
+    def feature_statistics(self, into: dict[str, Tensor], x: Tensor, codes: Tensor) -> None:
+        """Add a batch's inputs ``x`` (b, P, D) under their feature ``codes`` (b, P) to the
+        statistics ``into``."""
+        ones = x.new_ones(x.shape[0], self.n_slices)
+        dev = (x - self.feature_mean).double()
+        into["f.batches"] += 1
+        into["f.counts"] += self._scatter(codes, ones)
+        into["f.sums"] += self._scatter(codes, x)
+        into["f.rows"] += x.shape[0]
+        into["f.moment1"] += dev.sum(0)
+        into["f.moment2"] += (dev * dev).sum(0)
+
+    @torch.no_grad()
+    def gradient_statistics(
+        self, into: dict[str, Tensor], x: Tensor, g: Tensor, codes: Tensor, aux: Tensor | None
+    ) -> None:
+        """Add rows with known gradients to the statistics ``into``: inputs ``x`` (r, P, D),
+        gradients ``g`` (S, r, P, D), auxiliary scalars ``aux`` (n_aux, r), gradient ``codes``
+        (r, P)."""
+        if x.shape[0] == 0:
+            return
+        ones = x.new_ones(x.shape[0], self.n_slices)
+        into["g.batches"] += 1
+        into["g.counts"] += self._scatter(codes, ones)
+        into["g.feature_sums"] += self._scatter(codes, x)
+        into["g.sums"] += self._scatter(codes, g.permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
+        into["g.rows"] += x.shape[0]
+        dev = (g.permute(1, 0, 2, 3) - self.grad_mean).double()  # (r, S, P, D)
+        into["g.moment1"] += dev.sum(0)
+        into["g.moment2"] += (dev * dev).sum(0)
+        if self.n_aux:
+            a = aux.T.unsqueeze(1).expand(-1, self.n_slices, -1)  # (r, P, n_aux)
+            into["g.aux_sums"] += self._scatter(codes, a).permute(2, 0, 1)
+            dev = (aux.T - self.aux_mean).double()  # (r, n_aux)
+            into["g.aux1"] += dev.sum(0)
+            into["g.aux2"] += (dev * dev).sum(0)
+
+    @torch.no_grad()
+    def calibration_statistics(self, into: dict[str, Tensor], g: Tensor, codes: Tensor) -> None:
+        """Add the agreement of measured gradients ``g`` (S, r, P, D) of batch rows with what
+        their gradient ``codes`` (r, P) of before this step predicted to ``into`` (see
+        ``grad_trust``). A batch node stands in for the out-of-batch receivers here: its code
+        is as old as theirs (assigned when it was last in a batch)."""
+        if g.shape[1] == 0:
+            return
+        slices = torch.arange(self.n_slices, device=codes.device)
+        pred = self.grad_codewords[:, slices, codes]  # (S, r, P, D)
+        ps, gs = pred.sum(1), g.sum(1)  # (S, P, D): what the parameters see
+        into["t.batches"] += 1
+        into["t.num"] += torch.stack([(pred * g).sum((1, 2, 3)), (ps * gs).sum((1, 2))])
+        into["t.den"] += torch.stack([(pred * pred).sum((1, 2, 3)), (ps * ps).sum((1, 2))])
+
+    @torch.no_grad()
+    def apply_statistics(self, stats: dict[str, Tensor]) -> None:
+        """One EMA step of both codebooks, their moments and ``grad_trust`` from the
+        statistics of a group of batches (each part only if a batch contributed to it)."""
+        G = float(stats["f.batches"])
+        if G > 0:
+            decay = self.decay**G
+            ema_inplace(self.counts, (stats["f.counts"] / G).float(), decay)
+            ema_inplace(self.feature_sums, (stats["f.sums"] / G).float(), decay)
+            m = stats["f.rows"], stats["f.moment1"], stats["f.moment2"]
+            _moments_step(self.feature_mean, self.feature_var, *m, decay, False)
+        G = float(stats["t.batches"])
+        if G > 0:
+            decay = self.grad_decay**G
+            ema_inplace(self.trust_num, (stats["t.num"] / G).float(), decay)
+            ema_inplace(self.trust_den, (stats["t.den"] / G).float(), decay)
+        G = float(stats["g.batches"])
+        if G > 0:
+            decay = self.grad_decay**G
+            ema_inplace(self.grad_counts, (stats["g.counts"] / G).float(), decay)
+            ema_inplace(self.grad_feature_sums, (stats["g.feature_sums"] / G).float(), decay)
+            ema_inplace(self.grad_sums, (stats["g.sums"] / G).float(), decay)
+            if self.n_aux:
+                ema_inplace(self.aux_sums, (stats["g.aux_sums"] / G).float(), decay)
+            first = not bool(self.grad_moments_set)
+            n = stats["g.rows"]
+            moments = stats["g.moment1"], stats["g.moment2"]
+            if _moments_step(self.grad_mean, self.grad_var, n, *moments, decay, first):
+                if self.n_aux:
+                    a = stats["g.aux1"], stats["g.aux2"]
+                    _moments_step(self.aux_mean, self.aux_var, n, *a, decay, first)
+                self.grad_moments_set.fill_(True)
+
     @torch.no_grad()
     def update(self, x: Tensor, codes: Tensor) -> None:
         """One EMA step of the feature codewords: batch inputs ``x`` (b, P, D) under their
         feature ``codes`` (b, P)."""
-        ones = x.new_ones(x.shape[0], self.n_slices)
-        ema_inplace(self.counts, self._scatter(codes, ones), self.decay)
-        ema_inplace(self.feature_sums, self._scatter(codes, x), self.decay)
-        _update_moments(self.feature_mean, self.feature_var, x, None, self.decay, False)
+        stats = self.empty_statistics()
+        self.feature_statistics(stats, x, codes)
+        self.apply_statistics(stats)
 
     @torch.no_grad()
     def update_gradients(
@@ -363,42 +483,24 @@ class ProductCodebook(nn.Module):
         is known (every row by default); a batch with no marked row leaves the codewords as
         they are, so unknown gradients never enter them as zeros.
         """
-        if weight is not None and not bool(weight.any()):
-            return
-        d = self.grad_decay
-        ones = x.new_ones(x.shape[0], self.n_slices)
-        ema_inplace(self.grad_counts, self._scatter(codes, ones, weight), d)
-        ema_inplace(self.grad_feature_sums, self._scatter(codes, x, weight), d)
-        gsum = self._scatter(codes, g.permute(1, 2, 0, 3), weight)  # (P, k, S, D)
-        ema_inplace(self.grad_sums, gsum.permute(2, 0, 1, 3), d)
-        if self.n_aux:
-            a = aux.T.unsqueeze(1).expand(-1, self.n_slices, -1)  # (b, P, n_aux)
-            ema_inplace(self.aux_sums, self._scatter(codes, a, weight).permute(2, 0, 1), d)
-        first = not bool(self.grad_moments_set)
-        rows = g.permute(1, 0, 2, 3)  # (b, S, P, D)
-        if _update_moments(self.grad_mean, self.grad_var, rows, weight, d, first):
-            if self.n_aux:
-                _update_moments(self.aux_mean, self.aux_var, aux.T, weight, d, first)
-            self.grad_moments_set.fill_(True)
+        if weight is not None:
+            rows = weight.bool()
+            x, g, codes = x[rows], g[:, rows], codes[rows]
+            aux = None if aux is None else aux[:, rows]
+        stats = self.empty_statistics()
+        self.gradient_statistics(stats, x, g, codes, aux)
+        self.apply_statistics(stats)
 
     @torch.no_grad()
     def calibrate(self, g: Tensor, codes: Tensor, weight: Tensor | None = None) -> None:
-        """Compare measured gradients ``g`` (S, b, P, D) of batch rows with what their gradient
-        ``codes`` (b, P) of before this step predicted, and fold the agreement into
-        ``grad_trust``. A batch node stands in for the out-of-batch receivers here: its code
-        is as old as theirs (assigned when it was last in a batch)."""
-        if weight is not None and not bool(weight.any()):
-            return
-        slices = torch.arange(self.n_slices, device=codes.device)
-        pred = self.grad_codewords[:, slices, codes]  # (S, b, P, D)
+        """Fold the agreement of measured gradients ``g`` (S, b, P, D) with what their gradient
+        ``codes`` (b, P) predicted into ``grad_trust`` (rows marked by ``weight`` only)."""
         if weight is not None:
-            w = weight.to(g.dtype)[None, :, None, None]
-            pred, g = pred * w, g * w
-        ps, gs = pred.sum(1), g.sum(1)  # (S, P, D): what the parameters see
-        num = torch.stack([(pred * g).sum((1, 2, 3)), (ps * gs).sum((1, 2))])
-        den = torch.stack([(pred * pred).sum((1, 2, 3)), (ps * ps).sum((1, 2))])
-        ema_inplace(self.trust_num, num, self.grad_decay)
-        ema_inplace(self.trust_den, den, self.grad_decay)
+            rows = weight.bool()
+            g, codes = g[:, rows], codes[rows]
+        stats = self.empty_statistics()
+        self.calibration_statistics(stats, g, codes)
+        self.apply_statistics(stats)
 
     @torch.no_grad()
     def seed(
@@ -450,72 +552,59 @@ class ProductCodebook(nn.Module):
         """Members (P, k) and input sums (P, k, D) of rows ``x`` (m, P, D) under ``codes``."""
         return self._scatter(codes, x.new_ones(x.shape[0], self.n_slices)), self._scatter(codes, x)
 
-    @torch.no_grad()
-    def reseed(self, dead: Tensor, x: Tensor, generator: torch.Generator) -> int:
-        """Re-seed feature codewords no node is assigned to from random rows ``x`` (b, P, D)
-        of the current batch; ``dead`` (P, k) bool. Returns how many were re-seeded."""
-        picked = self._dead_rows(dead, x, generator)
-        if picked is None:
-            return 0
-        slice_idx, word_idx, rows, mass = picked
-        self.counts[slice_idx, word_idx] = mass
-        self.feature_sums[slice_idx, word_idx] = x[rows, slice_idx] * mass
-        return len(rows)
-
-    def _dead_rows(
-        self, dead: Tensor, x: Tensor, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor, Tensor, float] | None:
-        """Slice and codeword indices of the ``dead`` (P, k) entries, a random row of ``x``
-        for each, and the EMA mass a re-seeded codeword starts with; ``None`` if nothing is
-        dead or ``x`` has no row."""
+    def pick_reseeds(
+        self, dead: Tensor, n_rows: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Slice and codeword indices of the ``dead`` (P, k) entries (codewords no node is
+        assigned to) and, for each, a random row in ``range(n_rows)`` of the batch that
+        re-seeds it; ``None`` if nothing is dead or there is no row. The draw depends on
+        ``dead``, ``n_rows`` and ``generator`` only, so processes that share them agree."""
         slice_idx, word_idx = torch.nonzero(dead, as_tuple=True)
-        if slice_idx.numel() == 0 or x.shape[0] == 0:
+        if slice_idx.numel() == 0 or n_rows == 0:
             return None
-        rows = torch.randint(x.shape[0], (slice_idx.numel(),), generator=generator)
-        return slice_idx, word_idx, rows.to(x.device), 1.0 - self.decay
+        rows = torch.randint(n_rows, (slice_idx.numel(),), generator=generator)
+        return slice_idx, word_idx, rows.to(dead.device)
+
+    @torch.no_grad()
+    def reseed(self, slice_idx: Tensor, word_idx: Tensor, x: Tensor) -> None:
+        """Re-seed feature codewords ``(slice_idx, word_idx)`` at the slice rows ``x`` (n, D),
+        each with the EMA mass of one batch's member."""
+        mass = 1.0 - self.decay
+        self.counts[slice_idx, word_idx] = mass
+        self.feature_sums[slice_idx, word_idx] = x * mass
 
     @torch.no_grad()
     def reseed_gradients(
-        self,
-        dead: Tensor,
-        x: Tensor,
-        g: Tensor,
-        generator: torch.Generator,
-        aux: Tensor | None = None,
-    ) -> int:
-        """Re-seed gradient codewords no node is assigned to from random rows of the batch
-        whose gradient is known: x (b, P, D), g (S, b, P, D), aux (n_aux, b)."""
-        picked = self._dead_rows(dead, x, generator)
-        if picked is None:
-            return 0
-        slice_idx, word_idx, rows, mass = picked
+        self, slice_idx: Tensor, word_idx: Tensor, x: Tensor, g: Tensor, aux: Tensor
+    ) -> None:
+        """Re-seed gradient codewords ``(slice_idx, word_idx)`` at rows whose gradient is
+        known: slice inputs ``x`` (n, D), gradients ``g`` (S, n, D), scalars ``aux`` (n_aux, n)."""
+        mass = 1.0 - self.decay
         self.grad_counts[slice_idx, word_idx] = mass
-        self.grad_feature_sums[slice_idx, word_idx] = x[rows, slice_idx] * mass
-        self.grad_sums[:, slice_idx, word_idx] = g[:, rows, slice_idx] * mass
+        self.grad_feature_sums[slice_idx, word_idx] = x * mass
+        self.grad_sums[:, slice_idx, word_idx] = g * mass
         if self.n_aux:
-            self.aux_sums[:, slice_idx, word_idx] = aux[:, rows] * mass
-        return len(rows)
+            self.aux_sums[:, slice_idx, word_idx] = aux * mass
 
 
-def _update_moments(
-    mean: Tensor, var: Tensor, v: Tensor, weight: Tensor | None, decay: float, first: bool
+def _moments_step(
+    mean: Tensor, var: Tensor, n: Tensor, s1: Tensor, s2: Tensor, decay: float, first: bool
 ) -> bool:
-    """EMA of the per-entry mean and variance of rows ``v`` (m, ...), over the rows marked by
-    ``weight`` (m,) in {0, 1} (all rows when ``None``); ``first`` sets them to the rows'
-    moments instead. Needs two rows; returns whether it updated."""
-    if weight is not None:
-        v = v[weight.bool()]
-    if v.shape[0] < 2:
+    """EMA step of a per-entry running ``mean`` and ``var`` from ``n`` rows whose deviations
+    from ``mean`` sum to ``s1`` and their squares to ``s2`` (float64); ``first`` sets them to
+    the rows' moments instead. Needs two rows; returns whether it updated."""
+    n = float(n)
+    if n < 2:
         return False
-    m = v.mean(0)
-    d = v - m
-    s = (d * d).sum(0).div_(v.shape[0] - 1)  # unbiased; two passes (Welford's var is 14x slower)
+    shift = s1 / n
+    batch_mean = (mean.double() + shift).to(mean.dtype)
+    batch_var = ((s2 - n * shift * shift) / (n - 1)).clamp_min(0).to(var.dtype)  # unbiased
     if first:
-        mean.copy_(m)
-        var.copy_(s)
+        mean.copy_(batch_mean)
+        var.copy_(batch_var)
     else:
-        ema_inplace(mean, m, decay)
-        ema_inplace(var, s, decay)
+        ema_inplace(mean, batch_mean, decay)
+        ema_inplace(var, batch_var, decay)
     return True
 
 
@@ -569,6 +658,15 @@ class AssignmentTable:
         """The same codes (len(nodes), P) as feature and gradient codes of ``nodes``."""
         self.set(nodes, codes)
         self.set_gradients(nodes, codes)
+
+    def replace(self, codes: np.ndarray, grad_codes: np.ndarray) -> None:
+        """Every node's feature and gradient codes (n_nodes, P) at once, and the usage counts
+        recomputed from them."""
+        self.codes[:] = codes
+        self.grad_codes[:] = grad_codes
+        for table, usage in ((self.codes, self.usage), (self.grad_codes, self.grad_usage)):
+            counted = np.bincount(self._flat(table), minlength=usage.size)
+            usage[:] = counted.reshape(usage.shape)
 
     def unused(self) -> np.ndarray:
         """(P, k) bool: feature codewords no node is assigned to."""

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "skvqgnn"
 #: Lowest first. A module may import the modules of the layers below its own.
 LAYERS = [
     {"_version", "graph"},  # the validated graph and the version stamp
-    {"vq", "sketch", "samplers", "metrics", "datasets"},  # foundation on the graph
+    {"vq", "sketch", "samplers", "metrics", "datasets", "distributed"},  # foundation
     {"attention"},  # softmax attention, the learnable convolutions' arithmetic
     {"convolutions"},  # the convolution kinds (Eq. 6, Eq. 7) and the batches they make
     {"layers"},  # the network: backbones and the VQ-GNN stack

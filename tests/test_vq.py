@@ -190,11 +190,17 @@ def test_reseed_replaces_only_dead_codewords():
     x = torch.ones(5, 2, 2) * 3.0
     g = torch.ones(1, 5, 2, 2)
     gen = torch.Generator().manual_seed(0)
-    assert cb.reseed(dead, x, gen) == 1
+    assert cb.pick_reseeds(torch.zeros(2, 3, dtype=torch.bool), 5, gen) is None
+    assert cb.pick_reseeds(dead, 0, gen) is None  # no row to re-seed from
+    slice_idx, word_idx, rows = cb.pick_reseeds(dead, 5, gen)
+    assert slice_idx.tolist() == [0] and word_idx.tolist() == [1] and 0 <= rows.item() < 5
+    cb.reseed(slice_idx, word_idx, x[rows, slice_idx])
     assert torch.allclose(cb.codewords[0, 1], torch.tensor([3.0, 3.0]), atol=1e-3)
     assert torch.allclose(cb.codewords[0, 0], torch.tensor([7.0, 7.0]), atol=1e-3)
     assert torch.count_nonzero(cb.grad_sums) == 0  # the gradient side is re-seeded apart
-    assert cb.reseed_gradients(dead, x, g, gen) == 1
+    cb.reseed_gradients(
+        slice_idx, word_idx, x[rows, slice_idx], g[:, rows, slice_idx], torch.zeros(0, 1)
+    )
     assert torch.allclose(cb.grad_codewords[0, 0, 1], torch.ones(2), atol=1e-3)
     assert torch.allclose(cb.grad_feature_codewords[0, 1], torch.tensor([3.0, 3.0]), atol=1e-3)
 
