@@ -96,13 +96,15 @@ class Strategy:
         """
         return tensor
 
-    def all_gather(self, array: np.ndarray) -> list[np.ndarray]:
+    def all_gather(self, array: np.ndarray, lengths: list[int] | None = None) -> list[np.ndarray]:
         """Every process's ``array``, in rank order.
 
         Parameters
         ----------
         array : ndarray of int64, 1-D
             This process's part; the lengths may differ between processes.
+        lengths : list of int, default=None
+            Every process's length, when known (else they are exchanged first).
 
         Returns
         -------
@@ -201,6 +203,12 @@ class DataParallel(Strategy):
     group : torch.distributed.ProcessGroup, default=None
         The processes that train together (``None``: the default group, which
         ``torch.distributed.init_process_group`` or ``torchrun`` set up).
+
+    Attributes
+    ----------
+    traffic : dict of str to int
+        Bytes this rank has handed to each kind of collective (``"all_reduce"``,
+        ``"all_gather"``, ``"broadcast"``) since it was made: what its fit exchanged.
     """
 
     def __init__(self, group: Any = None):
@@ -222,6 +230,7 @@ class DataParallel(Strategy):
             else torch.device("cpu")
         )
         self.interrupted = False
+        self.traffic = {"all_reduce": 0, "all_gather": 0, "broadcast": 0}
 
     def __repr__(self) -> str:
         return f"DataParallel(rank={self.rank}, world_size={self.world_size})"
@@ -263,28 +272,36 @@ class DataParallel(Strategy):
     def all_reduce(self, tensor: Tensor, op: str = "sum") -> Tensor:  # noqa: D102
         reduce_op = {"sum": self.dist.ReduceOp.SUM, "max": self.dist.ReduceOp.MAX}[op]
         moved = tensor.to(self.comm_device)
+        self.traffic["all_reduce"] += tensor.numel() * tensor.element_size()
         with self._collective(f"all-reduce ({op}) of {tensor.numel()} values"):
             self.dist.all_reduce(moved, op=reduce_op, group=self.group)
         if moved is not tensor:
             tensor.copy_(moved)
         return tensor
 
-    def all_gather(self, array: np.ndarray) -> list[np.ndarray]:  # noqa: D102
+    def all_gather(  # noqa: D102
+        self, array: np.ndarray, lengths: list[int] | None = None
+    ) -> list[np.ndarray]:
         N, device = self.world_size, self.comm_device
         local = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(device)
-        lengths = torch.zeros(N, dtype=torch.int64, device=device)
-        lengths[self.rank] = len(local)
-        self.all_reduce(lengths)
+        if lengths is None:
+            lengths = torch.zeros(N, dtype=torch.int64, device=device)
+            lengths[self.rank] = len(local)
+            self.all_reduce(lengths)
+        else:
+            lengths = torch.tensor(lengths, dtype=torch.int64)
         longest = int(lengths.max())
         padded = torch.zeros(longest, dtype=torch.int64, device=device)
         padded[: len(local)] = local
         parts = [torch.empty_like(padded) for _ in range(N)]
+        self.traffic["all_gather"] += padded.numel() * padded.element_size()
         with self._collective(f"all-gather of {longest} codes"):
             self.dist.all_gather(parts, padded, group=self.group)
         return [p[: int(n)].cpu().numpy() for p, n in zip(parts, lengths, strict=True)]
 
     def broadcast(self, tensor: Tensor, src: int) -> Tensor:  # noqa: D102
         moved = tensor.to(self.comm_device)
+        self.traffic["broadcast"] += tensor.numel() * tensor.element_size()
         with self._collective(f"broadcast of {tensor.numel()} values from rank {src}"):
             source = self.dist.get_global_rank(self.group, src) if self.group else src
             self.dist.broadcast(moved, src=source, group=self.group)

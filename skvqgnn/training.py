@@ -2,7 +2,8 @@
 
 A fit is the estimator's parameters (``BaseVQGNN``), a `Task` (what is optimised: node
 classification or link prediction) and a graph. `FitLoop` runs it as a chain of small
-methods, ``run`` → ``epoch_pass`` → ``step`` / ``update`` / ``update_codebooks`` →
+methods, ``run`` → ``epoch_pass`` → ``step`` / ``synchronise`` / ``update`` /
+``update_codebooks`` →
 ``evaluate`` / ``keep_if_best`` → ``finish``, and notifies its callbacks between them. Progress
 bars, benchmark clocks and learning curves are callbacks; nothing outside the loop needs its
 private state.
@@ -276,12 +277,12 @@ class FitLoop:
     """One fit: its set-up, its steps and its end, each a method, with callbacks between.
 
     `run` is `start`, then `epoch_pass` until ``max_epochs`` or early stopping, then
-    `finish`. An epoch is, per batch of the sampler, `step` (forward and backward), `update`
-    (one optimiser step every ``accumulate_batches`` batches) and `update_codebooks`; then
-    `evaluate` on the validation nodes and `keep_if_best`, which may take a `Snapshot` of the
-    network. A distributed strategy would enter at `update` (all-reduce of the gradients) and
-    at `update_codebooks` (all-reduce of the EMA statistics, all-gather of the codes), with
-    the sampler sharded per rank.
+    `finish`. An epoch is, per step of the ``strategy`` (one batch; data-parallel, one batch
+    per rank), `step` (forward and backward) and the codebook search of each batch,
+    `synchronise` (data-parallel: one all-reduce of the gradients and the codebook statistics),
+    `update` (one optimiser step every ``accumulate_batches`` batches) and `update_codebooks`
+    (the EMA step; data-parallel, after an all-gather of the codes); then `evaluate` on the
+    validation nodes and `keep_if_best`, which may take a `Snapshot` of the network.
 
     The estimator's ``fit`` builds and runs one; callbacks receive it.
 
@@ -450,11 +451,18 @@ class FitLoop:
             state += [*self.task.head.state_dict().values()]
         for tensor in state:
             strategy.broadcast(tensor, 0)
-        for table in (*self.tables, *([self.input_table] if self.input_table else [])):
-            table.replace(
-                strategy.broadcast(torch.from_numpy(table.codes.astype(np.int64)), 0).numpy(),
-                strategy.broadcast(torch.from_numpy(table.grad_codes.astype(np.int64)), 0).numpy(),
-            )
+        # the tables are O(n): compared by digest, sent only where a rank's differ from rank
+        # 0's (in place, as the signed integers of their width)
+        tables = [*self.tables, *([self.input_table] if self.input_table else [])]
+        arrays = [a for t in tables for a in (t.codes, t.grad_codes)]
+        digests = np.array([_digest(memoryview(a).cast("B")) for a in arrays], dtype=np.int64)
+        everyone = strategy.all_gather(digests)
+        differ = np.any([d != everyone[0] for d in everyone], axis=0)
+        for i in np.flatnonzero(differ):
+            a = arrays[i]
+            strategy.broadcast(torch.from_numpy(a.view(a.dtype.str.replace("u", "i"))), 0)
+        for table in tables:
+            table.replace(table.codes, table.grad_codes)  # recount the usage
 
     # -- training --------------------------------------------------------------------------------
     def _set_mode(self, training: bool) -> None:
@@ -505,8 +513,8 @@ class FitLoop:
         """One optimiser step on the mean gradient of the ``grouped`` batches summed into the
         parameters' gradients (none when no batch had a loss term). Dividing the sum here,
         not each batch's loss, leaves the gradient codewords as they are without grouping.
-        Data-parallel: the gradients and ``with_loss`` are first summed over the ranks (one
-        all-reduce), and ``grouped`` counts the batches of every rank.
+        Data-parallel, the gradients are those summed over the ranks by `synchronise`, and
+        ``grouped`` counts the batches of every rank.
 
         Parameters
         ----------
@@ -515,8 +523,6 @@ class FitLoop:
         with_loss : bool
             Whether one of them had a loss term.
         """
-        if self.strategy.world_size > 1:
-            with_loss = self._all_reduce_gradients(with_loss)
         if not with_loss:
             return
         if grouped > 1:
@@ -525,45 +531,77 @@ class FitLoop:
                     p.grad.div_(grouped)
         self.optimiser.step()
 
-    def _all_reduce_gradients(self, with_loss: bool) -> bool:
-        """Sum the parameter gradients over the ranks (a parameter without a gradient on a
-        rank contributes zeros; it gets one if any rank has one); whether any rank had a loss."""
-        params = self.parameters
-        has = [float(p.grad is not None) for p in params] + [float(with_loss)]
-        grads = [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
-            for p in params
-        ]
-        flat = torch.cat([*grads, torch.tensor(has, device=grads[0].device)])
-        self.strategy.all_reduce(flat)
-        offset = 0
-        for p, seen in zip(params, flat[-len(has) : -1].tolist(), strict=True):
-            n = p.numel()
-            if seen > 0:
-                p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
-            offset += n
-        return bool(flat[-1] > 0)
+    def synchronise(
+        self, gradients: bool, with_loss: bool, codebooks: bool = True
+    ) -> tuple[bool, bool]:
+        """Data-parallel: one all-reduce of what the ranks merge at the end of a step: the
+        parameter gradients (when ``gradients``: an optimiser step is due), the statistics of
+        the codebook updates, the length of each rank's codes (for their all-gather), whether
+        a rank had a loss term and whether one was interrupted. One process: nothing to do.
 
-    def update_codebooks(self, stats: _EpochStats) -> bool:
+        A parameter without a gradient on a rank contributes zeros there; it gets one if any
+        rank has one.
+
+        Parameters
+        ----------
+        gradients : bool
+            Whether to sum the parameter gradients.
+        with_loss : bool
+            Whether one of this rank's batches since the last optimiser step had a loss term.
+        codebooks : bool, default=True
+            Whether the step's codebook statistics are summed (not after an epoch's last step).
+
+        Returns
+        -------
+        with_loss : bool
+            Over the ranks.
+        interrupted : bool
+            Whether a rank was interrupted (Ctrl-C) during the step.
+        """
+        strategy = self.strategy
+        if strategy.world_size == 1:
+            return with_loss, False
+        params = self.parameters
+        parts: list[Tensor] = []
+        if gradients:
+            has = [float(p.grad is not None) for p in params]
+            parts += [torch.tensor(has, dtype=torch.float64, device=self.device)]
+            parts += [
+                (torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1).double()
+                for p in params
+            ]
+        lengths = torch.zeros(strategy.world_size, dtype=torch.float64, device=self.device)
+        codebooks = codebooks and bool(self.tables)
+        if codebooks:
+            parts += [t.reshape(-1) for t in self.codebooks.statistics()]
+            lengths[strategy.rank] = len(self.codebooks.pack())
+        control = torch.tensor([float(with_loss), float(self.interrupted)], dtype=torch.float64)
+        flat = strategy.all_reduce(torch.cat([*parts, lengths, control.to(self.device)]))
+        offset = 0
+        if gradients:
+            seen = flat[: len(params)].tolist()
+            offset = len(params)
+            for p, any_rank in zip(params, seen, strict=True):
+                n = p.numel()
+                if any_rank > 0:
+                    p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+                offset += n
+        if codebooks:
+            offset = self.codebooks.load_statistics(flat, offset)
+            self.codebooks.lengths = [int(n) for n in flat[offset : offset + len(lengths)]]
+        with_loss, interrupted = (bool(v > 0) for v in flat[-2:].tolist())
+        return with_loss, interrupted
+
+    def update_codebooks(self, stats: _EpochStats) -> None:
         """The EMA updates of the step's codewords and codes (none in full-graph mode), merged
-        over its batches and processes by `CodebookUpdates`.
+        over its batches (and ranks, after `synchronise`) by `CodebookUpdates`.
 
         Parameters
         ----------
         stats : _EpochStats
-
-        Returns
-        -------
-        bool
-            Whether a rank was interrupted (Ctrl-C) during the step (data-parallel; the ranks
-            agree in the same collective).
         """
-        control = torch.tensor([float(self.interrupted)])
         if self.tables:
-            control = self.codebooks.apply(stats, control)
-        elif self.strategy.world_size > 1:
-            control = self.strategy.all_reduce(control)
-        return bool(control[0] > 0)
+            self.codebooks.apply(stats)
 
     def epoch_pass(self) -> dict[str, Any]:
         """One epoch over the sampler's batches; its ``history_`` record (before evaluation).
@@ -599,10 +637,12 @@ class FitLoop:
                     self.codebooks.collect(batch_nodes, traces, backward, stats)
                 done.append((batch_nodes, count))
             grouped += in_step
-            if self.group and grouped >= self.group:
+            due = bool(self.group) and grouped >= self.group
+            with_loss, interrupted = self.synchronise(due, with_loss)
+            if due:
                 self.update(grouped, with_loss)
                 grouped, with_loss = 0, False
-            interrupted = self.update_codebooks(stats)
+            self.update_codebooks(stats)
             for batch_nodes, count in done:
                 with self._interruptible(distributed):
                     for hook in self.callbacks:
@@ -610,6 +650,8 @@ class FitLoop:
             if interrupted:
                 raise KeyboardInterrupt
         if grouped:
+            if distributed:
+                with_loss, _ = self.synchronise(True, with_loss, codebooks=False)
             self.update(grouped, with_loss)
         record = stats.summary(self.first_epoch + self.epoch)
         record["time"] = time.perf_counter() - t0
@@ -814,7 +856,7 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
-def _digest(data: str | bytes) -> int:
+def _digest(data: str | bytes | memoryview) -> int:
     """A 63-bit digest of ``data``, to compare across processes."""
     import hashlib
 
@@ -827,10 +869,11 @@ class CodebookUpdates:
     """The codebook updates of a step's batches, searched against the same codebooks.
 
     `collect` takes each batch of the step (its feature codes, and its gradient codes where the
-    gradient is known, with the statistics of both EMA updates and of the calibration);
-    `apply` merges the statistics over the step's batches and processes (one all-reduce),
-    exchanges the codes (one all-gather), takes one EMA step per codebook, writes the codes into
-    the tables in batch order and re-seeds unused codewords. With one batch per step this is
+    gradient is known, with the statistics of both EMA updates and of the calibration), summed
+    over the step's batches; data-parallel, `FitLoop.synchronise` sums them over the ranks (one
+    all-reduce, with the gradients); `apply` exchanges the codes (one all-gather), takes one EMA
+    step per codebook, writes the codes into the tables in batch order and re-seeds unused
+    codewords. With one batch per step this is
     the paper's per-batch update (assign, then EMA step).
 
     Parameters
@@ -860,6 +903,8 @@ class CodebookUpdates:
         """Start a step: no batch collected."""
         self.stats = [cb.empty_statistics() for cb in self.model.codebooks]
         self.pending: list[dict[str, Any]] = []
+        self.packed: np.ndarray | None = None
+        self.lengths: list[int] | None = None  # of every rank's pack, when synchronised
 
     @torch.no_grad()
     def collect(
@@ -911,24 +956,22 @@ class CodebookUpdates:
             levels.append(entry)
         self.pending.append({"nodes": batch_nodes, "levels": levels})
 
-    def _merged_statistics(self, control: Tensor) -> Tensor:
-        """Sum the step's statistics (and ``control``) over the processes, in place."""
-        if self.strategy.world_size == 1:
-            return control
-        parts = [t.reshape(-1) for stats in self.stats for t in stats.values()]
-        flat = torch.cat([*parts, control.to(parts[0].device, torch.float64)])
-        self.strategy.all_reduce(flat)
-        offset = 0
-        for stats in self.stats:
-            for t in stats.values():
-                t.copy_(flat[offset : offset + t.numel()].view_as(t))
-                offset += t.numel()
-        return flat[offset:].to(control)
+    def statistics(self) -> list[Tensor]:
+        """The step's statistics so far, every codebook's in order (float64): what the ranks
+        sum (`FitLoop.synchronise`)."""
+        return [t for stats in self.stats for t in stats.values()]
 
-    def _batches(self) -> list[dict[str, Any]]:
-        """Every process's collected batches in rank order: their nodes and codes (numpy), the
-        rank that holds each and its index there."""
-        mine = [
+    def load_statistics(self, flat: Tensor, offset: int) -> int:
+        """Take the summed statistics from ``flat``, starting at ``offset``; returns the offset
+        after them."""
+        for t in self.statistics():
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+        return offset
+
+    def _mine(self) -> list[dict[str, Any]]:
+        """This process's collected batches: their nodes and codes (numpy)."""
+        return [
             {
                 "nodes": p["nodes"],
                 "codes": [e["codes"].cpu().numpy() for e in p["levels"]],
@@ -942,11 +985,14 @@ class CodebookUpdates:
             }
             for i, p in enumerate(self.pending)
         ]
-        if self.strategy.world_size == 1:
-            return mine
-        widths = [cb.n_slices for cb in self.model.codebooks]
-        packed = [np.array([len(mine)], dtype=np.int64)]
-        for batch in mine:
+
+    def pack(self) -> np.ndarray:
+        """This process's batches and codes as one int64 array, for the all-gather (made once
+        per step)."""
+        if self.packed is not None:
+            return self.packed
+        packed = [np.array([len(self.pending)], dtype=np.int64)]
+        for batch in self._mine():
             b = len(batch["nodes"])
             counts = [-1 if r is None else len(r) for r in batch["rows"]]
             packed += [np.array([b, *counts], dtype=np.int64), batch["nodes"]]
@@ -956,7 +1002,16 @@ class CodebookUpdates:
                 packed.append(codes.reshape(-1))
                 if rows is not None:
                     packed += [rows, grad.reshape(-1)]
-        gathered = self.strategy.all_gather(np.concatenate(packed).astype(np.int64))
+        self.packed = np.concatenate(packed).astype(np.int64)
+        return self.packed
+
+    def _batches(self) -> list[dict[str, Any]]:
+        """Every process's collected batches in rank order: their nodes and codes (numpy), the
+        rank that holds each and its index there."""
+        if self.strategy.world_size == 1:
+            return self._mine()
+        widths = [cb.n_slices for cb in self.model.codebooks]
+        gathered = self.strategy.all_gather(self.pack(), self.lengths)
         batches = []
         for rank, array in enumerate(gathered):
             pos = 1
@@ -981,24 +1036,16 @@ class CodebookUpdates:
         return batches
 
     @torch.no_grad()
-    def apply(self, epoch: _EpochStats, control: Tensor) -> Tensor:
-        """Merge the step's statistics and codes over its batches and processes, take one EMA
-        step per codebook, write the codes, re-seed unused codewords; then `begin` the next
-        step.
+    def apply(self, epoch: _EpochStats) -> None:
+        """Take one EMA step per codebook from the step's statistics (summed over the ranks by
+        `FitLoop.synchronise`), write every batch's codes (all-gathered from the ranks), re-seed
+        unused codewords; then `begin` the next step.
 
         Parameters
         ----------
         epoch : _EpochStats
             Receives the step's codebook statistics.
-        control : Tensor of float
-            Flags summed over the processes with the statistics (the same collective).
-
-        Returns
-        -------
-        Tensor
-            ``control`` summed over the processes.
         """
-        control = self._merged_statistics(control)
         batches = self._batches()
         for level, (cb, table) in enumerate(zip(self.model.codebooks, self.tables, strict=True)):
             before = cb.codewords.clone()
@@ -1023,7 +1070,6 @@ class CodebookUpdates:
             epoch.grad_norm[level] = float(cb.grad_codewords.norm())
             epoch.trust[level] = cb.grad_trust.tolist()
         self.begin()
-        return control
 
     def _source(self, batches: list[dict[str, Any]], level: int, gradients: bool):
         """The first batch of the step with rows (with known gradients: ``gradients``), and

@@ -1,0 +1,381 @@
+"""Data-parallel training on one machine: 1, 2 and 4 gloo ranks of ``torch.distributed``.
+
+Two kinds of runs, each rank a fresh process on 127.0.0.1 with one torch thread:
+
+* **scale**: a generated graph (``make_csbm`` with ``--sizes`` nodes, average degree 10, 64
+  dense features, 5 classes; written once to ``--cache`` and read by every rank), a GCN with
+  one hidden layer of 64, random batches of ``--batch-size``, one optimiser step per step,
+  ``--max-epochs`` epochs, on ``--world-sizes`` ranks. Per rank: the median epoch time of
+  ``history_`` (the slowest rank's), the wall time of the fit, the peak RSS of the process
+  above its RSS after loading the graph, the bytes it handed to each collective
+  (``DataParallel.traffic``) and per step.
+* **accuracy**: the node benchmark's VQ configuration (batches of n/8 nodes, every other
+  parameter at its default) on ``--accuracy-datasets``, seeds ``--seeds``, on
+  ``--accuracy-world-sizes`` ranks: test accuracy.
+
+Below the tables, the page projects what ``N`` ranks would need for 10⁸ and 10⁹ nodes from the
+measured per-step traffic and per-rank memory (a model on paper, not a run).
+
+The provenance, tables and checks replace the generated region of ``--out`` (by default
+``doc/benchmarks/distributed.md``); raw records go to ``--json``, from which ``--from-json``
+rebuilds the region. The parent process imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import DEFAULT_DATA_DIR, OUT_HELP, Record, load_dataset, machine_lines, page_for, serve
+
+RANK_TIMEOUT = 3600  # seconds for all ranks of one run
+
+
+# --------------------------------------------------------------------------------------------
+# One rank
+# --------------------------------------------------------------------------------------------
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _csbm_file(cache: Path, n_nodes: int) -> Path:
+    """The generated graph of ``n_nodes`` nodes, written to ``cache`` once."""
+    path = cache / f"csbm-{n_nodes}.npz"
+    if path.exists():
+        return path
+    import numpy as np
+
+    from skvqgnn.datasets import make_csbm
+
+    A, X, y, split = make_csbm(n_nodes, 5, avg_degree=10, n_features=64, random_state=0)
+    A = A.tocsr()
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        indptr=A.indptr,
+        indices=A.indices,
+        data=A.data.astype(np.float32),
+        X=np.asarray(X, dtype=np.float32),
+        y=y,
+        train=split.train_mask,
+        test=split.test_mask,
+    )
+    tmp.rename(path)
+    return path
+
+
+def _load(spec: Record):
+    import numpy as np
+    import scipy.sparse as sp
+
+    if spec["kind"] == "scale":
+        f = np.load(spec["file"])
+        n = len(f["y"])
+        A = sp.csr_array((f["data"], f["indices"], f["indptr"]), shape=(n, n))
+        return A, f["X"], f["y"], f["train"], f["test"]
+    from skvqgnn.datasets import random_split
+
+    A, X, y, split = load_dataset(spec["dataset"], Path(spec["data_dir"]))
+    if split is None:
+        split = random_split(y, 0.6, 0.2, random_state=spec["seed"])
+    return A, X, y, split.train_mask, split.test_mask
+
+
+def _nbytes(M) -> int:
+    """Bytes of a dense array or of a sparse matrix's arrays."""
+    if hasattr(M, "indptr"):
+        return int(M.data.nbytes + M.indices.nbytes + M.indptr.nbytes)
+    return int(M.nbytes)
+
+
+def run_rank(spec: Record, out: Path) -> None:
+    """One rank of a run: join the group (several ranks), fit, write the rank's record."""
+    from datetime import timedelta
+
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from skvqgnn import VQGNNClassifier
+    from skvqgnn.distributed import DataParallel, Local
+
+    torch.set_num_threads(1)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if world > 1:
+        dist.init_process_group("gloo", timeout=timedelta(seconds=600))
+    A, X, y, train, test = _load(spec)
+    loaded = _current_rss_mib()
+    if spec["kind"] == "scale":
+        params = dict(
+            hidden_layer_sizes=(64,),
+            batch_size=spec["batch_size"],
+            sampler="random",
+            accumulate_batches=1,
+            max_epochs=spec["max_epochs"],
+            random_state=0,
+        )
+    else:
+        params = dict(batch_size=A.shape[0] // 8, random_state=spec["seed"])
+    strategy = DataParallel() if world > 1 else Local()
+    clf = VQGNNClassifier(**params)
+    start = time.perf_counter()
+    clf.fit(A, X, np.where(train, y, -1), distributed=strategy)
+    fit_s = time.perf_counter() - start
+    record = {
+        "rank": rank,
+        "fit_s": fit_s,
+        "epoch_s": statistics.median(h["time"] for h in clf.history_),
+        "epochs": clf.n_iter_,
+        "rss_loaded_mib": loaded,
+        "rss_peak_mib": _rss_mib(),
+        "traffic": getattr(strategy, "traffic", {}),
+        "n_batches": -(-A.shape[0] // clf.batch_size),
+        "graph_bytes": _nbytes(A) + _nbytes(X),
+        "table_bytes": int(sum(t.codes.nbytes + t.grad_codes.nbytes for t in clf.tables_)),
+        "test_acc": float(np.mean(clf.transduction_[test] == y[test])),
+        "torch": torch.__version__,
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# One run: N ranks
+# --------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_config(spec: Record) -> Record:
+    """Launch the ranks of a run and gather their records."""
+    spec = dict(spec)
+    if spec["kind"] == "scale":
+        cache = Path(spec["cache"])
+        cache.mkdir(parents=True, exist_ok=True)
+        spec["file"] = str(_csbm_file(cache, int(spec["n_nodes"])))
+    world, port = spec["world_size"], _free_port()
+    with tempfile.TemporaryDirectory() as out:
+        procs = []
+        for rank in range(world):
+            env = dict(
+                os.environ,
+                RANK=str(rank),
+                WORLD_SIZE=str(world),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                OMP_NUM_THREADS="1",
+            )
+            command = [sys.executable, __file__, "--rank", json.dumps(spec), out]
+            procs.append(subprocess.Popen(command, env=env))
+        deadline = time.monotonic() + RANK_TIMEOUT
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        if any(p.returncode for p in procs):
+            raise SystemExit(f"run {spec} failed: {[p.returncode for p in procs]}")
+        ranks = [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(world)]
+    spec.pop("file", None)
+    spec.pop("cache", None)
+    return {**spec, "ranks": ranks, "torch": ranks[0]["torch"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _steps(record: Record) -> int:
+    """Steps of the fit: ceil(batches / N) per epoch."""
+    r0 = record["ranks"][0]
+    return r0["epochs"] * -(-r0["n_batches"] // record["world_size"])
+
+
+def summary(record: Record) -> str:
+    r = record["ranks"]
+    what = f"{record.get('n_nodes', record.get('dataset'))} on {record['world_size']} ranks"
+    return (
+        f"{what}: epoch {max(x['epoch_s'] for x in r):.2f} s, peak RSS "
+        f"{max(x['rss_peak_mib'] for x in r):.0f} MiB, test acc {r[0]['test_acc']:.3f}"
+    )
+
+
+def _scale_rows(records: list[Record]) -> list[str]:
+    rows = [
+        "| nodes | ranks | epoch s (median, slowest rank) | fit s | peak RSS per rank MiB | "
+        "above the loaded graph MiB | all-reduce KiB / step | all-gather KiB / step | "
+        "test accuracy |",
+        "|" + "---|" * 9,
+    ]
+    for r in records:
+        ranks, steps = r["ranks"], max(1, _steps(r))
+        reduce_kib = max(x["traffic"].get("all_reduce", 0) for x in ranks) / steps / 1024
+        gather_kib = max(x["traffic"].get("all_gather", 0) for x in ranks) / steps / 1024
+        rows.append(
+            f"| {r['n_nodes']:.0e} | {r['world_size']} | "
+            f"{max(x['epoch_s'] for x in ranks):.2f} | {max(x['fit_s'] for x in ranks):.1f} | "
+            f"{max(x['rss_peak_mib'] for x in ranks):.0f} | "
+            f"{max(x['rss_peak_mib'] - x['rss_loaded_mib'] for x in ranks):.0f} | "
+            f"{reduce_kib:.0f} | {gather_kib:.0f} | {ranks[0]['test_acc']:.3f} |"
+        )
+    return rows
+
+
+def _accuracy_rows(records: list[Record]) -> tuple[list[str], list[tuple[str, bool]]]:
+    groups: dict[tuple[str, int], list[float]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["world_size"]), []).append(r["ranks"][0]["test_acc"])
+    rows = [
+        "| dataset | ranks | seeds | test accuracy (mean ± std) | against 1 rank, points |",
+        "|---|---|---|---|---|",
+    ]
+    checks = []
+    for (dataset, world), accs in sorted(groups.items()):
+        mean = statistics.mean(accs)
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        base = groups.get((dataset, 1))
+        delta = "" if base is None else f"{100 * (mean - statistics.mean(base)):+.2f}"
+        rows.append(f"| {dataset} | {world} | {len(accs)} | {mean:.4f} ± {std:.4f} | {delta} |")
+        if base is not None and world > 1:
+            within = abs(mean - statistics.mean(base)) <= 0.005
+            checks.append((f"{dataset}, {world} ranks within 0.5 point of 1 rank", within))
+    return rows, checks
+
+
+def _projection(records: list[Record]) -> list[str]:
+    """What N ranks would need for 10⁸ and 10⁹ nodes, from the largest measured run."""
+    scale = [r for r in records if r["kind"] == "scale" and r["world_size"] > 1]
+    if not scale:
+        return []
+    r = max(scale, key=lambda x: (x["n_nodes"], x["world_size"]))
+    ranks, steps, n = r["ranks"], max(1, _steps(r)), r["n_nodes"]
+    per_step = max(x["traffic"]["all_reduce"] + x["traffic"]["all_gather"] for x in ranks) / steps
+    work = max(x["rss_peak_mib"] - x["rss_loaded_mib"] for x in ranks) * 2**20
+    graph, table = ranks[0]["graph_bytes"] / n, ranks[0]["table_bytes"] / n
+    b, N = r["batch_size"], 64
+    lines = [
+        f"From the {n:.0e}-node run on {r['world_size']} ranks: the graph (CSR and 64 float32 "
+        f"features, degree 10) takes {graph:.0f} bytes per node and the assignment tables "
+        f"{table:.0f}; a rank's memory above its loaded graph peaked at {work / 2**20:.0f} MiB; "
+        f"it handed {per_step / 1024:.0f} KiB to collectives per step, which does not grow with "
+        "the graph (the gradients, the codebook statistics and one batch's codes). Every rank "
+        "holds the whole graph today; the last column is what a rank would hold if each held "
+        "1/N of the graph and every node's codes (not built yet). Working memory is taken as "
+        "measured, though part of it (the end-of-fit refresh) grows with the graph.",
+        "",
+        f"| nodes | N | steps per epoch (b = {b}) | traffic per rank and epoch | per rank, "
+        "whole graph | per rank, 1/N of the graph |",
+        "|---|---|---|---|---|---|",
+    ]
+    for nodes in (1e8, 1e9):
+        steps_epoch = nodes / b / N
+        whole = (graph + table) * nodes + work
+        split = graph * nodes / N + table * nodes + work
+        lines.append(
+            f"| {nodes:.0e} | {N} | {steps_epoch:,.0f} | {per_step * steps_epoch / 2**30:.1f} GiB "
+            f"| {whole / 2**30:,.0f} GiB | {split / 2**30:,.1f} GiB |"
+        )
+    return lines
+
+
+def render(meta: Record, records: list[Record], regenerated: str | None) -> str:
+    """Provenance, the scale table, the accuracy table, the projection and the checks."""
+    lines = machine_lines(meta, records, regenerated)
+    scale = [r for r in records if r["kind"] == "scale"]
+    accuracy = [r for r in records if r["kind"] == "accuracy"]
+    checks: list[tuple[str, bool]] = []
+    if scale:
+        lines += ["", "### Epoch time, memory and traffic", "", *_scale_rows(scale)]
+    if accuracy:
+        rows, checks = _accuracy_rows(accuracy)
+        lines += ["", "### Accuracy against one rank", "", *rows]
+    projection = _projection(records)
+    if projection:
+        lines += ["", "### On paper: 10⁸ and 10⁹ nodes", "", *projection]
+    if checks:
+        lines.append("")
+        for text, ok in checks:
+            lines.append(f"- **{text}**: **{'PASS' if ok else 'FAIL'}**")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="*", type=float, default=[1e6])
+    parser.add_argument("--world-sizes", nargs="+", type=int, default=[1, 2, 4])
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--max-epochs", type=int, default=2)
+    parser.add_argument("--accuracy-datasets", nargs="*", default=["cora"])
+    parser.add_argument("--accuracy-world-sizes", nargs="+", type=int, default=[1, 2, 4])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "skvqgnn-distributed"
+    )
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--out", type=Path, default=page_for(__file__), help=OUT_HELP)
+    parser.add_argument("--json", type=Path, default=None, help="raw per-run records")
+    parser.add_argument("--from-json", type=Path, nargs="+", default=None)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.datasets, args.backbones = args.accuracy_datasets, ["gcn"]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--rank" and argv is None:
+        run_rank(json.loads(sys.argv[2]), Path(sys.argv[3]))
+        return
+    args = parse_args(argv)
+    specs = lambda: [  # noqa: E731
+        *(
+            {
+                "kind": "scale",
+                "n_nodes": int(n),
+                "world_size": w,
+                "batch_size": args.batch_size,
+                "max_epochs": args.max_epochs,
+                "cache": str(args.cache),
+            }
+            for n in args.sizes
+            for w in args.world_sizes
+        ),
+        *(
+            {
+                "kind": "accuracy",
+                "dataset": d,
+                "data_dir": str(args.data_dir),
+                "world_size": w,
+                "seed": s,
+            }
+            for d in args.accuracy_datasets
+            for s in args.seeds
+            for w in args.accuracy_world_sizes
+        ),
+    ]
+    serve(args, __file__, specs, run_config, summary, render)
+
+
+if __name__ == "__main__":
+    main()
