@@ -3,14 +3,16 @@
 A fit is the estimator's parameters (``BaseVQGNN``), a `Task` (what is optimised: node
 classification or link prediction) and a graph. `FitLoop` runs it as a chain of small
 methods, ``run`` → ``epoch_pass`` → ``step`` / ``synchronise`` / ``update`` /
-``update_codebooks`` →
-``evaluate`` / ``keep_if_best`` → ``finish``, and notifies its callbacks between them. Progress
-bars, benchmark clocks and learning curves are callbacks; nothing outside the loop needs its
-private state.
+``update_codebooks`` → ``evaluate`` / ``keep_if_best`` → ``finish``, and notifies its callbacks
+between them. Progress bars, benchmark clocks and learning curves are callbacks; nothing outside
+the loop needs its private state. A strategy of ``skvqgnn.distributed`` shares the batches of
+each step among processes (``synchronise`` merges what they computed).
 
-The codebook updates of a step are here too: the EMA update of the feature and gradient
-codewords (``ProductCodebook.update``, ``update_gradients``), the assignment of the batch nodes
-(``ProductCodebook.assign``, the codeword search) and the re-seeding of unused codewords.
+The codebook updates of a step are here too (`CodebookUpdates`): the assignment of each batch's
+nodes against the step's codebooks (``ProductCodebook.assign``, the codeword search), the
+statistics of the EMA updates of the feature and gradient codewords summed over the step's
+batches (``ProductCodebook.feature_statistics`` and its siblings), one EMA step
+(``ProductCodebook.apply_statistics``) and the re-seeding of unused codewords.
 """
 
 from __future__ import annotations

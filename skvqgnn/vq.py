@@ -10,8 +10,10 @@ standard deviation, initialised from data) is used only inside the assignment di
 
 Where the paper's steps are: the codeword search (nearest codeword per slice) is
 ``ProductCodebook.assign`` and ``assign_gradients`` (through ``_nearest``); the EMA update of
-the codewords (online k-means, Appendix E) is ``ProductCodebook.update`` and
-``update_gradients``; Eq. 6 and Eq. 7, which read the codewords, are the convolution kinds'
+the codewords (online k-means, Appendix E) is ``ProductCodebook.apply_statistics``, one EMA
+step from the summed statistics of one or several batches (``feature_statistics``,
+``gradient_statistics``, ``calibration_statistics``; ``update`` and ``update_gradients`` do both
+for one batch); Eq. 6 and Eq. 7, which read the codewords, are the convolution kinds'
 ``messages`` and ``blue_messages`` (``skvqgnn.convolutions``).
 """
 

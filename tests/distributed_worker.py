@@ -37,6 +37,15 @@ CONFIGS = {
     "sage-1-cluster": dict(
         backbone="sage", hidden_layer_sizes=(16,), sampler="cluster", max_epochs=2
     ),
+    # 5 batches: the last step of an epoch has a batch on rank 0 only
+    "gin-1-odd": dict(
+        backbone="gin",
+        hidden_layer_sizes=(16,),
+        sampler="random",
+        batch_size=120,
+        accumulate_batches=2,
+        max_epochs=2,
+    ),
     "gat-1-random": dict(
         backbone="gat",
         heads=2,
@@ -79,6 +88,10 @@ class Recorder(Callback):
 
     def __init__(self, at: int | None = None, action=None):
         self.states, self.n, self.at, self.action = [], 0, at, action
+        self.epochs = []
+
+    def on_epoch_end(self, fit, record):
+        self.epochs.append(state_vector(fit))
 
     def on_step_end(self, fit, batch_nodes, n_terms):
         self.n += 1
@@ -108,12 +121,17 @@ def main(scenario: str, out: Path) -> None:
     if scenario == "steps":
         for name, config in CONFIGS.items():
             recorder = Recorder()
-            clf = VQGNNClassifier(**COMMON, **config).fit(A, X, y, callbacks=[recorder])
+            clf = VQGNNClassifier(**{**COMMON, **config}).fit(A, X, y, callbacks=[recorder])
             result[name] = {
                 **summary(clf),
                 "steps": recorder.states,
+                "epochs": recorder.epochs,
                 "predict": clf.predict(A, X),
             }
+    elif scenario == "cuda":  # gloo ranks training on the GPU (one GPU can hold both)
+        params = {**COMMON, **CONFIGS["gcn-2-random"], "device": "cuda"}
+        clf = VQGNNClassifier(**params).fit(A, X, y)
+        result.update(summary(clf), predict=clf.predict(A, X))
     elif scenario == "plain":  # the user's script under torchrun: fit(A, X, y) unchanged
         clf = VQGNNClassifier(**COMMON, **CONFIGS["gcn-2-random"]).fit(A, X, y)
         result.update(summary(clf), predict=clf.predict(A, X))
