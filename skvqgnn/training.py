@@ -352,11 +352,12 @@ class FitLoop:
         """Graph structures, batches, network (new or warm-started), codebooks, optimiser."""
         est, graph, device = self.estimator, self.graph, self.device
         name = type(est).__name__
-        with _stage(est.verbose, name, f"graph structures ({graph.n_nodes:,} nodes)"):
+        verbose = est.verbose if self.strategy.rank == 0 else 0  # progress from rank 0 only
+        with _stage(verbose, name, f"graph structures ({graph.n_nodes:,} nodes)"):
             self.data = est._graph_data(graph)
         self.full_graph = est._effective_batch_size(graph.n_nodes) >= graph.n_nodes
         what = "batches" if self.full_graph or est.sampler == "random" else "METIS partition"
-        with _stage(est.verbose, name, what):
+        with _stage(verbose, name, what):
             self.sampler = est._sampler_for(graph, self.seed)
         if not self.full_graph and est.n_codewords > graph.n_nodes:
             raise ValueError(
@@ -397,7 +398,7 @@ class FitLoop:
             self.tables, self.input_table = est.tables_, est.input_table_
         else:
             levels = len(model.codebooks) + (model.input_codebook is not None)
-            with _stage(est.verbose, name, f"k-means of {levels} codebook(s)"):
+            with _stage(verbose, name, f"k-means of {levels} codebook(s)"):
                 self.tables, self.input_table = initialise_codebooks(
                     model, self.data, self.sampler, self.gen, device
                 )

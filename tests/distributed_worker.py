@@ -132,6 +132,9 @@ def main(scenario: str, out: Path) -> None:
         params = {**COMMON, **CONFIGS["gcn-2-random"], "device": "cuda"}
         clf = VQGNNClassifier(**params).fit(A, X, y)
         result.update(summary(clf), predict=clf.predict(A, X))
+    elif scenario == "verbose":  # a progress bar on rank 0 only
+        clf = VQGNNClassifier(**COMMON, **CONFIGS["sage-1-cluster"], verbose=1).fit(A, X, y)
+        result.update(summary(clf))
     elif scenario == "plain":  # the user's script under torchrun: fit(A, X, y) unchanged
         clf = VQGNNClassifier(**COMMON, **CONFIGS["gcn-2-random"]).fit(A, X, y)
         result.update(summary(clf), predict=clf.predict(A, X))

@@ -212,6 +212,14 @@ def test_without_random_state_and_under_warm_start_the_ranks_agree(tmp_path):
     assert np.array_equal(zero["predict"], one["predict"])
 
 
+def test_only_rank_0_shows_progress(tmp_path):
+    codes, errs, results = launch("verbose", tmp_path)
+    assert codes == [0, 0], errs
+    assert "set-up: k-means" in errs[0] and "2/2" in errs[0]  # set-up stages and the bar
+    assert "VQGNNClassifier" not in errs[1], errs[1]
+    _same_state(results[0]["state"], results[1]["state"])
+
+
 def test_link_predictor_ranks_agree(tmp_path):
     codes, errs, results = launch("link", tmp_path)
     assert codes == [0, 0], errs
