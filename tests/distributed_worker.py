@@ -56,6 +56,7 @@ CONFIGS = {
     ),
 }
 COMMON = dict(batch_size=100, n_codewords=16, dropout=0.0, learning_rate=0.01, random_state=0)
+LINK = dict(batch_size=100, n_codewords=16, hidden_layer_sizes=(16,), max_epochs=2, random_state=0)
 N_RECORDED = 6  # steps whose whole state is recorded
 
 
@@ -177,14 +178,7 @@ def main(scenario: str, out: Path) -> None:
         clf.fit(A, X, y)
         result.update(first=first, second=summary(clf), predict=clf.predict(A, X))
     elif scenario == "link":
-        link = VQGNNLinkPredictor(
-            batch_size=100,
-            n_codewords=16,
-            hidden_layer_sizes=(16,),
-            max_epochs=2,
-            random_state=0,
-            embedding_dim=8,
-        )
+        link = VQGNNLinkPredictor(**LINK)
         link.fit(A, X)
         pairs = np.stack([np.arange(50), np.arange(50, 100)], 1)
         result.update(summary(link), proba=link.predict_proba(A, X, pairs))

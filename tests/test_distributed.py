@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from skvqgnn import VQGNNClassifier
+from skvqgnn import VQGNNClassifier, VQGNNLinkPredictor
 from skvqgnn.distributed import Local, RankFailure, Simulated, resolve_strategy
 
 from . import distributed_worker as worker
@@ -225,6 +225,13 @@ def test_link_predictor_ranks_agree(tmp_path):
     assert codes == [0, 0], errs
     _same_state(results[0]["state"], results[1]["state"])
     np.testing.assert_array_equal(results[0]["proba"], results[1]["proba"])
+    # the ranks shared the batches: not the model one process trains alone
+    A, X, _ = worker.data()
+    single = VQGNNLinkPredictor(**worker.LINK).fit(A, X)
+    assert any(
+        v.numel() and not np.allclose(v.numpy(), results[0]["state"][k], atol=1e-4)
+        for k, v in single.model_.state_dict().items()
+    )
 
 
 def test_torchrun_launches_an_unchanged_script(tmp_path):
@@ -247,6 +254,11 @@ def test_torchrun_launches_an_unchanged_script(tmp_path):
     assert results[0]["world_size"] == 2
     _same_state(results[0]["state"], results[1]["state"])
     assert np.array_equal(results[0]["predict"], results[1]["predict"])
+    # the ranks trained together: the model of the one-process reference of 2 ranks
+    A, X, y = worker.data()
+    params = {**worker.COMMON, **worker.CONFIGS["gcn-2-random"]}
+    reference = VQGNNClassifier(**params).fit(A, X, y, distributed=Simulated(2))
+    _same_state(results[0]["state"], worker.summary(reference)["state"], atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
