@@ -27,6 +27,7 @@ from .distributed import Local, Strategy
 from .graph import Graph, NodeSet, PairSet, is_pyg_data
 from .layers import BACKBONES, VQGNN, Backbone, make_backbone
 from .samplers import ClusterSampler, NodeSampler, RandomNodeSampler
+from .shards import GraphShard, ShardData, ShardSampler
 from .sketch import resolve_backend
 from .training import Callback, FitLoop, ProgressBar, Task
 
@@ -88,9 +89,19 @@ def view_arguments(A: Any, X: Any, y: Any) -> tuple[Any, Any, Any]:
     return A, X, y
 
 
-def resolve_graph(A: Any, X: Any) -> tuple[NodeSet, bool]:
+def resolve_graph(A: Any, X: Any, shards: bool = False) -> tuple[NodeSet | GraphShard, bool]:
     """``(A, X)`` or a ``NodeSet`` -> (the node view, whether a view was given). A view or a
-    ``Graph`` carries its own features, so ``X`` must not be given with one."""
+    ``Graph`` carries its own features, so ``X`` must not be given with one. A `GraphShard`
+    (a partitioned graph's part) is returned as it is where ``shards`` (the classifier)."""
+    if isinstance(A, GraphShard):
+        if not shards:
+            raise TypeError(
+                "a GraphShard (one part of a partitioned graph) is trained on and predicted by "
+                "VQGNNClassifier; link prediction on a partitioned graph is not supported"
+            )
+        if X is not None:
+            raise TypeError("X was given with a GraphShard, which holds its own features")
+        return A, True
     if is_pyg_data(A):
         A = Graph.from_pyg(A)
     if isinstance(A, (NodeSet, Graph)):
@@ -244,13 +255,23 @@ class BaseVQGNN(BaseEstimator):
     def _device(self) -> torch.device:
         return resolve_device(self.device)
 
-    def _graph_data(self, graph: Graph) -> GraphData:
+    def _graph_data(self, graph: Graph | GraphShard) -> GraphData | ShardData:
         backbone = self._backbone()
+        if isinstance(graph, GraphShard):
+            return graph.graph_data(backbone)
         key = ("graph_data", type(backbone).__module__, repr(backbone))
         return graph.cached(key, lambda: GraphData(graph, backbone))
 
-    def _sampler_for(self, graph: Graph, seed: int) -> NodeSampler:
+    def _sampler_for(self, graph: Graph | GraphShard, seed: int) -> NodeSampler:
         b = self._effective_batch_size(graph.n_nodes)
+        if isinstance(graph, GraphShard):
+            if self.sampler != "random":
+                raise ValueError(
+                    f"sampler={self.sampler!r}: a partitioned graph is trained on random "
+                    "batches inside each rank's part (the partition already keeps neighbours "
+                    "together); pass sampler='random'"
+                )
+            return graph.cached(("sampler", b), lambda: ShardSampler(graph.offsets, b, graph.ranks))
         if self.sampler == "random" or b >= graph.n_nodes:
             return RandomNodeSampler(graph.n_nodes, b)
         key = ("cluster_sampler", b, self.parts_per_batch, self.partitioner, seed)
@@ -365,16 +386,17 @@ class BaseVQGNN(BaseEstimator):
 
     def _fit_graph(
         self,
-        nodes: NodeSet,
+        graph: Graph | GraphShard,
         val_nodes: np.ndarray,
         seed: int,
         task: Task,
         callbacks: Any = None,
         strategy: Strategy | None = None,
     ) -> None:
-        """Train on ``nodes.graph`` for ``task``; ``val_nodes`` (may be empty) are scored
-        after every epoch. The training loop is a `FitLoop`; ``callbacks`` hook into it; the
-        ``strategy`` shares its batches among processes (only rank 0 shows progress)."""
+        """Train on ``graph`` (a partitioned fit: this process's part of it) for ``task``;
+        ``val_nodes`` (may be empty) are scored after every epoch. The training loop is a
+        `FitLoop`; ``callbacks`` hook into it; the ``strategy`` shares its batches among
+        processes (only rank 0 shows progress)."""
         hooks = list(callbacks or ())
         for hook in hooks:
             if not isinstance(hook, Callback):
@@ -385,7 +407,7 @@ class BaseVQGNN(BaseEstimator):
         if self.verbose and strategy.rank == 0:
             hooks.insert(0, ProgressBar(type(self).__name__))
         with torch.random.fork_rng(devices=[]):  # the fit seeds torch; the caller's stream stays
-            FitLoop(self, task, nodes.graph, val_nodes, seed, hooks, strategy).run()
+            FitLoop(self, task, graph, val_nodes, seed, hooks, strategy).run()
 
     def _fit_random_state(self, strategy: Strategy) -> tuple[np.random.RandomState, int]:
         """The fit's random state (``random_state``) and the seed of its training loop, drawn
@@ -407,6 +429,8 @@ class BaseVQGNN(BaseEstimator):
                 f"The 'inference' parameter of {type(self).__name__} must be 'vq' or 'exact', "
                 f"got {self.inference!r}"
             )
+        if isinstance(nodes, GraphShard):
+            return self._shard_decision(nodes, hidden)
         graph = nodes.graph
         _check_not_empty(nodes)
         self._check_graph_features(graph)
@@ -427,6 +451,39 @@ class BaseVQGNN(BaseEstimator):
             index = nodes.index
             return inference.vq_inference(
                 model, data, tables, input_table, sampler, index, device, upto
+            )
+        finally:
+            self.model_ = model.cpu()
+
+    def _shard_decision(self, shard: GraphShard, hidden: bool) -> Tensor:
+        """Logits of the nodes a `GraphShard` holds, by VQ inference over the training codes
+        (the partition fitted on): out-of-part messages come from codewords."""
+        if shard.fingerprint != self.graph_fingerprint_ or not self.tables_:
+            raise ValueError(
+                f"{shard!r} is not the partitioned graph this model was trained on: a "
+                "partition is predicted with the codes of its own fit (fit on it first)"
+            )
+        if self.inference != "vq":
+            raise ValueError(
+                "inference='exact' needs every node's representation in one process; a "
+                "partitioned graph predicts with inference='vq'"
+            )
+        self._check_graph_features(shard)
+        device = resolve_device(self.device)
+        model = self.model_.to(device).eval()
+        model.sparse_backend = resolve_backend(self.sparse_backend)
+        try:
+            upto = len(model.layers) - 2 if hidden else None
+            sampler = self._sampler_for(shard, self._fit_seed_)
+            return inference.vq_inference(
+                model,
+                self._graph_data(shard),
+                self.tables_,
+                self.input_table_,
+                sampler,
+                shard.nodes,
+                device,
+                upto,
             )
         finally:
             self.model_ = model.cpu()

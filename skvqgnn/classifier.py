@@ -22,7 +22,8 @@ from ._base import BaseVQGNN, _check_not_empty, resolve_graph, view_arguments
 from .distributed import resolve_strategy
 from .graph import NodeSet, _node_index
 from .layers import Backbone
-from .training import Task
+from .shards import GraphShard
+from .training import Task, rank_seed
 
 __all__ = ["VQGNNClassifier"]
 
@@ -595,6 +596,15 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         -------
         self
         """
+        if isinstance(A, GraphShard):
+            self._hidden_sizes()
+            strategy = resolve_strategy(distributed, self._device())
+            seed, val_nodes, task = self._partition_task(
+                A, X, y, sample_weight, validation_nodes, strategy
+            )
+            self._fit_graph(A, val_nodes, seed, task, callbacks, strategy)
+            self.transduction_ = self._labels_of(self._decision(A))
+            return self
         A, X, y = view_arguments(A, X, y)
         nodes, _ = resolve_graph(A, X)
         _check_not_empty(nodes)
@@ -661,9 +671,73 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             multilabel,
             self._weights(encoded, nodes, sample_weight),
         )
-        self._fit_graph(nodes, val_nodes, seed, task, callbacks, strategy)
+        self._fit_graph(graph, val_nodes, seed, task, callbacks, strategy)
         self.transduction_ = self._labels_of(self._decision(graph.nodes()))
         return self
+
+    def _partition_task(
+        self,
+        shard: GraphShard,
+        X: Any,
+        y: Any,
+        sample_weight: Any,
+        validation_nodes: Any,
+        strategy: Any,
+    ) -> tuple[int, np.ndarray, NodeClassification]:
+        """The seed, validation nodes and task of a partitioned fit: the labels of the nodes
+        the shard holds (from its files); per part, ``validation_fraction`` of its labelled
+        nodes drawn as its rank draws them; class weights and the loss scale from the counts
+        of every part."""
+        given = {"X": X, "y": y, "sample_weight": sample_weight}
+        given["validation_nodes"] = validation_nodes
+        extra = [name for name, value in given.items() if value is not None]
+        if extra:
+            raise ValueError(
+                f"fit(shard) takes the features and labels from the partition's files, not "
+                f"{', '.join(extra)}: write them with write_shards(..., y=y)"
+            )
+        if shard.labels is None:
+            raise ValueError(
+                f"the partition in {shard.folder} has no labels: write it with "
+                "write_shards(..., y=y) to train on it"
+            )
+        rs, seed = self._fit_random_state(strategy)
+        classes = shard.classes
+        if (
+            self.warm_start
+            and hasattr(self, "classes_")
+            and not (not self.multilabel_ and np.array_equal(classes, self.classes_))
+        ):
+            raise ValueError("warm_start=True needs the same classes as the previous fit")
+        encoded = np.full(shard.n_nodes, -1, dtype=np.int64)
+        encoded[shard.start : shard.stop] = shard.labels
+        val = [np.zeros(0, dtype=np.int64)]
+        if self.early_stopping:
+            for r in shard.ranks:
+                lo, hi = int(shard.offsets[r]), int(shard.offsets[r + 1])
+                labelled = lo + np.flatnonzero(encoded[lo:hi] >= 0)
+                if len(labelled) >= 2:
+                    part_rs = np.random.RandomState(rank_seed(seed, r) % 2**32)
+                    val.append(self._draw_validation(encoded, labelled, False, part_rs))
+        val_nodes = np.concatenate(val)
+        self.classes_, self.multilabel_ = classes, False
+        self.n_features_in_ = shard.n_features
+        val_labels = encoded[val_nodes]
+        encoded[val_nodes] = -1
+        train = encoded >= 0
+        counts = np.bincount(encoded[train], minlength=len(classes)).astype(np.float64)
+        counts = strategy.all_reduce(torch.from_numpy(counts)).numpy()  # every part's
+        weights = None
+        if self.class_weight is not None:
+            every = np.repeat(np.arange(len(classes)), counts.astype(np.int64))
+            per_class = compute_class_weight(self.class_weight, classes=classes, y=classes[every])
+            node = np.ones(shard.n_nodes, dtype=np.float64)
+            node[train] = per_class[encoded[train]]
+            node *= counts.sum() / float(counts @ per_class)  # mean 1 over every training node
+            weights = torch.from_numpy(node.astype(np.float32))
+        task = NodeClassification(encoded, val_labels, len(classes), False, weights)
+        task.n_targets = int(counts.sum())  # the loss is scaled by every part's targets
+        return seed, val_nodes, task
 
     def decision_function(self, A: Any, X: Any = None) -> np.ndarray:
         """Logits (n, n_classes), (n,) for two classes, or (n, n_labels) multi-label, for
@@ -686,7 +760,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             of the two logits, so that ``predict_proba[:, 1]`` is its sigmoid).
         """
         check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
-        nodes, _ = resolve_graph(A, X)
+        nodes, _ = resolve_graph(A, X, shards=True)
         logits = self._decision(nodes)
         if not self.multilabel_ and logits.shape[1] == 2:
             return (logits[:, 1] - logits[:, 0]).numpy()
@@ -711,7 +785,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             Columns in the order of ``classes_``.
         """
         check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
-        nodes, _ = resolve_graph(A, X)
+        nodes, _ = resolve_graph(A, X, shards=True)
         logits = self._decision(nodes)
         if self.multilabel_:
             return torch.sigmoid(logits).numpy()
@@ -730,7 +804,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         ndarray of shape (n, n_classes) or (n, n_labels)
         """
         check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
-        nodes, _ = resolve_graph(A, X)
+        nodes, _ = resolve_graph(A, X, shards=True)
         logits = self._decision(nodes)
         if self.multilabel_:
             return F.logsigmoid(logits).numpy()
@@ -758,7 +832,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
                 "a network without hidden layers (hidden_layer_sizes=()) has no embedding"
             )
         check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
-        nodes, _ = resolve_graph(A, X)
+        nodes, _ = resolve_graph(A, X, shards=True)
         return self._decision(nodes, hidden=True).numpy()
 
     def predict(self, A: Any, X: Any = None) -> np.ndarray:
@@ -780,7 +854,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             Labels from ``classes_``, or the multi-label indicator.
         """
         check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
-        nodes, _ = resolve_graph(A, X)
+        nodes, _ = resolve_graph(A, X, shards=True)
         return self._labels_of(self._decision(nodes))
 
     def score(self, A: Any, X: Any = None, y: Any = None, sample_weight: Any = None) -> float:

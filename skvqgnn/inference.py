@@ -17,6 +17,7 @@ The estimators call them; so can a callback or a benchmark, with the ``FitLoop``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -59,19 +60,30 @@ def _column_moments(M: np.ndarray | sp.csr_array) -> tuple[np.ndarray, np.ndarra
 
 
 def _streamed_moments(
-    rows_of: Callable[[np.ndarray], Tensor], n: int
+    rows_of: Callable[[np.ndarray], Tensor], n: int, sharing: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and unbiased variance (f,) of the rows ``rows_of`` computes, chunk by
-    chunk (1 for one row)."""
+    chunk (1 for one row); with ``sharing``, of this process's rows, the sums summed over the
+    processes."""
     total = square = None
-    for start in range(0, n, _CHUNK_ROWS):
-        x = rows_of(np.arange(start, min(start + _CHUNK_ROWS, n))).double()
+    for chunk in _chunks(n, sharing):
+        x = rows_of(chunk).double()
         s, q = x.sum(0), (x * x).sum(0)
         total, square = (s, q) if total is None else (total + s, square + q)
+    if sharing is not None:
+        total, square = sharing.sum(torch.stack([total, square]).cpu())
     mean, square = (t.cpu().numpy() / n for t in (total, square))
     if n < 2:
         return mean, np.ones_like(mean)
     return mean, np.maximum(square - mean**2, 0.0) * n / (n - 1)
+
+
+def _chunks(n: int, sharing: Any = None) -> Iterator[np.ndarray]:
+    """Consecutive node ids in chunks of ``_CHUNK_ROWS``: every node, or (``sharing``) this
+    process's."""
+    start, stop = (0, n) if sharing is None else (sharing.start, sharing.stop)
+    for first in range(start, stop, _CHUNK_ROWS):
+        yield np.arange(first, min(first + _CHUNK_ROWS, stop))
 
 
 @torch.no_grad()
@@ -83,6 +95,7 @@ def initialise_codebook(
     device: torch.device,
     whiten: bool = True,
     n_rows: int | None = None,
+    sharing: Any = None,
 ) -> AssignmentTable:
     """k-means of every node's input ``H`` (n, f) into ``cb``.
 
@@ -106,6 +119,10 @@ def initialise_codebook(
         Cluster standardised inputs; ``False``: in the inputs' own scale.
     n_rows : int, default=None
         The number of nodes when ``H`` is a function.
+    sharing : skvqgnn.shards.Sharing, default=None
+        A partitioned fit's: ``H`` computes this process's nodes only; the moments, the
+        k-means sample, the member sums and the codes are exchanged, so that every process
+        ends with the codebook and the codes one process holding the whole graph would.
 
     Returns
     -------
@@ -114,7 +131,7 @@ def initialise_codebook(
     """
     if callable(H):
         n, rows_of = n_rows, H
-        moments = _streamed_moments(rows_of, n)
+        moments = _streamed_moments(rows_of, n, sharing)
     else:
         n, matrix = H.shape[0], H
         moments = _column_moments(matrix)
@@ -123,21 +140,41 @@ def initialise_codebook(
             return dense_rows(matrix, rows, device)
 
     sample = torch.randperm(n, generator=gen)[: max(_KMEANS_SAMPLE, 4 * cb.n_codewords)]
+    sample = np.sort(sample.numpy())
     mean, var = (cb.split(torch.from_numpy(v.astype(np.float32)).to(device)) for v in moments)
     if not whiten:
         var = torch.ones_like(var)
-    cb.seed(mean, var, cb.split(rows_of(np.sort(sample.numpy()))), gen, _KMEANS_ITERS)
+    if sharing is None:
+        rows = rows_of(sample)
+    else:  # each process computes its rows of the sample; the sum puts them together
+        rows = torch.zeros(len(sample), cb.n_features, device=device)
+        mine = (sample >= sharing.start) & (sample < sharing.stop)
+        if mine.any():
+            rows[torch.from_numpy(mine).to(device)] = rows_of(sample[mine])
+        rows = sharing.sum(rows.cpu()).to(device)
+    cb.seed(mean, var, cb.split(rows), gen, _KMEANS_ITERS)
     table = AssignmentTable(n, cb.n_slices, cb.n_codewords)
     count = sums = None
-    for start in range(0, n, _CHUNK_ROWS):
-        chunk = np.arange(start, min(start + _CHUNK_ROWS, n))
+    for chunk in _chunks(n, sharing):
         x = cb.split(rows_of(chunk))
         codes = cb.assign(x)
         c, s_ = cb.member_sums(x, codes)
         count, sums = (c, s_) if count is None else (count + c, sums + s_)
         table.set_both(chunk, codes.cpu().numpy())
+    if sharing is not None:
+        count, sums = _summed(sharing, count, sums)
+        sharing.share_codes(table, both=True)
     cb.settle(count, sums, weight)
     return table
+
+
+def _summed(sharing: Any, count: Tensor, sums: Tensor) -> tuple[Tensor, Tensor]:
+    """Member counts and sums of a codebook summed over the processes (in float64)."""
+    flat = sharing.sum(torch.cat([count.reshape(-1), sums.reshape(-1)]).double().cpu())
+    return (
+        flat[: count.numel()].view_as(count).to(count),
+        flat[count.numel() :].view_as(sums).to(sums),
+    )
 
 
 @torch.no_grad()
@@ -147,10 +184,16 @@ def initialise_codebooks(
     sampler: NodeSampler,
     gen: torch.Generator,
     device: torch.device,
+    sharing: Any = None,
 ) -> tuple[list[AssignmentTable], AssignmentTable | None]:
     """Codebooks from data before training: every layer input from the exact layers, k-means
     per slice, every node assigned; and the input codebook of learnable convolutions from the
     raw features. Leaves ``model`` in eval mode.
+
+    A partitioned fit (``sharing``) cannot run exact layers, which need every node's
+    representation: there codebook ``l`` clusters the VQ inference output of layer ``l``
+    (out-of-batch messages through the codebooks below, initialised first), and each process
+    computes its own nodes (`initialise_codebook`).
 
     Codebook ``l`` clusters the output of layer ``l``, which is computed chunk by chunk from
     the exact output of layer ``l - 1`` (the raw features for ``l = 0``): the host holds the
@@ -167,6 +210,8 @@ def initialise_codebooks(
     gen : torch.Generator
         For the k-means samples and seeds.
     device : torch.device
+    sharing : skvqgnn.shards.Sharing, default=None
+        A partitioned fit's.
 
     Returns
     -------
@@ -179,13 +224,25 @@ def initialise_codebooks(
     tables: list[AssignmentTable] = []
     weight = sampler.batch_size / data.n_nodes
     for level, cb in enumerate(model.codebooks):
-        source, initial = _exact_pass(model, data, device, level)
+        if sharing is None:
+            source, initial = _exact_pass(model, data, device, level)
 
-        def rows_of(rows: np.ndarray, level=level, source=source, initial=initial) -> Tensor:
-            return _exact_rows(model, data, level, source, initial, rows, device)
+            def rows_of(rows: np.ndarray, level=level, source=source, initial=initial) -> Tensor:
+                return _exact_rows(model, data, level, source, initial, rows, device)
 
-        tables.append(initialise_codebook(cb, rows_of, weight, gen, device, n_rows=data.n_nodes))
-        del source, initial
+        else:  # the layers below through their codewords: this process holds its nodes only
+
+            def rows_of(rows: np.ndarray, level=level) -> Tensor:
+                out = vq_inference(model, data, tables, None, sampler, rows, device, level)
+                return out.to(device)
+
+        tables.append(
+            initialise_codebook(
+                cb, rows_of, weight, gen, device, n_rows=data.n_nodes, sharing=sharing
+            )
+        )
+        if sharing is None:
+            del source, initial
     input_table = None
     if model.input_codebook is not None:
         # raw features are clustered in their own scale: the first layer projects them
@@ -373,6 +430,7 @@ def refresh_codebooks(
     input_table: AssignmentTable | None,
     sampler: NodeSampler,
     device: torch.device,
+    sharing: Any = None,
 ) -> None:
     """Feature codes and codewords for inference, level by level over the inference batches in
     eval mode: every node re-assigned by its own dropout-free input, then every feature codeword
@@ -394,6 +452,9 @@ def refresh_codebooks(
     sampler : NodeSampler
         Its ``inference_batches`` are the batches run.
     device : torch.device
+    sharing : skvqgnn.shards.Sharing, default=None
+        A partitioned fit's: each process re-assigns its own nodes (the sampler's), the
+        member sums and the codes are exchanged before the next level.
     """
     was_training = model.training
     model.eval()
@@ -405,6 +466,9 @@ def refresh_codebooks(
             c, s_ = cb.member_sums(x, codes)
             count, sums = (c, s_) if count is None else (count + c, sums + s_)
             table.set(batch_nodes, codes.cpu().numpy())
+        if sharing is not None:
+            count, sums = _summed(sharing, count, sums)
+            sharing.share_codes(table, both=False)
         cb.recentre(count, sums)
     model.train(was_training)
 

@@ -693,7 +693,7 @@ device, sparse_backend, random_state, verbose
         self.classes_ = np.array([0, 1])
         self.n_features_in_ = graph.n_features
         self.crossing_fraction_ = self._crossing_fraction(mp_graph, pairs[targets == 1], seed)
-        self._fit_graph(mp_graph.nodes(), val_nodes, seed, task, callbacks, strategy)
+        self._fit_graph(mp_graph, val_nodes, seed, task, callbacks, strategy)
         return self
 
     # -- inference -------------------------------------------------------------------------------

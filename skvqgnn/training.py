@@ -37,6 +37,7 @@ from .distributed import Local, Strategy
 from .graph import Graph
 from .inference import exact_layers, initialise_codebooks, refresh_codebooks, vq_inference
 from .layers import VQGNN, LayerTrace
+from .shards import GraphShard, Sharing
 from .sketch import resolve_backend
 from .vq import AssignmentTable
 
@@ -293,10 +294,12 @@ class FitLoop:
     estimator : BaseVQGNN
         Whose parameters the fit follows and whose fitted attributes `finish` sets.
     task : Task
-    graph : Graph
-        The graph trained on.
+    graph : Graph or GraphShard
+        The graph trained on; a `GraphShard` for a partitioned fit (each process holds its
+        part of the graph, ``skvqgnn.shards``).
     val_nodes : ndarray
-        Nodes scored by the task after every epoch (sorted; may be empty).
+        Nodes scored by the task after every epoch (sorted; may be empty; a partitioned fit:
+        this process's, the score averaged over the processes).
     seed : int
         Seeds the batches, the codebook initialisation and torch's generator.
     callbacks : list of Callback
@@ -356,6 +359,9 @@ class FitLoop:
         with _stage(verbose, name, f"graph structures ({graph.n_nodes:,} nodes)"):
             self.data = est._graph_data(graph)
         self.full_graph = est._effective_batch_size(graph.n_nodes) >= graph.n_nodes
+        partitioned = isinstance(graph, GraphShard)
+        if partitioned:
+            self._check_partition(graph)
         what = "batches" if self.full_graph or est.sampler == "random" else "METIS partition"
         with _stage(verbose, name, what):
             self.sampler = est._sampler_for(graph, self.seed)
@@ -365,16 +371,27 @@ class FitLoop:
                 "a codebook cannot use more codewords than there are nodes; use n_codewords <= "
                 f"{graph.n_nodes} (or batch_size=None for full-graph training)"
             )
-        if self.strategy.world_size > 1 and graph.n_nodes <= self.sampler.batch_size:
+        if (
+            not partitioned
+            and self.strategy.world_size > 1
+            and graph.n_nodes <= self.sampler.batch_size
+        ):
             raise ValueError(
                 f"data-parallel training on {self.strategy.world_size} processes needs "
                 "mini-batches, but batch_size covers the whole graph: set batch_size so that "
                 f"the graph has at least {self.strategy.world_size} batches"
             )
-        # every rank draws the same batches and re-seeds; dropout differs per rank
+        self.sharing = None
+        if partitioned:
+            self.sharing = Sharing(self.strategy, graph)
+            # which nodes have a loss term, every part's: the output layer's backward messages
+            # come from those receivers only, wherever they are
+            self.task.loss_mask = self.sharing.gather(self.task.loss_mask)
+        # every rank draws the same batches, re-seeds and network (a partitioned fit's ranks
+        # initialise the codebooks together); dropout differs per rank
         self.rng = np.random.default_rng(self.seed)
         self.gen = torch.Generator().manual_seed(self.seed)
-        torch.manual_seed(rank_seed(self.seed, self.strategy.rank))
+        torch.manual_seed(self.seed)
         self.position = np.full(graph.n_nodes, -1, dtype=np.int64)  # make_batch's scratch
 
         self.reuse = est.warm_start and hasattr(est, "model_")
@@ -386,7 +403,9 @@ class FitLoop:
         else:
             model = fresh.to(device)
         model.sparse_backend = resolve_backend(est.sparse_backend)
-        self.n_batches = max(1, math.ceil(graph.n_nodes / self.sampler.batch_size))
+        self.n_batches = getattr(
+            self.sampler, "n_batches", max(1, math.ceil(graph.n_nodes / self.sampler.batch_size))
+        )
         for cb in model.codebooks:  # gradient codewords average over the last epoch
             cb.grad_decay = 1.0 - 1.0 / self.n_batches
         self.model = model
@@ -400,9 +419,11 @@ class FitLoop:
             levels = len(model.codebooks) + (model.input_codebook is not None)
             with _stage(verbose, name, f"k-means of {levels} codebook(s)"):
                 self.tables, self.input_table = initialise_codebooks(
-                    model, self.data, self.sampler, self.gen, device
+                    model, self.data, self.sampler, self.gen, device, self.sharing
                 )
 
+        if self.strategy.rank:  # rank 0 goes on with the stream of a one-process fit
+            torch.manual_seed(rank_seed(self.seed, self.strategy.rank))
         head = est.head_ if self.reuse and getattr(est, "head_", None) is not None else None
         if head is not None:
             est._check_same_head(head)
@@ -420,11 +441,42 @@ class FitLoop:
         self.group = 0 if est.accumulate_batches == "epoch" else est.accumulate_batches
         self.vq_sq = np.zeros(len(self.tables))
         self.vq_norm = np.zeros(len(self.tables))
+        self.validated = len(self.val_nodes) > 0
+        if partitioned:  # every process scores, or none: the score is their average
+            counts = self.strategy.all_reduce(torch.tensor([float(len(self.val_nodes))]))
+            self.validated = bool(counts[0] > 0)
         if self.strategy.world_size > 1:
             self._agree_on_start()
         self.codebooks = CodebookUpdates(
             model, self.tables, self.gen, self.task.loss_mask, self.strategy
         )
+
+    def _check_partition(self, shard: GraphShard) -> None:
+        """A partitioned fit: one process per part under ``torchrun``, or every part in one."""
+        strategy, n_parts = self.strategy, shard.n_parts
+        if self.full_graph:
+            raise ValueError(
+                "a partitioned graph trains in mini-batches: set batch_size (batch_size=None "
+                "would put every node of the graph in one batch)"
+            )
+        if strategy.world_size > 1:
+            if strategy.world_size != n_parts or shard.ranks != [strategy.rank]:
+                raise ValueError(
+                    f"rank {strategy.rank} of {strategy.world_size} holds parts {shard.ranks} of "
+                    f"a partition into {n_parts}: launch one process per part (torchrun "
+                    f"--nproc-per-node {n_parts}), each loading its own with load_shard(folder)"
+                )
+        elif len(shard.ranks) != n_parts:
+            raise ValueError(
+                f"one process holds parts {shard.ranks} of a partition into {n_parts}: train "
+                "on it with one process per part (torchrun), or load every part in this one "
+                "(load_shard(folder, 'all'))"
+            )
+        elif getattr(strategy, "simulated", n_parts) != n_parts:
+            raise ValueError(
+                f"Simulated({strategy.simulated}) on a partition into {n_parts}: simulate "
+                f"{n_parts} ranks, one per part"
+            )
 
     def _agree_on_start(self) -> None:
         """Data-parallel: check that every rank fits the same graph, targets and seed (a
@@ -432,9 +484,11 @@ class FitLoop:
         assignment tables, so that they start from one state whatever their hardware."""
         graph, task, strategy = self.graph, self.task, self.strategy
         part = getattr(self.sampler, "part", None)
+        # a partition's fingerprint covers its labels; each rank holds its own nodes' only
+        targets = 0 if self.sharing else _digest(np.packbits(task.loss_mask).tobytes())
         checks = {
             "the graph (A and X)": _digest(graph.fingerprint),
-            "the training targets (y)": _digest(np.packbits(task.loss_mask).tobytes()),
+            "the training targets (y)": targets,
             "the seed (random_state)": self.seed,
             "the METIS partition of the cluster sampler": _digest(
                 b"" if part is None else np.ascontiguousarray(part).tobytes()
@@ -707,17 +761,23 @@ class FitLoop:
         float
         """
         self._set_mode(False)
-        logits = vq_inference(
-            self.model,
-            self.data,
-            self.tables,
-            self.input_table,
-            self.sampler,
-            self.val_nodes,
-            self.device,
-        )
-        score = self.task.val_score(logits, self.val_nodes)
-        if self.strategy.world_size > 1:  # rank 0's, so that early stopping agrees exactly
+        score = 0.0
+        if len(self.val_nodes):
+            logits = vq_inference(
+                self.model,
+                self.data,
+                self.tables,
+                self.input_table,
+                self.sampler,
+                self.val_nodes,
+                self.device,
+            )
+            score = self.task.val_score(logits, self.val_nodes)
+        if self.sharing is not None:  # each process scored its nodes: their weighted mean
+            n = float(len(self.val_nodes))
+            total = self.sharing.sum(torch.tensor([score * n, n], dtype=torch.float64))
+            score = float(total[0] / total[1])
+        elif self.strategy.world_size > 1:  # rank 0's, so that early stopping agrees exactly
             score = float(self.strategy.broadcast(torch.tensor([score], dtype=torch.float64), 0))
         return score
 
@@ -762,7 +822,9 @@ class FitLoop:
             if not self.tables:
                 return torch.from_numpy(exact_layers(self.model, self.data, self.device)[nodes])
             model, tables = copy.deepcopy(self.model), copy.deepcopy(self.tables)
-            refresh_codebooks(model, self.data, tables, self.input_table, self.sampler, self.device)
+            refresh_codebooks(
+                model, self.data, tables, self.input_table, self.sampler, self.device, self.sharing
+            )
             return vq_inference(
                 model, self.data, tables, self.input_table, self.sampler, nodes, self.device
             )
@@ -786,7 +848,7 @@ class FitLoop:
                 for hook in self.callbacks:
                     hook.on_epoch_start(self)
                 record = self.epoch_pass()
-                if len(self.val_nodes):
+                if self.validated:
                     record["val_score"] = self.evaluate()
                     self.keep_if_best(record["val_score"])
                 self.history.append(record)
@@ -825,7 +887,13 @@ class FitLoop:
             self.model = model
         if self.tables:
             refresh_codebooks(
-                model, self.data, self.tables, self.input_table, self.sampler, self.device
+                model,
+                self.data,
+                self.tables,
+                self.input_table,
+                self.sampler,
+                self.device,
+                self.sharing,
             )
         elif model.codebooks:
             # full-graph training (the graph fits in one batch) never touched the codebooks:

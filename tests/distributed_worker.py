@@ -58,6 +58,13 @@ CONFIGS = {
 COMMON = dict(batch_size=100, n_codewords=16, dropout=0.0, learning_rate=0.01, random_state=0)
 LINK = dict(batch_size=100, n_codewords=16, hidden_layer_sizes=(16,), max_epochs=2, random_state=0)
 N_RECORDED = 6  # steps whose whole state is recorded
+# partitioned fits (one folder per config, written by the test): depth 1-2, a symmetric
+# convolution and a directed graph's (whose transposed rows come from their own files)
+SHARDED = {
+    "gcn-2": dict(backbone="gcn", hidden_layer_sizes=(16, 16), early_stopping=True, max_epochs=3),
+    "sage-1-directed": dict(backbone="sage", hidden_layer_sizes=(16,), max_epochs=2),
+}
+SHARDED_COMMON = dict(COMMON, sampler="random", accumulate_batches=1, n_iter_no_change=5)
 
 
 def data():
@@ -128,6 +135,31 @@ def main(scenario: str, out: Path) -> None:
                 "steps": recorder.states,
                 "epochs": recorder.epochs,
                 "predict": clf.predict(A, X),
+            }
+    elif scenario == "shards":  # each rank loads its own part of a partition written before
+        from skvqgnn.layers import make_backbone
+        from skvqgnn.shards import load_shard, write_predictions
+
+        for name, config in SHARDED.items():
+            shard = load_shard(out / name)
+            recorder = Recorder()
+            clf = VQGNNClassifier(**{**SHARDED_COMMON, **config})
+            clf.fit(shard, callbacks=[recorder])
+            write_predictions(shard, clf.predict(shard))
+            convolutions = shard.graph_data(make_backbone(config["backbone"])).convolutions
+            result[name] = {
+                **summary(clf),
+                "steps": recorder.states,
+                "epochs": recorder.epochs,
+                "held": {
+                    "ranks": shard.ranks,
+                    "features": shard.X.shape,
+                    "matrices": [
+                        [m.shape for m in (c.matrix, c.transposed(), c.inputs)]
+                        for c in convolutions
+                        if hasattr(c, "matrix") and c.matrix is not None
+                    ],
+                },
             }
     elif scenario == "cuda":  # gloo ranks training on the GPU (one GPU can hold both)
         params = {**COMMON, **CONFIGS["gcn-2-random"], "device": "cuda"}

@@ -16,7 +16,7 @@ LAYERS = [
     {"attention"},  # softmax attention, the learnable convolutions' arithmetic
     {"convolutions"},  # the convolution kinds (Eq. 6, Eq. 7) and the batches they make
     {"layers"},  # the network: backbones and the VQ-GNN stack
-    {"inference"},  # whole-graph passes: codebook initialisation, exact and VQ inference
+    {"inference", "shards"},  # whole-graph passes; a partitioned graph's parts
     {"training"},  # the training loop, its task and callbacks, the codebook updates
     {"_base"},  # the estimators' shared parameters, fit and predict
     {"classifier", "link"},  # the estimators
