@@ -107,6 +107,97 @@ def _nbytes(M) -> int:
     return int(M.nbytes)
 
 
+def _shard_bytes(shard, data) -> int:
+    """Bytes of the graph a rank holds: its features and its convolution files' arrays."""
+    arrays = [shard.X]
+    for conv in data.convolutions:
+        if getattr(conv, "matrix", None) is not None:
+            arrays += [conv.matrix, conv.inputs]
+            if conv.transposed() is not conv.matrix:
+                arrays.append(conv.transposed())
+    return sum(_nbytes(a) for a in arrays)
+
+
+def write_partition(spec: Record) -> None:
+    """Partition the generated graph for ``spec["world_size"]`` ranks (a process of its own)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from skvqgnn.shards import write_shards
+
+    f = np.load(spec["file"])
+    n = len(f["y"])
+    A = sp.csr_array((f["data"], f["indices"], f["indptr"]), shape=(n, n))
+    y = np.where(f["train"], f["y"], -1)
+    start = time.perf_counter()
+    folder = Path(spec["folder"])
+    write_shards(folder.with_suffix(".tmp"), A, f["X"], spec["world_size"], y=y, backbone="gcn")
+    seconds = time.perf_counter() - start
+    (folder.with_suffix(".tmp") / "written.json").write_text(
+        json.dumps({"seconds": seconds, "rss_peak_mib": _rss_mib()})
+    )
+    folder.with_suffix(".tmp").rename(folder)
+
+
+def run_partitioned_rank(spec: Record, out: Path) -> None:
+    """One rank of a partitioned run: load its own part only, fit, score its test nodes."""
+    from datetime import timedelta
+
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from skvqgnn import VQGNNClassifier
+    from skvqgnn.distributed import DataParallel, Local
+    from skvqgnn.layers import make_backbone
+    from skvqgnn.shards import load_shard
+
+    torch.set_num_threads(1)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if world > 1:
+        dist.init_process_group("gloo", timeout=timedelta(seconds=600))
+    started = _current_rss_mib()  # the interpreter, torch and the package, before any data
+    shard = load_shard(spec["folder"])
+    f = np.load(spec["file"])
+    original = shard.original_nodes
+    truth, tested = f["y"][original], f["test"][original]  # this rank's nodes only
+    del f
+    data = shard.graph_data(make_backbone("gcn"))
+    loaded = _current_rss_mib()
+    strategy = DataParallel() if world > 1 else Local()
+    clf = VQGNNClassifier(
+        hidden_layer_sizes=(64,),
+        batch_size=spec["batch_size"],
+        sampler="random",
+        accumulate_batches=1,
+        max_epochs=spec["max_epochs"],
+        random_state=0,
+    )
+    start = time.perf_counter()
+    clf.fit(shard, distributed=strategy)
+    fit_s = time.perf_counter() - start
+    record = {
+        "rank": rank,
+        "fit_s": fit_s,
+        "epoch_s": statistics.median(h["time"] for h in clf.history_),
+        "epochs": clf.n_iter_,
+        "rss_start_mib": started,
+        "rss_loaded_mib": loaded,
+        "rss_peak_mib": _rss_mib(),
+        "traffic": getattr(strategy, "traffic", {}),
+        "n_batches": world * -(-int(max(np.diff(shard.offsets))) // clf.batch_size),
+        "nodes_held": shard.stop - shard.start,
+        "graph_bytes": _shard_bytes(shard, data),
+        "table_bytes": int(sum(t.codes.nbytes + t.grad_codes.nbytes for t in clf.tables_)),
+        "test_correct": int(np.sum(clf.transduction_[tested] == truth[tested])),
+        "test_total": int(tested.sum()),
+        "torch": torch.__version__,
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+    if world > 1:
+        dist.destroy_process_group()
+
+
 def run_rank(spec: Record, out: Path) -> None:
     """One rank of a run: join the group (several ranks), fit, write the rank's record."""
     from datetime import timedelta
@@ -122,6 +213,7 @@ def run_rank(spec: Record, out: Path) -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world > 1:
         dist.init_process_group("gloo", timeout=timedelta(seconds=600))
+    started = _current_rss_mib()  # the interpreter, torch and the package, before any data
     A, X, y, train, test = _load(spec)
     loaded = _current_rss_mib()
     if spec["kind"] == "scale":
@@ -145,6 +237,7 @@ def run_rank(spec: Record, out: Path) -> None:
         "fit_s": fit_s,
         "epoch_s": statistics.median(h["time"] for h in clf.history_),
         "epochs": clf.n_iter_,
+        "rss_start_mib": started,
         "rss_loaded_mib": loaded,
         "rss_peak_mib": _rss_mib(),
         "traffic": getattr(strategy, "traffic", {}),
@@ -173,10 +266,18 @@ def _free_port() -> int:
 def run_config(spec: Record) -> Record:
     """Launch the ranks of a run and gather their records."""
     spec = dict(spec)
-    if spec["kind"] == "scale":
+    written = None
+    if spec["kind"] in ("scale", "partitioned"):
         cache = Path(spec["cache"])
         cache.mkdir(parents=True, exist_ok=True)
         spec["file"] = str(_csbm_file(cache, int(spec["n_nodes"])))
+    if spec["kind"] == "partitioned":  # written once per graph and number of ranks, kept
+        folder = cache / f"csbm-{spec['n_nodes']}-parts{spec['world_size']}"
+        spec["folder"] = str(folder)
+        if not folder.exists():
+            command = [sys.executable, __file__, "--partition", json.dumps(spec)]
+            subprocess.run(command, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        written = json.loads((folder / "written.json").read_text())
     world, port = spec["world_size"], _free_port()
     with tempfile.TemporaryDirectory() as out:
         procs = []
@@ -199,6 +300,12 @@ def run_config(spec: Record) -> Record:
         ranks = [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(world)]
     spec.pop("file", None)
     spec.pop("cache", None)
+    spec.pop("folder", None)
+    if spec["kind"] == "partitioned":
+        total = sum(r["test_total"] for r in ranks)
+        for r in ranks:  # every part's test nodes
+            r["test_acc"] = sum(x["test_correct"] for x in ranks) / max(1, total)
+        spec["written"] = written
     return {**spec, "ranks": ranks, "torch": ranks[0]["torch"]}
 
 
@@ -216,6 +323,8 @@ def _steps(record: Record) -> int:
 def summary(record: Record) -> str:
     r = record["ranks"]
     what = f"{record.get('n_nodes', record.get('dataset'))} on {record['world_size']} ranks"
+    if record["kind"] == "partitioned":
+        what = f"partitioned {what}"
     return (
         f"{what}: epoch {max(x['epoch_s'] for x in r):.2f} s, peak RSS "
         f"{max(x['rss_peak_mib'] for x in r):.0f} MiB, test acc {r[0]['test_acc']:.3f}"
@@ -241,6 +350,58 @@ def _scale_rows(records: list[Record]) -> list[str]:
             f"{reduce_kib:.0f} | {gather_kib:.0f} | {ranks[0]['test_acc']:.3f} |"
         )
     return rows
+
+
+def _peak(ranks: list[Record]) -> str:
+    """The largest peak RSS of the ranks, and (when measured) its part above the process's
+    RSS before it read any data."""
+    peak = max(x["rss_peak_mib"] for x in ranks)
+    if all("rss_start_mib" in x for x in ranks):
+        above = max(x["rss_peak_mib"] - x["rss_start_mib"] for x in ranks)
+        return f"{peak:.0f} ({above:.0f})"
+    return f"{peak:.0f}"
+
+
+def _partitioned_rows(
+    records: list[Record], scale: list[Record]
+) -> tuple[list[str], list[tuple[str, bool]]]:
+    """Per-rank memory of partitioned runs beside the data-parallel runs of the same graph."""
+    whole = {(r["n_nodes"], r["world_size"]): r for r in scale}
+    rows = [
+        "| nodes | ranks | nodes per rank (largest) | graph held per rank MiB | assignment tables "
+        "MiB | peak RSS per rank MiB (above the process's start) | data-parallel, same graph | "
+        "epoch s (median, slowest rank) | fit s | all-reduce KiB / step | all-gather KiB / step "
+        "| test accuracy |",
+        "|" + "---|" * 12,
+    ]
+    checks = []
+    one = {r["n_nodes"]: r for r in records if r["world_size"] == 1}
+    for r in records:
+        ranks, steps = r["ranks"], max(1, _steps(r))
+        held = max(x["graph_bytes"] for x in ranks)
+        reduce_kib = max(x["traffic"].get("all_reduce", 0) for x in ranks) / steps / 1024
+        gather_kib = max(x["traffic"].get("all_gather", 0) for x in ranks) / steps / 1024
+        other = whole.get((r["n_nodes"], r["world_size"]))
+        other_rss = "" if other is None else _peak(other["ranks"])
+        rows.append(
+            f"| {r['n_nodes']:.0e} | {r['world_size']} | "
+            f"{max(x['nodes_held'] for x in ranks):,} | {held / 2**20:.0f} | "
+            f"{ranks[0]['table_bytes'] / 2**20:.0f} | "
+            f"{_peak(ranks)} | {other_rss} | "
+            f"{max(x['epoch_s'] for x in ranks):.2f} | {max(x['fit_s'] for x in ranks):.1f} | "
+            f"{reduce_kib:.0f} | {gather_kib:.0f} | {ranks[0]['test_acc']:.3f} |"
+        )
+        base = one.get(r["n_nodes"])
+        if base is not None and r["world_size"] > 1:
+            ratio = held * r["world_size"] / max(x["graph_bytes"] for x in base["ranks"])
+            checks.append(
+                (
+                    f"{r['n_nodes']:.0e} nodes, {r['world_size']} ranks: the graph a rank holds "
+                    f"is 1/N of the whole within 10 % ({ratio:.3f} x 1/N)",
+                    ratio <= 1.10,
+                )
+            )
+    return rows, checks
 
 
 def _accuracy_rows(records: list[Record]) -> tuple[list[str], list[tuple[str, bool]]]:
@@ -304,12 +465,17 @@ def render(meta: Record, records: list[Record], regenerated: str | None) -> str:
     """Provenance, the scale table, the accuracy table, the projection and the checks."""
     lines = machine_lines(meta, records, regenerated)
     scale = [r for r in records if r["kind"] == "scale"]
+    partitioned = [r for r in records if r["kind"] == "partitioned"]
     accuracy = [r for r in records if r["kind"] == "accuracy"]
     checks: list[tuple[str, bool]] = []
     if scale:
         lines += ["", "### Epoch time, memory and traffic", "", *_scale_rows(scale)]
+    if partitioned:
+        rows, checks = _partitioned_rows(partitioned, scale)
+        lines += ["", "### Partitioned: each rank holds its part of the graph", "", *rows]
     if accuracy:
-        rows, checks = _accuracy_rows(accuracy)
+        rows, accuracy_checks = _accuracy_rows(accuracy)
+        checks += accuracy_checks
         lines += ["", "### Accuracy against one rank", "", *rows]
     projection = _projection(records)
     if projection:
@@ -325,6 +491,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="*", type=float, default=[1e6])
     parser.add_argument("--world-sizes", nargs="+", type=int, default=[1, 2, 4])
+    parser.add_argument(
+        "--partitioned-sizes", nargs="*", type=float, default=[1e6], help="graphs partitioned"
+    )
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--max-epochs", type=int, default=2)
     parser.add_argument("--accuracy-datasets", nargs="*", default=["cora"])
@@ -345,7 +514,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--rank" and argv is None:
-        run_rank(json.loads(sys.argv[2]), Path(sys.argv[3]))
+        spec = json.loads(sys.argv[2])
+        runner = run_partitioned_rank if spec["kind"] == "partitioned" else run_rank
+        runner(spec, Path(sys.argv[3]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--partition" and argv is None:
+        write_partition(json.loads(sys.argv[2]))
         return
     args = parse_args(argv)
     specs = lambda: [  # noqa: E731
@@ -359,6 +533,18 @@ def main(argv: list[str] | None = None) -> None:
                 "cache": str(args.cache),
             }
             for n in args.sizes
+            for w in args.world_sizes
+        ),
+        *(
+            {
+                "kind": "partitioned",
+                "n_nodes": int(n),
+                "world_size": w,
+                "batch_size": args.batch_size,
+                "max_epochs": args.max_epochs,
+                "cache": str(args.cache),
+            }
+            for n in args.partitioned_sizes
             for w in args.world_sizes
         ),
         *(
