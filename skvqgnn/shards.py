@@ -521,6 +521,7 @@ class ShardSampler(NodeSampler):
         self.n_nodes = int(self.offsets[-1])
         sizes = np.diff(self.offsets)
         self.n_steps = max(1, -(-int(sizes.max()) // batch_size))
+        self.n_batches = self.n_steps * len(sizes)  # per epoch, over every part
         if sizes.min() < self.n_steps:
             raise ValueError(
                 f"the partition's smallest part ({int(sizes.min())} nodes) cannot fill the "
