@@ -59,6 +59,7 @@ MODULES: list[tuple[str, list[str] | None]] = [
     ("skvqgnn.training", ["ProgressBar"]),
     ("skvqgnn.inference", None),
     ("skvqgnn.distributed", None),
+    ("skvqgnn.shards", None),
 ]
 
 #: Numpydoc sections whose entries are ``name : type`` lines with indented descriptions.

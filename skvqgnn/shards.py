@@ -305,6 +305,15 @@ class GraphShard:
     predictions of the shard's nodes (``write_predictions`` saves them beside the partition).
     Load one with `load_shard`.
 
+    Parameters
+    ----------
+    folder : Path
+        The partition's folder.
+    meta : dict
+        Its ``partition.json``.
+    ranks : list of int
+        The parts to hold: consecutive, in order.
+
     Attributes
     ----------
     folder : Path
@@ -362,7 +371,14 @@ class GraphShard:
         return np.asarray(np.load(self.folder / "nodes.npy", mmap_mode="r")[self.start : self.stop])
 
     def cached(self, key: Any, build: Any) -> Any:
-        """``build()`` computed once per key (as ``Graph.cached``)."""
+        """``build()`` computed once per key (as ``Graph.cached``).
+
+        Parameters
+        ----------
+        key : hashable
+        build : callable
+            Called without arguments the first time ``key`` is asked for.
+        """
         if key not in self._cache:
             self._cache[key] = build()
         return self._cache[key]
