@@ -108,14 +108,16 @@ def _nbytes(M) -> int:
 
 
 def _shard_bytes(shard, data) -> int:
-    """Bytes of the graph a rank holds: its features and its convolution files' arrays."""
-    arrays = [shard.X]
+    """Bytes of the graph a rank's fit reads: per convolution its rows, their transposes and
+    its first-layer inputs, or the features (a GCN reads no features: ``C X`` replaces them)."""
+    arrays = {}
     for conv in data.convolutions:
+        for a in (getattr(conv, "matrix", None), conv.inputs):
+            if a is not None:
+                arrays[id(a)] = a
         if getattr(conv, "matrix", None) is not None:
-            arrays += [conv.matrix, conv.inputs]
-            if conv.transposed() is not conv.matrix:
-                arrays.append(conv.transposed())
-    return sum(_nbytes(a) for a in arrays)
+            arrays[id(conv.transposed())] = conv.transposed()
+    return sum(_nbytes(a) for a in arrays.values())
 
 
 def write_partition(spec: Record) -> None:
@@ -426,7 +428,7 @@ def _accuracy_rows(records: list[Record]) -> tuple[list[str], list[tuple[str, bo
 
 
 def _projection(records: list[Record]) -> list[str]:
-    """What N ranks would need for 10⁸ and 10⁹ nodes, from the largest measured run."""
+    """What N ranks would need for 10⁸ and 10⁹ nodes, from the largest measured runs."""
     scale = [r for r in records if r["kind"] == "scale" and r["world_size"] > 1]
     if not scale:
         return []
@@ -437,26 +439,56 @@ def _projection(records: list[Record]) -> list[str]:
     graph, table = ranks[0]["graph_bytes"] / n, ranks[0]["table_bytes"] / n
     b, N = r["batch_size"], 64
     lines = [
-        f"From the {n:.0e}-node run on {r['world_size']} ranks: the graph (CSR and 64 float32 "
-        f"features, degree 10) takes {graph:.0f} bytes per node and the assignment tables "
-        f"{table:.0f}; a rank's memory above its loaded graph peaked at {work / 2**20:.0f} MiB; "
-        f"it handed {per_step / 1024:.0f} KiB to collectives per step, which does not grow with "
-        "the graph (the gradients, the codebook statistics and one batch's codes). Every rank "
-        "holds the whole graph today; the last column is what a rank would hold if each held "
-        "1/N of the graph and every node's codes (not built yet). Working memory is taken as "
-        "measured, though part of it (the end-of-fit refresh) grows with the graph.",
+        f"From the {n:.0e}-node data-parallel run on {r['world_size']} ranks: the graph (CSR and "
+        f"64 float32 features, degree 10) takes {graph:.0f} bytes per node and the assignment "
+        f"tables {table:.0f}; a rank's memory above its loaded graph peaked at "
+        f"{work / 2**20:.0f} MiB; it handed {per_step / 1024:.0f} KiB to collectives per step, "
+        "which does not grow with the graph (the gradients, the codebook statistics and one "
+        "batch's codes).",
+    ]
+    parts = [x for x in records if x["kind"] == "partitioned" and x["world_size"] > 1]
+    if parts:
+        p = max(parts, key=lambda x: (x["n_nodes"], x["world_size"]))
+        held = max(x["graph_bytes"] for x in p["ranks"]) * p["world_size"] / p["n_nodes"]
+        rest = max(
+            x["rss_peak_mib"] * 2**20
+            - x["rss_start_mib"] * 2**20
+            - x["graph_bytes"]
+            - x["table_bytes"]
+            for x in p["ranks"]
+        )
+        lines[0] += (
+            f" In the partitioned run of {p['n_nodes']:.0e} nodes on {p['world_size']} ranks a "
+            f"rank held its 1/N of the graph (with the first layer's inputs `C X`, {held:.0f} "
+            f"bytes per node of the whole graph), every node's codes, and {rest / 2**20:.0f} MiB "
+            "more above the process's start (a batch's work and the integers per node a rank "
+            "keeps); the last column counts that remainder as growing with the graph, an upper "
+            "bound."
+        )
+        split_label = "per rank, partitioned"
+
+        def split(nodes: float) -> float:
+            return held * nodes / N + table * nodes + rest * nodes / p["n_nodes"]
+
+    else:
+        held = graph
+        split_label = "per rank, 1/N of the graph (estimate)"
+
+        def split(nodes: float) -> float:
+            return graph * nodes / N + table * nodes + work
+
+    lines += [
         "",
         f"| nodes | N | steps per epoch (b = {b}) | traffic per rank and epoch | per rank, "
-        "whole graph | per rank, 1/N of the graph |",
+        f"whole graph | {split_label} |",
         "|---|---|---|---|---|---|",
     ]
     for nodes in (1e8, 1e9):
         steps_epoch = nodes / b / N
         whole = (graph + table) * nodes + work
-        split = graph * nodes / N + table * nodes + work
         lines.append(
             f"| {nodes:.0e} | {N} | {steps_epoch:,.0f} | {per_step * steps_epoch / 2**30:.1f} GiB "
-            f"| {whole / 2**30:,.0f} GiB | {split / 2**30:,.1f} GiB |"
+            f"| {whole / 2**30:,.0f} GiB | {split(nodes) / 2**30:,.1f} GiB |"
         )
     return lines
 
