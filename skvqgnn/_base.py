@@ -265,13 +265,10 @@ class BaseVQGNN(BaseEstimator):
     def _sampler_for(self, graph: Graph | GraphShard, seed: int) -> NodeSampler:
         b = self._effective_batch_size(graph.n_nodes)
         if isinstance(graph, GraphShard):
-            if self.sampler != "random":
-                raise ValueError(
-                    f"sampler={self.sampler!r}: a partitioned graph is trained on random "
-                    "batches inside each rank's part (the partition already keeps neighbours "
-                    "together); pass sampler='random'"
-                )
-            return graph.cached(("sampler", b), lambda: ShardSampler(graph.offsets, b, graph.ranks))
+            return graph.cached(
+                ("sampler", b, self.sampler, self.parts_per_batch, self.partitioner, seed),
+                lambda: self._shard_sampler(graph, b, seed),
+            )
         if self.sampler == "random" or b >= graph.n_nodes:
             return RandomNodeSampler(graph.n_nodes, b)
         key = ("cluster_sampler", b, self.parts_per_batch, self.partitioner, seed)
@@ -285,6 +282,28 @@ class BaseVQGNN(BaseEstimator):
             lambda: ClusterSampler(
                 graph.A, b, self.parts_per_batch, seed, part=part, partitioner=self.partitioner
             ),
+        )
+
+    def _shard_sampler(self, shard: GraphShard, b: int, seed: int) -> ShardSampler:
+        """Batches inside each part of a partitioned graph: random, or clusters of the edges
+        inside the part (of its first fixed convolution's pattern)."""
+        blocks = None
+        if self.sampler == "cluster":
+            data = self._graph_data(shard)
+            rows = next(c.matrix for c in data.convolutions if c.matrix is not None)
+
+            def blocks(r: int) -> Any:
+                lo, hi = int(shard.offsets[r]), int(shard.offsets[r + 1])
+                return rows[lo - shard.start : hi - shard.start][:, lo:hi].tocsr()
+
+        return ShardSampler(
+            shard.offsets,
+            b,
+            shard.ranks,
+            blocks,
+            self.parts_per_batch,
+            seed,
+            self.partitioner,
         )
 
     def _backward_flags(self, kinds: Sequence[type[Convolution]]) -> list[bool]:

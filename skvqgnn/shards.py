@@ -515,10 +515,13 @@ def _load_csr(path: Path) -> sp.csr_array:
 
 # -- batches ---------------------------------------------------------------------------------------
 class ShardSampler(NodeSampler):
-    """Random batches inside each part: every part has the same number of batches per epoch
-    (``ceil(largest part / batch_size)``, its nodes split evenly among them), so that every step
-    of an ``n_parts``-rank fit has one batch per rank.
+    """Batches inside each part: every part has the same number of batches per epoch
+    (``ceil(largest part / batch_size)``), so that every step of an ``n_parts``-rank fit has one
+    batch per rank.
 
+    Random batches split a part's nodes evenly among them; cluster batches (``blocks`` given)
+    join ``parts_per_batch`` random clusters of the part, found by METIS (or label
+    propagation) on the edges inside the part, as ``ClusterSampler`` does on a whole graph.
     The epoch's batches come in step order, rank order within a step; the entries of the parts
     this process does not hold are ``None`` (their rank draws them). Each part draws from its
     own generator, seeded by the epoch's draw from the shared one and the part's index, so that
@@ -530,38 +533,95 @@ class ShardSampler(NodeSampler):
     batch_size : int
     ranks : list of int
         The parts held.
+    blocks : callable, default=None
+        ``blocks(r)``: the (n_r, n_r) adjacency inside part ``r`` (its local ids), for cluster
+        batches; ``None``: random batches.
+    parts_per_batch : int, default=4
+        Clusters per batch.
+    seed : int, default=0
+        Seed of the partitioner.
+    partitioner : {"metis", "label_propagation"}, default="metis"
     """
 
-    def __init__(self, offsets: np.ndarray, batch_size: int, ranks: Sequence[int]):
+    def __init__(
+        self,
+        offsets: np.ndarray,
+        batch_size: int,
+        ranks: Sequence[int],
+        blocks: Any = None,
+        parts_per_batch: int = 4,
+        seed: int = 0,
+        partitioner: str = "metis",
+    ):
         self.offsets, self.batch_size, self.ranks = np.asarray(offsets), batch_size, list(ranks)
         self.n_nodes = int(self.offsets[-1])
         sizes = np.diff(self.offsets)
         self.n_steps = max(1, -(-int(sizes.max()) // batch_size))
         self.n_batches = self.n_steps * len(sizes)  # per epoch, over every part
-        if sizes.min() < self.n_steps:
+        self.parts_per_batch = parts_per_batch if self.n_steps > 1 else 1
+        n_clusters = self.n_steps * self.parts_per_batch
+        if sizes.min() < n_clusters:
             raise ValueError(
                 f"the partition's smallest part ({int(sizes.min())} nodes) cannot fill the "
                 f"{self.n_steps} batches of its largest at batch_size={batch_size}: use a "
                 "smaller batch_size or a balanced partition"
             )
+        self.clusters: dict[int, list[np.ndarray]] | None = None
+        if blocks is not None:
+            cut = {"metis": metis_partition, "label_propagation": label_propagation_partition}
+            self.clusters = {}
+            for r in self.ranks:
+                labels = cut[partitioner](blocks(r), n_clusters, seed)
+                members = _members(labels, n_clusters)
+                self.clusters[r] = [int(self.offsets[r]) + m for m in members]
+
+    def _part_batches(self, r: int, key: int) -> list[np.ndarray]:
+        lo, hi = int(self.offsets[r]), int(self.offsets[r + 1])
+        rng = np.random.default_rng([key, r])
+        if self.clusters is None:
+            order = lo + rng.permutation(hi - lo)
+            return [np.sort(b) for b in np.array_split(order, self.n_steps)]
+        return self._grouped(self.clusters[r], rng.permutation(len(self.clusters[r])))
+
+    def _grouped(self, clusters: list[np.ndarray], order: np.ndarray) -> list[np.ndarray]:
+        k = self.parts_per_batch
+        return [
+            np.sort(np.concatenate([clusters[i] for i in order[s * k : (s + 1) * k]]))
+            for s in range(self.n_steps)
+        ]
 
     def epoch(self, rng: np.random.Generator) -> Iterator[np.ndarray | None]:  # noqa: D102
         key = int(rng.integers(2**63 - 1))
         n_parts = len(self.offsets) - 1
         parts: list[list[np.ndarray] | None] = [None] * n_parts
         for r in self.ranks:
-            lo, hi = int(self.offsets[r]), int(self.offsets[r + 1])
-            order = lo + np.random.default_rng([key, r]).permutation(hi - lo)
-            parts[r] = [np.sort(b) for b in np.array_split(order, self.n_steps)]
+            parts[r] = self._part_batches(r, key)
         for step in range(self.n_steps):
             for r in range(n_parts):
                 yield None if parts[r] is None else parts[r][step]
 
     def inference_batches(self) -> Iterator[np.ndarray]:  # noqa: D102
         for r in self.ranks:
+            if self.clusters is not None:  # the clusters in order: most edges inside a batch
+                yield from self._grouped(self.clusters[r], np.arange(len(self.clusters[r])))
+                continue
             lo, hi = int(self.offsets[r]), int(self.offsets[r + 1])
             for start in range(lo, hi, self.batch_size):
                 yield np.arange(start, min(start + self.batch_size, hi))
+
+
+def _members(labels: np.ndarray, n_clusters: int) -> list[np.ndarray]:
+    """The nodes of each of ``n_clusters`` clusters; a cluster the partitioner left empty takes
+    half of the largest, so that every batch has nodes."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n_clusters + 1))
+    members = [order[bounds[i] : bounds[i + 1]] for i in range(n_clusters)]
+    for i in range(n_clusters):
+        if len(members[i]) == 0:
+            j = max(range(n_clusters), key=lambda c: len(members[c]))
+            half = len(members[j]) // 2
+            members[i], members[j] = members[j][:half], members[j][half:]
+    return members
 
 
 class Sharing:

@@ -58,11 +58,14 @@ CONFIGS = {
 COMMON = dict(batch_size=100, n_codewords=16, dropout=0.0, learning_rate=0.01, random_state=0)
 LINK = dict(batch_size=100, n_codewords=16, hidden_layer_sizes=(16,), max_epochs=2, random_state=0)
 N_RECORDED = 6  # steps whose whole state is recorded
-# partitioned fits (one folder per config, written by the test): depth 1-2, a symmetric
-# convolution and a directed graph's (whose transposed rows come from their own files)
+# partitioned fits (one folder per config, written by the test): depth 1-2, random and
+# cluster batches inside the parts, a symmetric convolution and a directed graph's (whose
+# transposed rows come from their own files)
 SHARDED = {
     "gcn-2": dict(backbone="gcn", hidden_layer_sizes=(16, 16), early_stopping=True, max_epochs=3),
-    "sage-1-directed": dict(backbone="sage", hidden_layer_sizes=(16,), max_epochs=2),
+    "sage-1-directed": dict(
+        backbone="sage", hidden_layer_sizes=(16,), sampler="cluster", max_epochs=2
+    ),
 }
 SHARDED_COMMON = dict(COMMON, sampler="random", accumulate_batches=1, n_iter_no_change=5)
 

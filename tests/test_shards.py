@@ -136,8 +136,6 @@ def test_fit_refuses_a_mismatched_partition_or_estimator(tmp_path):
     shard = load_shard(tmp_path / "p", "all")
     with pytest.raises(ValueError, match="written for backbone 'gcn', not 'sage'"):
         VQGNNClassifier(**{**PARAMS, "backbone": "sage"}).fit(shard)
-    with pytest.raises(ValueError, match="sampler='random'"):
-        VQGNNClassifier(**{**PARAMS, "sampler": "cluster"}).fit(shard)
     with pytest.raises(ValueError, match="parts \\[1\\] of a partition into 2"):
         VQGNNClassifier(**PARAMS).fit(load_shard(tmp_path / "p", 1))
     with pytest.raises(ValueError, match="simulate 2 ranks"):
@@ -181,6 +179,32 @@ def test_a_partitioned_fit_learns_what_a_whole_graph_fit_learns(tmp_path):
         theirs = (whole.predict(A, X)[test] == y[test]).mean()
         assert ours > 0.7 and ours > theirs - 0.03, (depth, ours, theirs)
         np.testing.assert_array_equal(clf.transduction_, clf.predict(shard))
+        # the network is the whole graph's: it predicts the graph as given, nodes in its order
+        assert (clf.predict(A, X)[test] == y[test]).mean() > 0.7
+
+
+def test_sparse_features_and_a_warm_start(tmp_path):
+    """Sparse X (CSR files, the first layer's inputs too) with GraphSAGE, whose root messages
+    read the features, trains the model the same values stored densely train; a warm start on
+    the same partition goes on from the fitted state."""
+    A, X, y = sharded_graph("directed")
+    X = np.where(X > 0.5, X, 0.0).astype(np.float32)
+    write_shards(tmp_path / "sparse", A, sp.csr_array(X), 2, y=y, backbone="sage")
+    write_shards(tmp_path / "dense", A, X, 2, y=y, backbone="sage")
+    assert (tmp_path / "sparse" / "rank0" / "features.npz").exists()
+    shard = load_shard(tmp_path / "sparse", "all")
+    assert sp.issparse(shard.X) and shard.X.shape == (600, 16)
+    params = {**PARAMS, "backbone": "sage", "max_epochs": 3}
+    clf = VQGNNClassifier(**params).fit(shard, distributed=Simulated(2))
+    dense = load_shard(tmp_path / "dense", "all")
+    same = VQGNNClassifier(**params).fit(dense, distributed=Simulated(2))
+    for key, value in same.model_.state_dict().items():
+        np.testing.assert_allclose(clf.model_.state_dict()[key], value, atol=1e-4, err_msg=key)
+    np.testing.assert_array_equal(clf.predict(shard), same.predict(dense))
+    tables = [t.codes.copy() for t in clf.tables_]
+    clf.set_params(warm_start=True, max_epochs=1).fit(shard, distributed=Simulated(2))
+    assert clf.n_iter_ == 4 and len(clf.history_) == 4
+    assert any(not np.array_equal(a, t.codes) for a, t in zip(tables, clf.tables_, strict=True))
 
 
 def test_one_process_holding_every_part_trains_on_every_node(tmp_path):
@@ -202,6 +226,43 @@ def test_one_process_holding_every_part_trains_on_every_node(tmp_path):
     everyone = np.concatenate(seen.nodes)
     assert np.array_equal(np.sort(everyone), np.arange(600))
     assert len(seen.nodes) == 3 * 2  # 3 parts of 200 nodes, 2 batches each at batch_size=100
+
+
+def test_cluster_batches_are_clusters_inside_each_part(tmp_path):
+    """sampler="cluster": each batch lies inside one part, is made of METIS clusters of the
+    part's own edges (more of its edges inside the batch than random batches have), every
+    node is in one batch per epoch, and every part gives the same number of batches."""
+    from skvqgnn import Callback
+
+    class Seen(Callback):
+        def __init__(self):
+            self.nodes = []
+
+        def on_step_start(self, fit, batch_nodes):
+            self.nodes.append(batch_nodes)
+
+    A, X, y = worker.data()
+    write_shards(tmp_path, A, X, 2, y=y)
+    shard = load_shard(tmp_path, "all")
+    offsets = shard.offsets
+    order = np.load(tmp_path / "nodes.npy")
+    relabelled = sp.csr_array(A)[order][:, order]
+
+    def inside(batches):
+        return np.mean([relabelled[b][:, b].nnz / max(1, relabelled[b].nnz) for b in batches])
+
+    seen = {}
+    for sampler in ("cluster", "random"):
+        seen[sampler] = Seen()
+        params = {**PARAMS, "sampler": sampler, "max_epochs": 1}
+        VQGNNClassifier(**params).fit(shard, callbacks=[seen[sampler]])
+    batches = seen["cluster"].nodes
+    assert len(batches) == 2 * 3  # 300 nodes per part at batch_size=100
+    assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(600))
+    for b in batches:
+        part = np.searchsorted(offsets, b.min(), "right")
+        assert part == np.searchsorted(offsets, b.max(), "right")
+    assert inside(batches) > 1.5 * inside(seen["random"].nodes)
 
 
 # -- two processes ---------------------------------------------------------------------------------
