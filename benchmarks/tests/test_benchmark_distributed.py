@@ -68,7 +68,7 @@ def test_the_region_reports_time_memory_traffic_and_accuracy():
     region = distributed.render(META, records, None)
     # 2 ranks: the slowest rank's epoch (2 + 1 s), 100 steps (2 epochs × 50), KiB per step
     assert "| 1e+06 | 2 | 3.00 | 30.0 | 1501 | 501 | 100 | 50 | 0.900 |" in region
-    assert "| cora | 2 | 2 | 0.8125 ± 0.0106 | +0.25 |" in region
+    assert "| cora | data-parallel | 2 | 2 | 0.8125 ± 0.0106 | +0.25 |" in region
     assert "cora, 2 ranks within 0.5 point of 1 rank**: **PASS**" in region
     # 10⁹ nodes on 64 ranks: 300 + 64 bytes per node, plus the 500 MiB measured above the graph
     assert "| 1e+09 | 64 | 15,259 | 2.2 GiB | 339 GiB | 64.5 GiB |" in region
@@ -82,3 +82,59 @@ def test_saved_records_rebuild_the_region(tmp_path):
     page = tmp_path / "page.md"
     distributed.main(["--from-json", str(saved), "--out", str(page)])
     assert "| 1e+06 | 1 | 4.00 |" in page.read_text()
+
+
+def _partitioned(world, n=10**6, falls=True):
+    """A partitioned run: each rank holds 600 bytes per node of its 1/N (or, ``falls=False``, of
+    the whole graph), 64 bytes per node of codes, and 100 MiB + 17 bytes per node above those."""
+    traffic = {"all_reduce": 100 * 1024 * 100, "all_gather": 50 * 1024 * 100, "broadcast": 0}
+    graph, table = 600 * n // (world if falls else 1), 64 * n
+    rest = 100 * 2**20 + 17 * n
+    ranks = []
+    for r in range(world):
+        rank = _rank(r, 4.0 / world, 0.9, traffic if world > 1 else {})
+        rank.update(
+            rss_start_mib=400.0,
+            rss_peak_mib=400.0 + (rest + graph + table) / 2**20,
+            graph_bytes=graph,
+            table_bytes=table,
+            nodes_held=n // world,
+        )
+        ranks.append(rank)
+    return {
+        "kind": "partitioned",
+        "n_nodes": n,
+        "world_size": world,
+        "batch_size": 1024,
+        "max_epochs": 2,
+        "ranks": ranks,
+        "torch": "2.0",
+    }
+
+
+def test_partitioned_runs_report_per_rank_memory_beside_data_parallel():
+    records = [_scale(1), _scale(2), _partitioned(1), _partitioned(2), _partitioned(2, 10**5)]
+    region = distributed.render(META, records, None)
+    # 300e6 bytes of graph (286 MiB) and 64e6 of codes (61 MiB) per rank; peak 863 MiB, 463
+    # above the start; the data-parallel rank of the same graph peaked at 1501 MiB
+    assert (
+        "| 1e+06 | 2 | 500,000 | 286 | 61 | 863 (463) | 1501 | 2.00 | 20.0 | 100 | 50 |" in region
+    )
+    assert (
+        "2 ranks: the graph a rank holds is 1/N of the whole within 10 % (1.000 x 1/N)**: **PASS**"
+        in region
+    )
+    # 10⁹ nodes on 64 ranks: 600/64 + 64 + 17 bytes per node + 100 MiB = 84.3 GiB per rank
+    assert "grew by 17 bytes per node" in region and "over 100 MiB that do not grow" in region
+    assert "| 1e+09 | 64 | 15,259 | 2.2 GiB | 339 GiB | 84.3 GiB |" in region
+    bad = distributed.render(META, [_partitioned(1), _partitioned(2, falls=False)], None)
+    assert "(2.000 x 1/N)**: **FAIL**" in bad
+
+
+def test_partitioned_accuracy_may_gain_but_not_lose():
+    base = [_accuracy(1, 0, 0.80)]
+    gain = distributed.render(META, [*base, {**_accuracy(2, 0, 0.81), "mode": "partitioned"}], None)
+    assert "| cora | partitioned | 2 | 1 | 0.8100 ± 0.0000 | +1.00 |" in gain
+    assert "2 partitioned ranks not more than 0.5 point below 1 rank**: **PASS**" in gain
+    loss = distributed.render(META, [*base, {**_accuracy(2, 0, 0.79), "mode": "partitioned"}], None)
+    assert "2 partitioned ranks not more than 0.5 point below 1 rank**: **FAIL**" in loss
