@@ -169,10 +169,10 @@ def write_shards(
             if not isinstance(conv, Fixed):
                 continue
             rows = conv.matrix[lo:hi]
-            sp.save_npz(rank / f"conv{s}.npz", sp.csr_matrix(rows), compressed=False)
+            _save_csr(rank / f"conv{s}.npz", rows)
             if not entry["symmetric"]:
                 transposed = _transpose(conv.matrix[:, lo:hi].tocsr())
-                sp.save_npz(rank / f"conv{s}_transposed.npz", sp.csr_matrix(transposed))
+                _save_csr(rank / f"conv{s}_transposed.npz", transposed)
             _save_matrix(rank / f"conv{s}_inputs", _aggregate(rows, relabelled.X))
     meta = {
         "format": FORMAT,
@@ -230,9 +230,19 @@ def _rows(M: np.ndarray | sp.csr_array, rows: np.ndarray) -> np.ndarray | sp.csr
     return M[rows] if sp.issparse(M) else np.ascontiguousarray(M[rows])
 
 
+def _save_csr(path: Path, M: sp.csr_array) -> None:
+    """``M`` as an uncompressed ``.npz``, its index arrays in the narrowest type SciPy loads
+    them in (int32 where they fit), so that loading does not convert them (a second copy)."""
+    M = sp.csr_matrix(M)
+    fits = max(M.shape[1], M.nnz) < np.iinfo(np.int32).max
+    if fits:
+        M.indices, M.indptr = M.indices.astype(np.int32), M.indptr.astype(np.int32)
+    sp.save_npz(path, M, compressed=False)
+
+
 def _save_matrix(stem: Path, M: np.ndarray | sp.csr_array) -> None:
     if sp.issparse(M):
-        sp.save_npz(stem.with_suffix(".npz"), sp.csr_matrix(M), compressed=False)
+        _save_csr(stem.with_suffix(".npz"), M)
     else:
         np.save(stem.with_suffix(".npy"), np.ascontiguousarray(M, dtype=np.float32))
 

@@ -667,8 +667,8 @@ class AssignmentTable:
         self.codes[:] = codes
         self.grad_codes[:] = grad_codes
         for table, usage in ((self.codes, self.usage), (self.grad_codes, self.grad_usage)):
-            counted = np.bincount(self._flat(table), minlength=usage.size)
-            usage[:] = counted.reshape(usage.shape)
+            for p in range(table.shape[1]):  # slice by slice: no (n_nodes, P) int64 copy
+                usage[p] = np.bincount(table[:, p], minlength=self.n_codewords)
 
     def unused(self) -> np.ndarray:
         """(P, k) bool: feature codewords no node is assigned to."""

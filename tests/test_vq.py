@@ -256,3 +256,17 @@ def test_assign_finds_the_nearest_codeword_of_every_slice_across_blocks():
     codes = cb.assign(x)
     assert torch.equal(codes, brute)
     assert (codes[:10] == 3).all()
+
+
+@pytest.mark.parametrize("k", [16, 300])  # uint8 and uint16 codes
+def test_replace_recounts_the_usage_of_every_slice(k):
+    rng = np.random.default_rng(0)
+    table = AssignmentTable(1000, 3, k)
+    codes = rng.integers(0, k, (1000, 3)).astype(table.codes.dtype)
+    grads = rng.integers(0, k // 2, (1000, 3)).astype(table.codes.dtype)
+    table.replace(codes, grads)
+    for p in range(3):
+        np.testing.assert_array_equal(table.usage[p], np.bincount(codes[:, p], minlength=k))
+        np.testing.assert_array_equal(table.grad_usage[p], np.bincount(grads[:, p], minlength=k))
+    assert np.array_equal(table.codes, codes) and np.array_equal(table.grad_codes, grads)
+    assert table.grad_unused()[:, k // 2 :].all() and not table.unused().all()
