@@ -27,7 +27,9 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from skvqgnn import Graph, VQGNNClassifier, VQGNNLinkPredictor
 from skvqgnn.datasets import make_csbm
+from skvqgnn.distributed import Simulated
 from skvqgnn.model_selection import edge_split
+from skvqgnn.shards import load_shard, write_shards
 
 PAGE = Path(__file__).resolve().parents[1] / "doc" / "input_validation.md"
 N = 60
@@ -69,6 +71,20 @@ def _without_cuda(call):
     """Run ``call`` as on a machine without CUDA (the same message on every machine)."""
     with mock.patch.object(torch.cuda, "is_available", return_value=False):
         return call()
+
+
+def _with_partition(call, backbone="gcn"):
+    """``call(shard)`` on a 2-part partition of the graph (a relative folder: the page shows no
+    machine path); ``call()`` when it takes no argument (it writes its own)."""
+    with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder):
+        if call.__code__.co_argcount == 0:
+            return call()
+        write_shards("parts", A, X, 2, y=Y, backbone=backbone)
+        return call(load_shard("parts", "all"))
+
+
+def _write_shards(*args, **kwargs):
+    return write_shards("parts", *args, **kwargs)
 
 
 def _load_joblib_file():
@@ -559,6 +575,78 @@ CASES = [
         lambda: VQGNNLinkPredictor(partner_nodes=-1, **FAST).fit(A, X),
         InvalidParameterError,
         "partner_nodes",
+    ),
+    Case(
+        "n_parts",
+        "write_shards(..., 0)",
+        lambda: _with_partition(lambda: _write_shards(A, X, 0, y=Y)),
+        ValueError,
+        "n_parts",
+    ),
+    Case(
+        "partitioner",
+        "write_shards(..., partitioner='spectral')",
+        lambda: _with_partition(lambda: _write_shards(A, X, 2, y=Y, partitioner="spectral")),
+        ValueError,
+        "partitioner",
+    ),
+    Case(
+        "backbone",
+        "write_shards(..., backbone='gat')",
+        lambda: _with_partition(lambda: _write_shards(A, X, 2, y=Y, backbone="gat")),
+        ValueError,
+        "fixed convolutions only",
+    ),
+    Case(
+        "y",
+        "write_shards with string labels",
+        lambda: _with_partition(lambda: _write_shards(A, X, 2, y=Y.astype(str))),
+        ValueError,
+        "y must be integer class labels",
+    ),
+    Case(
+        "rank",
+        "load_shard(folder, 2) of a partition into 2",
+        lambda: _with_partition(lambda shard: load_shard(shard.folder, 2)),
+        ValueError,
+        "rank must be",
+    ),
+    Case(
+        "backbone",
+        "fit(shard) with backbone='sage' on a GCN partition",
+        lambda: _with_partition(lambda shard: _clf(backbone="sage").fit(shard)),
+        ValueError,
+        "written for backbone 'gcn', not 'sage'",
+    ),
+    Case(
+        "y",
+        "fit(shard, y=y): labels beside a partition",
+        lambda: _with_partition(lambda shard: _clf().fit(shard, y=Y)),
+        ValueError,
+        "not y",
+    ),
+    Case(
+        "distributed",
+        "Simulated(3) on a partition into 2",
+        lambda: _with_partition(lambda shard: _clf().fit(shard, distributed=Simulated(3))),
+        ValueError,
+        "simulate 2 ranks",
+    ),
+    Case(
+        "A",
+        "a GraphShard given to VQGNNLinkPredictor",
+        lambda: _with_partition(lambda shard: VQGNNLinkPredictor(**FAST).fit(shard)),
+        TypeError,
+        "link prediction on a partitioned graph",
+    ),
+    Case(
+        "inference",
+        "'exact' on a GraphShard",
+        lambda: _with_partition(
+            lambda shard: _clf().fit(shard).set_params(inference="exact").predict(shard)
+        ),
+        ValueError,
+        "inference='vq'",
     ),
 ]
 
