@@ -368,7 +368,8 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         and the loss is the binary cross-entropy over the known entries.
     n_features_in_ : int
     transduction_ : ndarray of shape (n_nodes,) or (n_nodes, n_labels)
-        Predicted label (multi-label: indicator row) of every node of the training graph.
+        Predicted label (multi-label: indicator row) of every node of the training graph;
+        after ``fit(shard)``, of the nodes the shard holds, in its order.
     best_validation_score_ : float or None
         The best validation score over the epochs of the last fit (accuracy; multi-label:
         micro-averaged F1), with ``early_stopping`` or ``validation_nodes``; else ``None``.
@@ -555,9 +556,11 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
 
         Parameters
         ----------
-        A : sparse matrix of shape (n_nodes, n_nodes), or NodeSet
+        A : sparse matrix of shape (n_nodes, n_nodes), NodeSet or GraphShard
             Adjacency, or a ``NodeSet`` view (then the second argument is ``y``, one label per
-            node of the view, and every other node of the graph is unlabelled).
+            node of the view, and every other node of the graph is unlabelled), or one
+            process's part of a partitioned graph (``skvqgnn.shards.load_shard``; features and
+            labels come from its files, and no other argument is given).
         X : array-like or sparse matrix of shape (n_nodes, n_features)
             Node features (when ``A`` is an adjacency).
         y : array-like of shape (n_nodes,) or (n_nodes, n_labels)
@@ -745,10 +748,10 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
 
         Parameters
         ----------
-        A : sparse matrix of shape (n_nodes, n_nodes), Graph, or NodeSet
+        A : sparse matrix of shape (n_nodes, n_nodes), Graph, NodeSet or GraphShard
             Adjacency of the graph to predict on (the training graph, the training graph with
             new nodes, or another graph), or a ``Graph`` or ``NodeSet`` view (then ``X`` is
-            not given, and the rows are the view's nodes).
+            not given, and the rows are the view's nodes; a ``GraphShard``: the nodes it holds).
         X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
             Node features, when ``A`` is an adjacency.
 
@@ -772,10 +775,10 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
 
         Parameters
         ----------
-        A : sparse matrix of shape (n_nodes, n_nodes), Graph, or NodeSet
+        A : sparse matrix of shape (n_nodes, n_nodes), Graph, NodeSet or GraphShard
             Adjacency of the graph to predict on (the training graph, the training graph with
             new nodes, or another graph), or a ``Graph`` or ``NodeSet`` view (then ``X`` is
-            not given, and the rows are the view's nodes).
+            not given, and the rows are the view's nodes; a ``GraphShard``: the nodes it holds).
         X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
             Node features, when ``A`` is an adjacency.
 
@@ -796,7 +799,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
 
         Parameters
         ----------
-        A : sparse matrix of shape (n_nodes, n_nodes), Graph, or NodeSet
+        A : sparse matrix of shape (n_nodes, n_nodes), Graph, NodeSet or GraphShard
         X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
 
         Returns
@@ -819,7 +822,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
 
         Parameters
         ----------
-        A : sparse matrix of shape (n_nodes, n_nodes), Graph, or NodeSet
+        A : sparse matrix of shape (n_nodes, n_nodes), Graph, NodeSet or GraphShard
         X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
 
         Returns
@@ -841,10 +844,10 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
 
         Parameters
         ----------
-        A : sparse matrix of shape (n_nodes, n_nodes), Graph, or NodeSet
+        A : sparse matrix of shape (n_nodes, n_nodes), Graph, NodeSet or GraphShard
             Adjacency of the graph to predict on (the training graph, the training graph with
             new nodes, or another graph), or a ``Graph`` or ``NodeSet`` view (then ``X`` is
-            not given, and the rows are the view's nodes).
+            not given, and the rows are the view's nodes; a ``GraphShard``: the nodes it holds).
         X : array-like or sparse matrix of shape (n_nodes, n_features), default=None
             Node features, when ``A`` is an adjacency.
 
