@@ -484,11 +484,9 @@ class FitLoop:
         assignment tables, so that they start from one state whatever their hardware."""
         graph, task, strategy = self.graph, self.task, self.strategy
         part = getattr(self.sampler, "part", None)
-        # a partition's fingerprint covers its labels; each rank holds its own nodes' only
-        targets = 0 if self.sharing else _digest(np.packbits(task.loss_mask).tobytes())
-        checks = {
+        checks = {  # a partitioned fit's loss mask is every part's by now (start)
             "the graph (A and X)": _digest(graph.fingerprint),
-            "the training targets (y)": targets,
+            "the training targets (y)": _digest(np.packbits(task.loss_mask).tobytes()),
             "the seed (random_state)": self.seed,
             "the METIS partition of the cluster sampler": _digest(
                 b"" if part is None else np.ascontiguousarray(part).tobytes()
