@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import DEFAULT_DATA_DIR, OUT_HELP, Record, load_dataset, machine_lines, page_for, serve
 
@@ -137,123 +138,131 @@ def write_partition(spec: Record) -> None:
     tmp.rename(folder)
 
 
-def run_partitioned_rank(spec: Record, out: Path) -> None:
-    """One rank of a partitioned run: load its own part only, fit, score its test nodes."""
+def _join() -> tuple[int, int]:
+    """This rank's index and the number of ranks; the process group joined when several."""
     from datetime import timedelta
 
-    import numpy as np
     import torch
     import torch.distributed as dist
-
-    from skvqgnn import VQGNNClassifier
-    from skvqgnn.distributed import DataParallel, Local
-    from skvqgnn.layers import make_backbone
-    from skvqgnn.shards import load_shard
 
     torch.set_num_threads(1)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world > 1:
         dist.init_process_group("gloo", timeout=timedelta(seconds=600))
-    started = _current_rss_mib()  # the interpreter, torch and the package, before any data
+    return rank, world
+
+
+def _params(spec: Record, n_nodes: int) -> Record:
+    """The classifier of a run: the scale configuration, or the node benchmark's VQ one."""
+    if spec["kind"] in ("scale", "partitioned"):
+        return dict(
+            hidden_layer_sizes=(64,),
+            batch_size=spec["batch_size"],
+            sampler="random",
+            accumulate_batches=1,
+            max_epochs=spec["max_epochs"],
+            random_state=0,
+        )
+    return dict(batch_size=n_nodes // 8, random_state=spec["seed"])
+
+
+def _fit_and_record(
+    spec: Record, rank: int, world: int, n_nodes: int, fit: Any, started: float, loaded: float
+) -> tuple[Any, Record]:
+    """Fit (``fit(clf, strategy)``) with the run's classifier, and the record fields every
+    kind of run has; the caller adds its own and calls `_write`."""
+    import torch
+
+    from skvqgnn import VQGNNClassifier
+    from skvqgnn.distributed import DataParallel, Local
+
+    strategy = DataParallel() if world > 1 else Local()
+    clf = VQGNNClassifier(**_params(spec, n_nodes))
+    start = time.perf_counter()
+    fit(clf, strategy)
+    record = {
+        "rank": rank,
+        "fit_s": time.perf_counter() - start,
+        "epoch_s": statistics.median(h["time"] for h in clf.history_),
+        "epochs": clf.n_iter_,
+        "rss_start_mib": started,  # the interpreter, torch and the package, before any data
+        "rss_loaded_mib": loaded,
+        "rss_peak_mib": _rss_mib(),
+        "traffic": getattr(strategy, "traffic", {}),
+        "table_bytes": int(sum(t.codes.nbytes + t.grad_codes.nbytes for t in clf.tables_)),
+        "torch": torch.__version__,
+    }
+    return clf, record
+
+
+def _write(out: Path, record: Record, world: int) -> None:
+    (out / f"rank{record['rank']}.json").write_text(json.dumps(record))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def run_partitioned_rank(spec: Record, out: Path) -> None:
+    """One rank of a partitioned run: load its own part only, fit, score its test nodes."""
+    import numpy as np
+
+    from skvqgnn.layers import make_backbone
+    from skvqgnn.shards import load_shard
+
+    rank, world = _join()
+    started = _current_rss_mib()
     shard = load_shard(spec["folder"])
     original = shard.original_nodes
     if spec["kind"] == "partitioned":  # only y and the test mask, not the graph
         f = np.load(spec["file"])
         truth, tested = f["y"][original], f["test"][original]  # this rank's nodes only
         del f
-        params = dict(
-            hidden_layer_sizes=(64,),
-            batch_size=spec["batch_size"],
-            sampler="random",
-            accumulate_batches=1,
-            max_epochs=spec["max_epochs"],
-            random_state=0,
-        )
     else:  # the accuracy runs' small datasets
         _, _, y, _, test = _load(spec)
         truth, tested = y[original], test[original]
-        params = dict(batch_size=shard.n_nodes // 8, random_state=spec["seed"])
     data = shard.graph_data(make_backbone("gcn"))
-    loaded = _current_rss_mib()
-    strategy = DataParallel() if world > 1 else Local()
-    clf = VQGNNClassifier(**params)
-    start = time.perf_counter()
-    clf.fit(shard, distributed=strategy)
-    fit_s = time.perf_counter() - start
-    record = {
-        "rank": rank,
-        "fit_s": fit_s,
-        "epoch_s": statistics.median(h["time"] for h in clf.history_),
-        "epochs": clf.n_iter_,
-        "rss_start_mib": started,
-        "rss_loaded_mib": loaded,
-        "rss_peak_mib": _rss_mib(),
-        "traffic": getattr(strategy, "traffic", {}),
-        "n_batches": world * -(-int(max(np.diff(shard.offsets))) // clf.batch_size),
-        "nodes_held": shard.stop - shard.start,
-        "graph_bytes": _shard_bytes(shard, data),
-        "table_bytes": int(sum(t.codes.nbytes + t.grad_codes.nbytes for t in clf.tables_)),
-        "test_correct": int(np.sum(clf.transduction_[tested] == truth[tested])),
-        "test_total": int(tested.sum()),
-        "torch": torch.__version__,
-    }
-    (out / f"rank{rank}.json").write_text(json.dumps(record))
-    if world > 1:
-        dist.destroy_process_group()
+    clf, record = _fit_and_record(
+        spec,
+        rank,
+        world,
+        shard.n_nodes,
+        lambda clf, strategy: clf.fit(shard, distributed=strategy),
+        started,
+        _current_rss_mib(),
+    )
+    record.update(
+        n_batches=world * -(-int(max(np.diff(shard.offsets))) // clf.batch_size),
+        nodes_held=shard.stop - shard.start,
+        graph_bytes=_shard_bytes(shard, data),
+        test_correct=int(np.sum(clf.transduction_[tested] == truth[tested])),
+        test_total=int(tested.sum()),
+    )
+    _write(out, record, world)
 
 
 def run_rank(spec: Record, out: Path) -> None:
     """One rank of a run: join the group (several ranks), fit, write the rank's record."""
-    from datetime import timedelta
-
     import numpy as np
-    import torch
-    import torch.distributed as dist
 
-    from skvqgnn import VQGNNClassifier
-    from skvqgnn.distributed import DataParallel, Local
-
-    torch.set_num_threads(1)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if world > 1:
-        dist.init_process_group("gloo", timeout=timedelta(seconds=600))
-    started = _current_rss_mib()  # the interpreter, torch and the package, before any data
+    rank, world = _join()
+    started = _current_rss_mib()
     A, X, y, train, test = _load(spec)
-    loaded = _current_rss_mib()
-    if spec["kind"] == "scale":
-        params = dict(
-            hidden_layer_sizes=(64,),
-            batch_size=spec["batch_size"],
-            sampler="random",
-            accumulate_batches=1,
-            max_epochs=spec["max_epochs"],
-            random_state=0,
-        )
-    else:
-        params = dict(batch_size=A.shape[0] // 8, random_state=spec["seed"])
-    strategy = DataParallel() if world > 1 else Local()
-    clf = VQGNNClassifier(**params)
-    start = time.perf_counter()
-    clf.fit(A, X, np.where(train, y, -1), distributed=strategy)
-    fit_s = time.perf_counter() - start
-    record = {
-        "rank": rank,
-        "fit_s": fit_s,
-        "epoch_s": statistics.median(h["time"] for h in clf.history_),
-        "epochs": clf.n_iter_,
-        "rss_start_mib": started,
-        "rss_loaded_mib": loaded,
-        "rss_peak_mib": _rss_mib(),
-        "traffic": getattr(strategy, "traffic", {}),
-        "n_batches": -(-A.shape[0] // clf.batch_size),
-        "graph_bytes": _nbytes(A) + _nbytes(X),
-        "table_bytes": int(sum(t.codes.nbytes + t.grad_codes.nbytes for t in clf.tables_)),
-        "test_acc": float(np.mean(clf.transduction_[test] == y[test])),
-        "torch": torch.__version__,
-    }
-    (out / f"rank{rank}.json").write_text(json.dumps(record))
-    if world > 1:
-        dist.destroy_process_group()
+    clf, record = _fit_and_record(
+        spec,
+        rank,
+        world,
+        A.shape[0],
+        lambda clf, strategy: clf.fit(A, X, np.where(train, y, -1), distributed=strategy),
+        started,
+        _current_rss_mib(),
+    )
+    record.update(
+        n_batches=-(-A.shape[0] // clf.batch_size),
+        graph_bytes=_nbytes(A) + _nbytes(X),
+        test_acc=float(np.mean(clf.transduction_[test] == y[test])),
+    )
+    _write(out, record, world)
 
 
 # --------------------------------------------------------------------------------------------
