@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from skvqgnn import VQGNNClassifier, VQGNNLinkPredictor
+from skvqgnn import Callback, VQGNNClassifier, VQGNNLinkPredictor
 from skvqgnn.distributed import Simulated
 from skvqgnn.graph import Graph
 from skvqgnn.layers import make_backbone
@@ -36,6 +36,16 @@ def directed(A):
 def sharded_graph(name):
     A, X, y = worker.data()
     return (directed(A) if name.endswith("directed") else A), X, y
+
+
+class Seen(Callback):
+    """The batches of a fit, in order."""
+
+    def __init__(self):
+        self.nodes = []
+
+    def on_step_start(self, fit, batch_nodes):
+        self.nodes.append(batch_nodes)
 
 
 @pytest.fixture(scope="module")
@@ -239,15 +249,6 @@ def test_sparse_features_and_a_warm_start(tmp_path):
 def test_one_process_holding_every_part_trains_on_every_node(tmp_path):
     """Under Local, one batch per step, every part's batches are trained on: each node is in
     exactly one batch per epoch."""
-    from skvqgnn import Callback
-
-    class Seen(Callback):
-        def __init__(self):
-            self.nodes = []
-
-        def on_step_start(self, fit, batch_nodes):
-            self.nodes.append(batch_nodes)
-
     A, X, y = worker.data()
     write_shards(tmp_path, A, X, 3, y=y)
     seen = Seen()
@@ -261,15 +262,6 @@ def test_cluster_batches_are_clusters_inside_each_part(tmp_path):
     """sampler="cluster": each batch lies inside one part, is made of METIS clusters of the
     part's own edges (more of its edges inside the batch than random batches have), every
     node is in one batch per epoch, and every part gives the same number of batches."""
-    from skvqgnn import Callback
-
-    class Seen(Callback):
-        def __init__(self):
-            self.nodes = []
-
-        def on_step_start(self, fit, batch_nodes):
-            self.nodes.append(batch_nodes)
-
     A, X, y = worker.data()
     write_shards(tmp_path, A, X, 2, y=y)
     shard = load_shard(tmp_path, "all")
