@@ -683,10 +683,6 @@ class Sharing:
         codes = self.gather(table.codes)
         table.replace(codes, codes.copy() if both else table.grad_codes)
 
-    def rows(self) -> range:
-        """The nodes this process computes."""
-        return range(self.start, self.stop)
-
 
 # -- predictions -----------------------------------------------------------------------------------
 def write_predictions(shard: GraphShard, predictions: Any) -> list[Path]:
