@@ -61,7 +61,6 @@ from .sketch import (
     sparse_dropout,
     split_batch_edges,
     spmm,
-    to_torch_sketch,
 )
 from .vq import AssignmentTable, ProductCodebook
 
@@ -657,11 +656,11 @@ class Fixed(Convolution):
         )
         for level, table in enumerate(ctx.tables):
             k = table.n_codewords
-            part.senders.append(to_torch_sketch(codeword_sketch(edges, table.codes, k), ctx.device))
+            part.senders.append(codeword_sketch(edges, table.codes, k).to(ctx.device))
             if tedges is not None:
                 te = tedges.keep_out(ctx.receivers) if ctx.restricted(level) else tedges
                 sketch = codeword_sketch(te, table.grad_codes, k)
-                part.receivers.append(to_torch_sketch(sketch, ctx.device))
+                part.receivers.append(sketch.to(ctx.device))
         return part
 
     @classmethod

@@ -1130,10 +1130,9 @@ class CodebookUpdates:
             self._reseed_gradients(level, batches)
             words = cb.codewords
             epoch.shift[level] += float((words - before).norm())
-            slices = torch.arange(cb.n_slices, device=words.device)
             for pending in self.pending:
                 entry = pending["levels"][level]
-                x, quantised = entry["x"], words[slices, entry["codes"]]  # (b, P, D)
+                x, quantised = entry["x"], cb.pick(words, entry["codes"])  # (b, P, D)
                 epoch.vq_sq[level] += float(((x - quantised) ** 2).sum())
                 epoch.vq_norm[level] += float((x**2).sum())
             epoch.grad_norm[level] = float(cb.grad_codewords.norm())

@@ -280,10 +280,17 @@ class ProductCodebook(nn.Module):
         ratio = torch.where(self.trust_den > 0, ratio.clamp(0.0, 1.0), torch.zeros_like(ratio))
         return ratio.min(0).values
 
+    def pick(self, words: Tensor, codes: Tensor) -> Tensor:
+        """Each row's codeword per slice: ``words`` (..., P, k, D) under ``codes`` (m, P) ->
+        (..., m, P, D). One ``index_select`` of the stacked codewords, several times faster on
+        the CPU than indexing by (slice, code) pairs."""
+        *lead, P, k, D = words.shape
+        stacked = words.reshape(*lead, P * k, D)
+        return stacked.index_select(len(lead), self._flat(codes)).view(*lead, *codes.shape, D)
+
     def lookup(self, codes: Tensor) -> Tensor:
         """Feature reconstructions (m, f) of nodes with feature ``codes`` (m, P)."""
-        slices = torch.arange(self.n_slices, device=codes.device)
-        return self.merge(self.codewords[slices, codes])
+        return self.merge(self.pick(self.codewords, codes))
 
     def lookup_gradients(self, codes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """What the gradient codewords ``codes`` (m, P) hold: mean inputs (m, f), gradients
@@ -327,18 +334,25 @@ class ProductCodebook(nn.Module):
         return _nearest(torch.cat(data, -1), torch.cat(cw, -1)).T.contiguous()
 
     # -- updates -------------------------------------------------------------------------------
-    def _scatter(self, codes: Tensor, values: Tensor, weight: Tensor | None = None) -> Tensor:
-        """Per-codeword sums of ``values`` (m, P, ...) under ``codes`` (m, P), rows weighted by
-        ``weight`` (m,): (P, k, ...)."""
-        m, P = codes.shape
-        k = self.n_codewords
-        flat = (codes + torch.arange(P, device=codes.device) * k).reshape(-1)  # (m·P,)
-        if weight is not None:
-            values = values * weight.to(values.dtype).reshape(m, *([1] * (values.dim() - 1)))
+    def _flat(self, codes: Tensor) -> Tensor:
+        """Codes (m, P) as indices into the stacked codewords of every slice: (m·P,)."""
+        P, k = self.n_slices, self.n_codewords
+        return (codes + torch.arange(P, device=codes.device) * k).reshape(-1)
+
+    def _counts(self, flat: Tensor) -> Tensor:
+        """Members per codeword (P, k) of the stacked ``flat`` codes (`_flat`)."""
+        return torch.bincount(flat, minlength=self.n_slices * self.n_codewords).view(
+            self.n_slices, self.n_codewords
+        )
+
+    def _scatter(self, flat: Tensor, values: Tensor) -> Tensor:
+        """Per-codeword sums of ``values`` (m, P, ...) under the stacked codes ``flat`` (m·P,)
+        (`_flat`): (P, k, ...)."""
+        m, P = values.shape[:2]
         rest = values.shape[2:]
-        out = torch.zeros(P * k, *rest, dtype=values.dtype, device=values.device)
+        out = torch.zeros(P * self.n_codewords, *rest, dtype=values.dtype, device=values.device)
         out.index_add_(0, flat, values.reshape(m * P, *rest))
-        return out.reshape(P, k, *rest)
+        return out.reshape(P, self.n_codewords, *rest)
 
     def empty_statistics(self) -> dict[str, Tensor]:
         """Zero statistics of no batch, in float64: what `feature_statistics`,
@@ -379,11 +393,11 @@ class ProductCodebook(nn.Module):
     def feature_statistics(self, into: dict[str, Tensor], x: Tensor, codes: Tensor) -> None:
         """Add a batch's inputs ``x`` (b, P, D) under their feature ``codes`` (b, P) to the
         statistics ``into``."""
-        ones = x.new_ones(x.shape[0], self.n_slices)
+        flat = self._flat(codes)
         dev = (x - self.feature_mean).double()
         into["f.batches"] += 1
-        into["f.counts"] += self._scatter(codes, ones)
-        into["f.sums"] += self._scatter(codes, x)
+        into["f.counts"] += self._counts(flat)
+        into["f.sums"] += self._scatter(flat, x)
         into["f.rows"] += x.shape[0]
         into["f.moment1"] += dev.sum(0)
         into["f.moment2"] += (dev * dev).sum(0)
@@ -397,18 +411,23 @@ class ProductCodebook(nn.Module):
         (r, P)."""
         if x.shape[0] == 0:
             return
-        ones = x.new_ones(x.shape[0], self.n_slices)
+        flat = self._flat(codes)
+        r, P, D = x.shape
+        S = g.shape[0]
         into["g.batches"] += 1
-        into["g.counts"] += self._scatter(codes, ones)
-        into["g.feature_sums"] += self._scatter(codes, x)
-        into["g.sums"] += self._scatter(codes, g.permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
+        into["g.counts"] += self._counts(flat)
+        # inputs and every channel's gradients summed by one scatter: (r, P, (1 + S)·D)
+        both = torch.cat([x, g.permute(1, 2, 0, 3).reshape(r, P, S * D)], -1)
+        sums = self._scatter(flat, both)  # (P, k, (1 + S)·D)
+        into["g.feature_sums"] += sums[..., :D]
+        into["g.sums"] += sums[..., D:].reshape(P, self.n_codewords, S, D).permute(2, 0, 1, 3)
         into["g.rows"] += x.shape[0]
         dev = (g.permute(1, 0, 2, 3) - self.grad_mean).double()  # (r, S, P, D)
         into["g.moment1"] += dev.sum(0)
         into["g.moment2"] += (dev * dev).sum(0)
         if self.n_aux:
             a = aux.T.unsqueeze(1).expand(-1, self.n_slices, -1)  # (r, P, n_aux)
-            into["g.aux_sums"] += self._scatter(codes, a).permute(2, 0, 1)
+            into["g.aux_sums"] += self._scatter(flat, a).permute(2, 0, 1)
             dev = (aux.T - self.aux_mean).double()  # (r, n_aux)
             into["g.aux1"] += dev.sum(0)
             into["g.aux2"] += (dev * dev).sum(0)
@@ -421,8 +440,7 @@ class ProductCodebook(nn.Module):
         is as old as theirs (assigned when it was last in a batch)."""
         if g.shape[1] == 0:
             return
-        slices = torch.arange(self.n_slices, device=codes.device)
-        pred = self.grad_codewords[:, slices, codes]  # (S, r, P, D)
+        pred = self.pick(self.grad_codewords, codes)  # (S, r, P, D)
         ps, gs = pred.sum(1), g.sum(1)  # (S, P, D): what the parameters see
         into["t.batches"] += 1
         into["t.num"] += torch.stack([(pred * g).sum((1, 2, 3)), (ps * gs).sum((1, 2))])
@@ -552,7 +570,8 @@ class ProductCodebook(nn.Module):
 
     def member_sums(self, x: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
         """Members (P, k) and input sums (P, k, D) of rows ``x`` (m, P, D) under ``codes``."""
-        return self._scatter(codes, x.new_ones(x.shape[0], self.n_slices)), self._scatter(codes, x)
+        flat = self._flat(codes)
+        return self._counts(flat).to(x.dtype), self._scatter(flat, x)
 
     def pick_reseeds(
         self, dead: Tensor, n_rows: int, generator: torch.Generator

@@ -10,7 +10,6 @@ from skvqgnn.sketch import (
     gather_rows,
     sketch_product,
     split_batch_edges,
-    to_torch_sketch,
 )
 
 from .conftest import random_graph
@@ -100,11 +99,11 @@ def test_torch_sketch_product_sums_duplicate_entries():
     n, P, k, D = C.shape[0], 2, 8, 3
     codes = np.random.default_rng(4).integers(0, k, size=(n, P))
     S = codeword_sketch(split_batch_edges(C, batch, position), codes, k)
-    S_canonical = S.copy()
+    S_canonical = S.to_scipy()
     S_canonical.sum_duplicates()
     assert S_canonical.nnz < S.nnz  # the test exercises duplicates
     words = np.random.default_rng(5).standard_normal((P * k, D)).astype(np.float32)
-    out = sketch_product(to_torch_sketch(S, torch.device("cpu")), torch.from_numpy(words)).numpy()
+    out = sketch_product(S, torch.from_numpy(words)).numpy()
     np.testing.assert_allclose(out, S.toarray() @ words, rtol=1e-5, atol=1e-6)
 
 
@@ -142,9 +141,7 @@ def test_sketch_never_holds_more_than_P_b_k_entries():
 def test_sketch_product_rejects_codewords_of_another_shape():
     C, batch, position = _setup()
     codes = np.zeros((C.shape[0], 2), dtype=np.int64)
-    bags = to_torch_sketch(
-        codeword_sketch(split_batch_edges(C, batch, position), codes, 3), torch.device("cpu")
-    )
+    bags = codeword_sketch(split_batch_edges(C, batch, position), codes, 3)
     with pytest.raises(ValueError, match="6 columns times 5 codewords"):
         sketch_product(bags, torch.zeros(5, 4))
 

@@ -270,3 +270,45 @@ def test_replace_recounts_the_usage_of_every_slice(k):
         np.testing.assert_array_equal(table.grad_usage[p], np.bincount(grads[:, p], minlength=k))
     assert np.array_equal(table.codes, codes) and np.array_equal(table.grad_codes, grads)
     assert table.grad_unused()[:, k // 2 :].all() and not table.unused().all()
+
+
+def test_statistics_sum_every_slice_channel_and_scalar_under_its_own_code():
+    # several slices, gradient channels and scalars: each sum must land on its own
+    # (channel, slice, codeword), as an explicit loop over the rows puts it
+    P, k, D, S, A, r = 3, 4, 2, 2, 2, 7
+    cb = ProductCodebook(n_features=P * D, n_codewords=k, codeword_dim=D, n_grad=S, n_aux=A)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(r, P, D, generator=gen)
+    g = torch.randn(S, r, P, D, generator=gen)
+    aux = torch.randn(A, r, generator=gen)
+    codes = torch.randint(k, (r, P), generator=gen)
+    stats = cb.empty_statistics()
+    cb.feature_statistics(stats, x, codes)
+    cb.gradient_statistics(stats, x, g, codes, aux)
+    counts = torch.zeros(P, k, dtype=torch.float64)
+    sums = torch.zeros(P, k, D, dtype=torch.float64)
+    gsums = torch.zeros(S, P, k, D, dtype=torch.float64)
+    asums = torch.zeros(A, P, k, dtype=torch.float64)
+    for i in range(r):
+        for p in range(P):
+            v = codes[i, p]
+            counts[p, v] += 1
+            sums[p, v] += x[i, p]
+            gsums[:, p, v] += g[:, i, p]
+            asums[:, p, v] += aux[:, i]
+    for key, want in (("f.counts", counts), ("g.counts", counts)):
+        torch.testing.assert_close(stats[key], want)
+    for key, want in (("f.sums", sums), ("g.feature_sums", sums), ("g.sums", gsums)):
+        torch.testing.assert_close(stats[key], want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(stats["g.aux_sums"], asums, rtol=1e-6, atol=1e-6)
+    count, member = cb.member_sums(x, codes)
+    torch.testing.assert_close(count, counts.float())
+    torch.testing.assert_close(member, sums.float())
+    # the codewords each row is quantised to, and what its gradient codes predict
+    cb.grad_sums.copy_(torch.randn(S, P, k, D, generator=gen))
+    cb.grad_counts.fill_(1.0)
+    picked = cb.pick(cb.grad_codewords, codes)
+    for i in range(r):
+        for p in range(P):
+            torch.testing.assert_close(picked[:, i, p], cb.grad_codewords[:, p, codes[i, p]])
+    torch.testing.assert_close(cb.lookup(codes)[3, D : 2 * D], cb.codewords[1, codes[3, 1]])
