@@ -708,6 +708,8 @@ class FitLoop:
             if distributed:
                 with_loss, _ = self.synchronise(True, with_loss, codebooks=False)
             self.update(grouped, with_loss)
+        if self.tables:
+            self.codebooks.finish(stats)
         record = stats.summary(self.first_epoch + self.epoch)
         record["time"] = time.perf_counter() - t0
         if distributed:
@@ -1117,7 +1119,7 @@ class CodebookUpdates:
         """
         batches = self._batches()
         for level, (cb, table) in enumerate(zip(self.model.codebooks, self.tables, strict=True)):
-            before = cb.codewords.clone()
+            before = cb.codewords  # a new tensor (sums over sizes), not a view of a buffer
             cb.apply_statistics(self.stats[level])
             for batch in batches:
                 codes = batch["codes"][level]
@@ -1135,9 +1137,20 @@ class CodebookUpdates:
                 x, quantised = entry["x"], cb.pick(words, entry["codes"])  # (b, P, D)
                 epoch.vq_sq[level] += float(((x - quantised) ** 2).sum())
                 epoch.vq_norm[level] += float((x**2).sum())
+        self.begin()
+
+    @torch.no_grad()
+    def finish(self, epoch: _EpochStats) -> None:
+        """Record the state the epoch ends in: each codebook's gradient codeword norm and trust
+        ratios (read once an epoch, not after every step).
+
+        Parameters
+        ----------
+        epoch : _EpochStats
+        """
+        for level, cb in enumerate(self.model.codebooks):
             epoch.grad_norm[level] = float(cb.grad_codewords.norm())
             epoch.trust[level] = cb.grad_trust.tolist()
-        self.begin()
 
     def _source(self, batches: list[dict[str, Any]], level: int, gradients: bool):
         """The first batch of the step with rows (with known gradients: ``gradients``), and
