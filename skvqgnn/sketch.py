@@ -93,6 +93,17 @@ class BatchEdges:
         ).to(device)
 
 
+def stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
+    """The stable sorting permutation of integers ``keys`` in ``[0, bound)``.
+
+    Keys below 2¹⁶ are sorted as 16-bit integers, for which NumPy's stable sort is a radix
+    sort (linear in the keys): 60 µs for 15,000 keys, against 720 µs for torch's and 800 µs for
+    NumPy's comparison sort of the same keys as int64."""
+    if bound <= 1 << 16:
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    return np.argsort(keys, kind="stable")
+
+
 def gather_rows(C: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """COO entries (local row, column, value) of ``C[rows]`` without building a sub-matrix."""
     starts = C.indptr[rows]
@@ -151,7 +162,7 @@ def codeword_sketch(edges: BatchEdges, codes: np.ndarray, n_codewords: int) -> S
     b = edges.b
     rows, nodes, vals = edges.out_rows, edges.out_nodes, edges.out_vals
     if len(rows) > 1 and np.any(rows[1:] < rows[:-1]):
-        order = np.argsort(rows, kind="stable")
+        order = stable_order(rows, b)
         rows, nodes, vals = rows[order], nodes[order], vals[order]
     offsets = torch.arange(P, dtype=torch.int32)[:, None] * n_codewords
     table = torch.from_numpy(codes)

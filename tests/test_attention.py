@@ -23,10 +23,18 @@ def test_segment_sum_matches_a_dense_product():
     (expected * torch.arange(24.0).reshape(4, 2, 3)).sum().backward()
     torch.testing.assert_close(gw, w.grad)
     torch.testing.assert_close(gs, src.grad)
-    per_head = torch.randn(4, 2, 3, generator=gen)  # (m, H, f)
-    torch.testing.assert_close(
-        segment_sum(rows, cols, w, per_head, 4), torch.einsum("ijh,jhf->ihf", dense, per_head)
-    )
+    per_head = torch.randn(4, 2, 3, generator=gen, requires_grad=True)  # (m, H, f)
+    w.grad = None
+    out = segment_sum(rows, cols, w, per_head, 4)
+    dense = torch.zeros(4, 4, 2).index_put((rows, cols), w, accumulate=True)
+    expected = torch.einsum("ijh,jhf->ihf", dense, per_head)
+    torch.testing.assert_close(out, expected)
+    (out * torch.arange(24.0).reshape(4, 2, 3)).sum().backward()
+    gw, gs = w.grad.clone(), per_head.grad.clone()
+    w.grad = per_head.grad = None
+    (expected * torch.arange(24.0).reshape(4, 2, 3)).sum().backward()
+    torch.testing.assert_close(gw, w.grad)
+    torch.testing.assert_close(gs, per_head.grad)
 
 
 @pytest.mark.parametrize("global_", [False, True])
