@@ -131,17 +131,27 @@ def run_config(spec: Record) -> Record:
         def on_epoch_end(self, fit: Any, record: Record) -> None:
             self.times.append(time.process_time() - self.t0)
 
-    epochs, fitted = {}, {}
-    for mode, batch_size in (("vq", spec["batch_size"]), ("full", None)):
+    def fit(backbone: str, batch_size: int | None) -> tuple[Any, list[float]]:
         timer = Epochs()
-        fitted[mode] = VQGNNClassifier(
+        clf = VQGNNClassifier(
+            backbone=backbone,
             batch_size=batch_size,
             n_codewords=spec["n_codewords"],
             max_epochs=spec["epochs"],
             random_state=0,
             device="cpu",
         ).fit(graph.nodes(), labels, callbacks=[timer])
-        epochs[mode] = timer.times
+        return clf, timer.times
+
+    epochs, fitted = {}, {}
+    for mode, batch_size in (("vq", spec["batch_size"]), ("full", None)):
+        fitted[mode], epochs[mode] = fit("gcn", batch_size)
+    backbones = {}  # the other backbones' VQ and full-graph epochs, without floors
+    for backbone in spec.get("other_backbones", []):
+        times = {
+            mode: fit(backbone, b)[1] for mode, b in (("vq", spec["batch_size"]), ("full", None))
+        }
+        backbones[backbone] = {mode: statistics.median(t[1:]) for mode, t in times.items()}
     predict: dict[str, list[float]] = {"vq": [], "exact": []}
     for _ in range(3):
         for inference in predict:
@@ -172,6 +182,7 @@ def run_config(spec: Record) -> Record:
         "predict_s": {m: statistics.median(t) for m, t in predict.items()},
         "rates": rates,
         "floor_s": floors(spec, C.nnz, rates),
+        "backbones": backbones,
         "torch": torch.__version__,
     }
 
@@ -235,6 +246,21 @@ def render(meta: Record, records: list[Record], regenerated: str | None) -> str:
     for text, ratio, bar in checks:
         verdict = "PASS" if ratio <= bar else "FAIL"
         lines.append(f"- **Bar: {text}**: {ratio:.2f}x, **{verdict}**")
+    others = last.get("backbones") or {}
+    if others:
+        lines += [
+            "",
+            f"Epochs of the other backbones on the same graph (n = {last['n_nodes']:,}, the same "
+            "batches and codebooks; medians after the first epoch):",
+            "",
+            "| backbone | VQ epoch s | full-graph epoch s | VQ / full |",
+            "|---|---|---|---|",
+        ]
+        rows = {"gcn": {"vq": m["vq"], "full": m["full"]}, **others}
+        for name, t in rows.items():
+            lines.append(
+                f"| {name} | {t['vq']:.3f} | {t['full']:.3f} | {t['vq'] / t['full']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -245,6 +271,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--n-codewords", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument(
+        "--other-backbones",
+        nargs="*",
+        default=["sage", "gat"],
+        help="backbones whose VQ and full-graph epochs are timed too (no floor)",
+    )
     parser.add_argument("--out", type=Path, default=page_for(__file__), help=OUT_HELP)
     parser.add_argument("--json", type=Path, default=None, help="raw per-run records")
     parser.add_argument("--from-json", type=Path, nargs="+", default=None)
@@ -263,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
             "batch_size": args.batch_size,
             "n_codewords": args.n_codewords,
             "epochs": args.epochs,
+            "other_backbones": args.other_backbones,
         }
         for n in args.sizes
     ]

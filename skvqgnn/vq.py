@@ -48,36 +48,48 @@ def laplace_smoothing(counts: Tensor, eps: float) -> Tensor:
     return (counts + eps) / (total + k * eps) * total.clamp_min(eps)
 
 
-def _argmin(dist: Tensor) -> Tensor:
-    """Index of the smallest entry along the last axis (the first of ties; NaN counts as the
-    smallest). On the CPU through NumPy, whose ``argmin`` is vectorised: torch's CPU
-    ``min(dim)`` is a scalar loop, 2.4x slower on a (16, 1024, 256) block, ``argmin`` slower
-    still; on other devices torch's ``min``."""
-    if dist.device.type == "cpu":
-        return torch.from_numpy(dist.detach().numpy().argmin(-1))
-    return dist.min(dim=-1).indices
+def _nearest(x: Tensor | list[Tensor], codewords: Tensor | list[Tensor]) -> Tensor:
+    """Nearest codeword per slice: (m, P) long.
 
-
-def _nearest(x: Tensor, codewords: Tensor) -> Tensor:
-    """Nearest codeword per slice. x: (P, m, E), codewords: (P, k, E) -> (P, m) long.
+    ``x`` is (P, m, E) or a list of (P, m, E_i) whose concatenation along the last axis are
+    the rows; ``codewords`` is (P, k, E) or a list of (P, k, E_i) concatenated alike. Ties go to
+    the first codeword, and NaN counts as the smallest distance.
 
     ``‖c‖² - 2⟨x, c⟩`` (the part of the squared distance that depends on ``c``) as one
     product of ``[x, 1]`` and ``[-2c, ‖c‖²]``, block by block of rows into one reused buffer
     that stays in cache: the product's inner dimension is small, so writing the distances is
-    its cost, and a fresh block each time would be paged in anew."""
-    P, m, _ = x.shape
-    k = codewords.shape[1]
-    c_sq = (codewords * codewords).sum(-1, keepdim=True)  # (P, k, 1)
-    words = torch.cat([-2.0 * codewords, c_sq], -1).transpose(1, 2)  # (P, E + 1, k)
-    rows = torch.cat([x, x.new_ones(P, m, 1)], -1)  # (P, m, E + 1)
-    out = torch.empty(P, m, dtype=torch.long, device=x.device)
-    step = max(1, min(m, _CHUNK.get(x.device.type, _CHUNK_DEFAULT) // max(1, P * k)))
-    buffer = torch.empty(P * step * k, dtype=x.dtype, device=x.device)
+    its cost, and a fresh block each time would be paged in anew. The minimum's index comes
+    from NumPy's ``argmin`` on the CPU, which is vectorised where torch's CPU ``min(dim)`` is a
+    scalar loop (2.4x slower on a (16, 1024, 256) block), written straight into the result;
+    on other devices from torch's ``min``."""
+    xs = x if isinstance(x, list) else [x]
+    words = codewords if isinstance(codewords, list) else [codewords]
+    P, m = xs[0].shape[:2]
+    E = sum(part.shape[-1] for part in xs)
+    rows = torch.empty(P, m, E + 1, dtype=xs[0].dtype, device=xs[0].device)  # [x, 1]
+    at = 0
+    for part in xs:
+        rows[..., at : at + part.shape[-1]] = part
+        at += part.shape[-1]
+    rows[..., E] = 1.0
+    c = words[0] if len(words) == 1 else torch.cat(words, -1)
+    k = c.shape[1]
+    c_sq = (c * c).sum(-1, keepdim=True)  # (P, k, 1)
+    stacked = torch.cat([-2.0 * c, c_sq], -1).transpose(1, 2)  # (P, E + 1, k)
+    device = rows.device
+    step = max(1, min(m, _CHUNK.get(device.type, _CHUNK_DEFAULT) // max(1, P * k)))
+    buffer = torch.empty(P * step * k, dtype=rows.dtype, device=device)
+    on_cpu = device.type == "cpu"
+    out = torch.empty(m, P, dtype=torch.long, device=device)
+    target = out.numpy().T if on_cpu else out.T  # (P, m), written block by block
     for start in range(0, m, step):
         block = rows[:, start : start + step]  # (P, s, E + 1)
         dist = buffer[: P * block.shape[1] * k].view(P, block.shape[1], k)
-        torch.bmm(block, words, out=dist)
-        out[:, start : start + step] = _argmin(dist)
+        torch.bmm(block, stacked, out=dist)
+        if on_cpu:
+            np.argmin(dist.numpy(), axis=-1, out=target[:, start : start + step])
+        else:
+            target[:, start : start + step] = dist.min(dim=-1).indices
     return out
 
 
@@ -109,7 +121,7 @@ def kmeans(x: Tensor, k: int, n_iter: int, generator: torch.Generator) -> tuple[
         pick = torch.searchsorted(cdf, target).squeeze(1).clamp_max(m - 1)
         centroids[:, c] = x[rows, pick]
         d2 = torch.minimum(d2, ((x - centroids[:, c : c + 1]) ** 2).sum(-1))
-    codes = _nearest(x, centroids)
+    codes = _nearest(x, centroids).T
     for _ in range(n_iter):
         flat = (codes + rows[:, None] * k).reshape(-1)
         sums = torch.zeros(P * k, E, dtype=x.dtype, device=x.device)
@@ -118,7 +130,7 @@ def kmeans(x: Tensor, k: int, n_iter: int, generator: torch.Generator) -> tuple[
         # empty clusters keep their previous centroid
         new = torch.where(cnt > 0, sums / cnt.clamp_min(1), centroids.reshape(P * k, E))
         centroids = new.reshape(P, k, E)
-        codes = _nearest(x, centroids)
+        codes = _nearest(x, centroids).T
     return centroids, codes
 
 
@@ -311,7 +323,7 @@ class ProductCodebook(nn.Module):
         in the standardised input space."""
         inv = self._inverse_std()
         data = (x * inv).transpose(0, 1)  # (P, m, D)
-        return _nearest(data, self.codewords * inv.unsqueeze(1)).T.contiguous()
+        return _nearest(data, self.codewords * inv.unsqueeze(1))
 
     @torch.no_grad()
     def assign_gradients(self, x: Tensor, g: Tensor, aux: Tensor | None = None) -> Tensor:
@@ -331,7 +343,7 @@ class ProductCodebook(nn.Module):
                 inv_a = self.aux_var.clamp_min(1e-20).rsqrt() * self.grad_scale  # (n_aux,)
                 data.append((aux * inv_a[:, None]).T.unsqueeze(0).expand(P, -1, -1))
                 cw.append((self.aux_codewords * inv_a[:, None, None]).permute(1, 2, 0))
-        return _nearest(torch.cat(data, -1), torch.cat(cw, -1)).T.contiguous()
+        return _nearest(data, cw)
 
     # -- updates -------------------------------------------------------------------------------
     def _flat(self, codes: Tensor) -> Tensor:

@@ -123,3 +123,15 @@ def test_saved_records_rebuild_the_region(tmp_path):
     page = tmp_path / "page.md"
     epoch_floor.main(["--from-json", str(saved), "--out", str(page)])
     assert "| 10,000 | 110,000 |" in page.read_text()
+
+
+def test_other_backbones_get_their_own_rows_beside_gcn():
+    record = {
+        **_floor_record(vq=1.0, full=0.5, pyg=1.2),
+        "backbones": {"sage": {"vq": 1.2, "full": 0.4}, "gat": {"vq": 2.0, "full": 1.0}},
+    }
+    region = epoch_floor.render(META, [record], None)
+    assert "| gcn | 1.000 | 0.500 | 2.00 |" in region
+    assert "| sage | 1.200 | 0.400 | 3.00 |" in region
+    assert "| gat | 2.000 | 1.000 | 2.00 |" in region
+    assert "| backbone |" not in epoch_floor.render(META, [_floor_record(1.0, 0.5, 1.2)], None)
