@@ -252,6 +252,21 @@ def group_by_codes(
     if len(nodes) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, np.zeros((0, P), dtype=codes.dtype)
+    if P == 1:  # whole-vector codes: the group is the codeword, no sort of the keys
+        key = codes[nodes, 0].astype(np.int64)
+        words = np.flatnonzero(np.bincount(key))  # the codewords present, ascending
+        lookup = np.zeros(int(words[-1]) + 1, dtype=np.int64)
+        lookup[words] = np.arange(len(words))
+        n_groups = len(words)
+        pair = rows * n_groups + lookup[key]
+        size = (int(rows.max()) + 1) * n_groups
+        if size <= 16 * len(pair):  # dense count, then the pairs present
+            counts = np.bincount(pair, minlength=size)
+            pairs = np.flatnonzero(counts)
+            counts = counts[pairs]
+        else:
+            pairs, counts = np.unique(pair, return_counts=True)
+        return pairs // n_groups, pairs % n_groups, counts, words[:, None].astype(codes.dtype)
     node_codes = np.ascontiguousarray(codes[nodes])  # (E, P)
     keys = node_codes.view(np.dtype((np.void, node_codes.itemsize * P))).ravel()
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)

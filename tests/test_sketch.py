@@ -8,6 +8,7 @@ import torch
 from skvqgnn.sketch import (
     codeword_sketch,
     gather_rows,
+    group_by_codes,
     sketch_product,
     split_batch_edges,
 )
@@ -163,3 +164,26 @@ def test_dropout_zeroes_a_share_p_and_keeps_the_expectation():
     first = dropout(x, 0.5, True)
     torch.manual_seed(1)
     assert torch.equal(first, dropout(x, 0.5, True))  # torch's global generator decides
+
+
+@pytest.mark.parametrize("P", [1, 2])
+@pytest.mark.parametrize("n_rows", [3, 2000])  # few rows: dense counts; many: sorted pairs
+def test_group_by_codes_merges_entries_of_a_row_with_the_same_codes(P, n_rows):
+    rng = np.random.default_rng(P)
+    n, k, E = 50, 6, 300
+    codes = rng.integers(0, k, size=(n, P)).astype(np.uint8)
+    rows = np.sort(rng.integers(0, n_rows, size=E))
+    nodes = rng.integers(0, n, size=E)
+    out_rows, groups, counts, group_codes = group_by_codes(rows, nodes, codes)
+    expected: dict = {}
+    for r, j in zip(rows, nodes, strict=True):
+        key = (int(r), tuple(codes[j]))
+        expected[key] = expected.get(key, 0) + 1
+    got = {
+        (int(r), tuple(group_codes[g])): int(c)
+        for r, g, c in zip(out_rows, groups, counts, strict=True)
+    }
+    assert got == expected
+    assert len(got) == len(out_rows)  # each (row, group) pair once
+    assert len({tuple(c) for c in group_codes}) == len(group_codes)  # groups are distinct codes
+    assert group_codes.dtype == codes.dtype and group_codes.shape[1] == P
