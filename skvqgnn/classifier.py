@@ -171,6 +171,11 @@ def _given_validation(
     return val
 
 
+def _code_dtype(n_outputs: int) -> np.dtype:
+    """The smallest signed integer type that holds -1 and the codes ``0 .. n_outputs - 1``."""
+    return np.min_scalar_type(-max(n_outputs, 1))
+
+
 class NodeClassification(Task):
     """The classifier's task: cross-entropy (or, multi-label, binary cross-entropy per label)
     on the labelled training nodes, accuracy (micro F1) on the validation nodes.
@@ -199,7 +204,9 @@ class NodeClassification(Task):
         node_weights: Tensor | None = None,
     ):
         n = len(targets)
-        self.targets = torch.from_numpy(targets)
+        # held as the smallest signed integers that take -1 and every code (int8 below 128
+        # outputs): the targets are O(n), a partitioned process holds every node's
+        self.targets = torch.from_numpy(targets.astype(_code_dtype(n_outputs), copy=False))
         self.val_labels = val_labels
         self.multilabel = multilabel
         self.node_weights = node_weights
@@ -209,7 +216,7 @@ class NodeClassification(Task):
 
     def loss(self, logits: Tensor, nodes: Tensor) -> tuple[Tensor, int]:  # noqa: D102
         # the targets stay on the host; the batch's node ids may be on the training device
-        targets = self.targets[nodes.cpu()].to(logits.device)
+        targets = self.targets[nodes.cpu()].to(logits.device, torch.long)
         mask = targets >= 0
         count = int(mask.sum())
         if count == 0:
@@ -712,7 +719,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
             and not (not self.multilabel_ and np.array_equal(classes, self.classes_))
         ):
             raise ValueError("warm_start=True needs the same classes as the previous fit")
-        encoded = np.full(shard.n_nodes, -1, dtype=np.int64)
+        encoded = np.full(shard.n_nodes, -1, dtype=_code_dtype(len(classes)))
         encoded[shard.start : shard.stop] = shard.labels
         val = [np.zeros(0, dtype=np.int64)]
         if self.early_stopping:

@@ -273,7 +273,7 @@ class Convolution:
         ----------
         nodes : ndarray of shape (b,)
             The batch.
-        position : ndarray of shape (n_nodes,), int64
+        position : ndarray of shape (n_nodes,), int32
             Each node's index in the batch, -1 outside it.
         backward : bool
             Whether the entries of the transpose (the batch nodes' receivers) are needed too.
@@ -999,7 +999,7 @@ def make_batch(
     input_table : AssignmentTable, default=None
         Input codes of the raw features, for the first layer of learnable convolutions;
         without it every sender must be in the batch (full graph).
-    position : ndarray of shape (n_nodes,), int64, default=None
+    position : ndarray of shape (n_nodes,), int32, default=None
         Scratch space, -1 everywhere, left so; allocated when not given.
     segment : ndarray of shape (b,), int, default=None
         The batch each node belongs to; ``None``: one batch.
@@ -1010,7 +1010,7 @@ def make_batch(
     flags = [backward] * len(convs) if isinstance(backward, bool) else list(backward)
     b = len(nodes)
     if position is None:
-        position = np.full(data.n_nodes, -1, dtype=np.int64)
+        position = np.full(data.n_nodes, -1, dtype=np.int32)
     position[nodes] = np.arange(b)
     try:
         split = [

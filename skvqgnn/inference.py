@@ -408,7 +408,7 @@ def level_inputs(
         Per group of batches (`inference_groups`).
     """
     cb = model.codebooks[level]
-    position = np.full(data.n_nodes, -1, dtype=np.int64)
+    position = np.full(data.n_nodes, -1, dtype=np.int32)
     for nodes, segment in inference_groups(data, sampler):
         batch = make_batch(
             data,
@@ -513,9 +513,9 @@ def vq_inference(
     wanted = np.zeros(data.n_nodes, dtype=bool)
     wanted[nodes] = True
     out: Tensor | None = None
-    where = np.full(data.n_nodes, -1, dtype=np.int64)
+    where = np.full(data.n_nodes, -1, dtype=np.int32 if len(nodes) < 2**31 else np.int64)
     where[nodes] = np.arange(len(nodes))
-    position = np.full(data.n_nodes, -1, dtype=np.int64)
+    position = np.full(data.n_nodes, -1, dtype=np.int32)
     levels = tables if upto is None else tables[:upto]
     for batch_nodes, segment in inference_groups(data, sampler, lambda b: wanted[b].any()):
         batch = make_batch(
@@ -532,7 +532,9 @@ def vq_inference(
         if out is None:
             out = torch.empty(len(nodes), logits.shape[1])
         keep = wanted[batch_nodes]
-        out[where[batch_nodes[keep]]] = logits[torch.from_numpy(keep)]
+        out[torch.from_numpy(where[batch_nodes[keep]].astype(np.int64))] = logits[
+            torch.from_numpy(keep)
+        ]
     return out
 
 

@@ -250,7 +250,7 @@ class LinkPrediction(Task):
         self.partner_nodes, self.negative_nodes = partner_nodes, negative_nodes
         self.val_pairs = val_pairs
         self.pool: np.ndarray | None = None  # the negative nodes of the current step
-        self.position = np.full(n_nodes, -1, dtype=np.int64)  # -1 outside the current step
+        self.position = np.full(n_nodes, -1, dtype=np.int32)  # -1 outside the current step
         anchors = np.bincount(np.concatenate([pairs[:, 0], pairs[:, 1]]), minlength=n_nodes)
         self.loss_mask = anchors > 0
         self.n_outputs = n_outputs

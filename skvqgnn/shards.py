@@ -662,26 +662,31 @@ class Sharing:
         """``tensor`` summed over the processes."""
         return self.strategy.all_reduce(tensor)
 
-    def gather(self, array: np.ndarray) -> np.ndarray:
+    def gather(self, array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The whole ``array`` (n_nodes, ...) from every process's rows of its own nodes
-        (the rest of this process's ``array`` is not read), sent as raw bytes."""
+        (the rest of this process's ``array`` is not read), sent as raw bytes, written into
+        ``out`` (which may be ``array`` itself) or a new array."""
         block = np.ascontiguousarray(array[self.start : self.stop])
         raw = block.view(np.uint8).ravel()
         padded = np.zeros(-(-len(raw) // 8) * 8, dtype=np.uint8)
         padded[: len(raw)] = raw
         parts = self.strategy.all_gather(padded.view(np.int64))
-        width = block.itemsize * int(np.prod(block.shape[1:], dtype=np.int64))
-        blocks = [
-            np.ascontiguousarray(p).view(np.uint8)[: rows * width].view(block.dtype)
-            for p, rows in zip(parts, self.sizes, strict=True)
-        ]
-        return np.concatenate(blocks).reshape(array.shape)
+        del block, raw, padded
+        out = np.empty_like(array) if out is None else out
+        width = out.itemsize * int(np.prod(out.shape[1:], dtype=np.int64))
+        at = 0
+        for part, rows in zip(parts, self.sizes, strict=True):
+            received = np.ascontiguousarray(part).view(np.uint8)[: rows * width]
+            out[at : at + rows] = received.view(out.dtype).reshape(rows, *out.shape[1:])
+            at += rows
+        return out
 
     def share_codes(self, table: Any, both: bool) -> None:
         """Every process's codes of its own nodes into every process's ``table`` (the feature
-        codes; ``both``: the gradient codes take them too)."""
-        codes = self.gather(table.codes)
-        table.replace(codes, codes.copy() if both else table.grad_codes)
+        codes; ``both``: the gradient codes take them too), written in place: at the peak the
+        table and what the processes sent, no copy of every node's codes besides."""
+        self.gather(table.codes, out=table.codes)
+        table.replace(table.codes, table.codes if both else table.grad_codes)
 
 
 # -- predictions -----------------------------------------------------------------------------------

@@ -392,7 +392,7 @@ class FitLoop:
         self.rng = np.random.default_rng(self.seed)
         self.gen = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
-        self.position = np.full(graph.n_nodes, -1, dtype=np.int64)  # make_batch's scratch
+        self.position = np.full(graph.n_nodes, -1, dtype=np.int32)  # make_batch's scratch
 
         self.reuse = est.warm_start and hasattr(est, "model_")
         fresh = est._build_model(graph.n_features, self.task.n_outputs, self.data.kinds)

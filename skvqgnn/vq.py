@@ -695,8 +695,10 @@ class AssignmentTable:
     def replace(self, codes: np.ndarray, grad_codes: np.ndarray) -> None:
         """Every node's feature and gradient codes (n_nodes, P) at once, and the usage counts
         recomputed from them."""
-        self.codes[:] = codes
-        self.grad_codes[:] = grad_codes
+        if codes is not self.codes:
+            self.codes[:] = codes
+        if grad_codes is not self.grad_codes:
+            self.grad_codes[:] = grad_codes
         for table, usage in ((self.codes, self.usage), (self.grad_codes, self.grad_usage)):
             for p in range(table.shape[1]):  # slice by slice: no (n_nodes, P) int64 copy
                 usage[p] = np.bincount(table[:, p], minlength=self.n_codewords)

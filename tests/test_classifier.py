@@ -48,6 +48,28 @@ def test_fit_predict_on_a_graph(csbm):
     assert clf.vq_error_.shape == (1,) and 0 < clf.vq_error_[0] < 1
 
 
+@pytest.mark.parametrize("n_classes, dtype", [(3, torch.int8), (200, torch.int16)])
+def test_a_fit_holds_its_targets_in_the_smallest_integers(csbm, n_classes, dtype):
+    # every node's target is held for the fit (a partitioned process holds every node's):
+    # int8 below 128 classes, not int64, and the loss reads them as class indices
+    A, X, y, split = csbm
+    labels = _labels(y, split) * (n_classes // 3)  # codes 0, k, 2k: n_classes classes apart
+    seen = {}
+
+    class Targets(Callback):
+        def on_epoch_end(self, fit, record):
+            seen["dtype"], seen["loss"] = fit.task.targets.dtype, record["loss"]
+
+    classes = np.arange(n_classes)
+    clf = VQGNNClassifier(random_state=0, **{**FAST, "max_epochs": 2})
+    if n_classes > 3:  # the classes the encoder sees: every code 0 .. n_classes - 1
+        labels = np.where(labels >= 0, labels % n_classes, -1)
+        labels[np.flatnonzero(labels < 0)[: n_classes]] = classes
+    clf.fit(A, X, labels, callbacks=[Targets()])
+    assert len(clf.classes_) == (3 if n_classes == 3 else n_classes)
+    assert seen["dtype"] == dtype and np.isfinite(seen["loss"])
+
+
 def test_cora_public_split_accuracy_floor():
     A, X, y, split = load_cora()
     clf = VQGNNClassifier(batch_size=512, max_epochs=30, learning_rate=0.01, random_state=0)
