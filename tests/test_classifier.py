@@ -64,7 +64,7 @@ def test_a_fit_holds_its_targets_in_the_smallest_integers(csbm, n_classes, dtype
     clf = VQGNNClassifier(random_state=0, **{**FAST, "max_epochs": 2})
     if n_classes > 3:  # the classes the encoder sees: every code 0 .. n_classes - 1
         labels = np.where(labels >= 0, labels % n_classes, -1)
-        labels[np.flatnonzero(labels < 0)[: n_classes]] = classes
+        labels[np.flatnonzero(labels < 0)[:n_classes]] = classes
     clf.fit(A, X, labels, callbacks=[Targets()])
     assert len(clf.classes_) == (3 if n_classes == 3 else n_classes)
     assert seen["dtype"] == dtype and np.isfinite(seen["loss"])
