@@ -139,11 +139,15 @@ def write_partition(spec: Record) -> None:
 
 
 def _join() -> tuple[int, int]:
-    """This rank's index and the number of ranks; the process group joined when several."""
+    """This rank's index and the number of ranks; the process group joined when several. The
+    package is imported here, so that a rank's starting memory (``rss_start_mib``, read next)
+    holds the interpreter, torch and skvqgnn in both kinds of run."""
     from datetime import timedelta
 
     import torch
     import torch.distributed as dist
+
+    import skvqgnn.classifier  # noqa: F401
 
     torch.set_num_threads(1)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
