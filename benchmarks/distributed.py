@@ -11,7 +11,11 @@ Two kinds of runs, each rank a fresh process on 127.0.0.1 with one torch thread:
   (``DataParallel.traffic``) and per step.
 * **accuracy**: the node benchmark's VQ configuration (batches of n/8 nodes, every other
   parameter at its default) on ``--accuracy-datasets``, seeds ``--seeds``, on
-  ``--accuracy-world-sizes`` ranks: test accuracy.
+  ``--accuracy-world-sizes`` ranks: test accuracy. With ``--one-process`` the N ranks of an
+  accuracy run are ``Simulated(N)`` in one process: the ranks' steps with their merge rule,
+  which the tests hold a gloo fit to step by step; only dropout draws from one stream instead
+  of N. It costs one rank's time, so that many seeds fit in an hour: a difference of half a
+  point between two fits is below what 5 seeds resolve on Twitch-EN.
 
 Below the tables, the page projects what ``N`` ranks would need for 10⁸ and 10⁹ nodes from the
 measured per-step traffic and per-rank memory (a model on paper, not a run).
@@ -178,9 +182,12 @@ def _fit_and_record(
     import torch
 
     from skvqgnn import VQGNNClassifier
-    from skvqgnn.distributed import DataParallel, Local
+    from skvqgnn.distributed import DataParallel, Local, Simulated
 
-    strategy = DataParallel() if world > 1 else Local()
+    if spec.get("one_process"):
+        strategy = Simulated(spec["world_size"])
+    else:
+        strategy = DataParallel() if world > 1 else Local()
     clf = VQGNNClassifier(**_params(spec, n_nodes))
     start = time.perf_counter()
     fit(clf, strategy)
@@ -216,7 +223,7 @@ def run_partitioned_rank(spec: Record, out: Path) -> None:
 
     rank, world = _join()
     started = _current_rss_mib()
-    shard = load_shard(spec["folder"])
+    shard = load_shard(spec["folder"], "all" if spec.get("one_process") else None)
     original = shard.original_nodes
     if spec["kind"] == "partitioned":  # only y and the test mask, not the graph
         f = np.load(spec["file"])
@@ -236,7 +243,7 @@ def run_partitioned_rank(spec: Record, out: Path) -> None:
         _current_rss_mib(),
     )
     record.update(
-        n_batches=world * -(-int(max(np.diff(shard.offsets))) // clf.batch_size),
+        n_batches=spec["world_size"] * -(-int(max(np.diff(shard.offsets))) // clf.batch_size),
         nodes_held=shard.stop - shard.start,
         graph_bytes=_shard_bytes(shard, data),
         test_correct=int(np.sum(clf.transduction_[tested] == truth[tested])),
@@ -299,7 +306,7 @@ def run_config(spec: Record) -> Record:
             command = [sys.executable, __file__, "--partition", json.dumps(spec)]
             subprocess.run(command, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         written = json.loads((folder / "written.json").read_text())
-    world, port = spec["world_size"], _free_port()
+    world, port = 1 if spec.get("one_process") else spec["world_size"], _free_port()
     with tempfile.TemporaryDirectory() as out:
         procs = []
         for rank in range(world):
@@ -427,39 +434,58 @@ def _partitioned_rows(
 
 
 def _accuracy_rows(records: list[Record]) -> tuple[list[str], list[tuple[str, bool]]]:
-    groups: dict[tuple[str, str, int], list[float]] = {}
+    """The accuracy table and its checks. Each group (dataset, mode, ranks, how the ranks ran)
+    is compared with one data-parallel rank run the same way, seed by seed: the mean of the
+    paired differences and its standard error (the seeds' spread cancels in the pairs)."""
+    groups: dict[tuple[str, str, int, bool], dict[int, float]] = {}
     for r in records:
-        key = (r["dataset"], r.get("mode", "data-parallel"), r["world_size"])
-        groups.setdefault(key, []).append(r["ranks"][0]["test_acc"])
+        key = (r["dataset"], r.get("mode", "data-parallel"), r["world_size"], _one(r))
+        groups.setdefault(key, {})[r["seed"]] = r["ranks"][0]["test_acc"]
     rows = [
-        "| dataset | mode | ranks | seeds | test accuracy (mean ± std) | against 1 rank "
-        "(data-parallel), points |",
-        "|---|---|---|---|---|---|",
+        "| dataset | mode | ranks | run as | seeds | test accuracy (mean ± std) "
+        "| against 1 rank, points (paired mean ± s.e.) |",
+        "|---|---|---|---|---|---|---|",
     ]
     checks = []
-    for (dataset, mode, world), accs in sorted(groups.items()):
+    for (dataset, mode, world, one), by_seed in sorted(groups.items()):
+        accs = list(by_seed.values())
         mean = statistics.mean(accs)
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        base = groups.get((dataset, "data-parallel", 1))
-        delta = "" if base is None else f"{100 * (mean - statistics.mean(base)):+.2f}"
+        base = groups.get((dataset, "data-parallel", 1, one), {})
+        pairs = [100 * (by_seed[s] - base[s]) for s in by_seed if s in base]
+        delta, change = "", None
+        if pairs and not (mode == "data-parallel" and world == 1):
+            change = statistics.mean(pairs)
+            error = statistics.stdev(pairs) / len(pairs) ** 0.5 if len(pairs) > 1 else 0.0
+            delta = f"{change:+.2f} ± {error:.2f}"
+        how = "one process" if one else "gloo ranks"
         rows.append(
-            f"| {dataset} | {mode} | {world} | {len(accs)} | {mean:.4f} ± {std:.4f} | {delta} |"
+            f"| {dataset} | {mode} | {world} | {how} | {len(accs)} | {mean:.4f} ± {std:.4f} "
+            f"| {delta} |"
         )
-        if base is None:
+        if change is None:
             continue
-        change = mean - statistics.mean(base)
-        if mode == "data-parallel" and world > 1:
-            checks.append(
-                (f"{dataset}, {world} ranks within 0.5 point of 1 rank", abs(change) <= 0.005)
-            )
-        elif mode != "data-parallel":  # another batching: it may gain, it must not lose
+        if mode == "data-parallel":
             checks.append(
                 (
-                    f"{dataset}, {world} partitioned ranks not more than 0.5 point below 1 rank",
-                    change >= -0.005,
+                    f"{dataset}, {world} ranks ({how}) within 0.5 point of 1 rank",
+                    abs(change) <= 0.5,
+                )
+            )
+        else:  # another batching: it may gain, it must not lose
+            checks.append(
+                (
+                    f"{dataset}, {world} partitioned ranks ({how}) not more than 0.5 point "
+                    "below 1 rank",
+                    change >= -0.5,
                 )
             )
     return rows, checks
+
+
+def _one(record: Record) -> bool:
+    """Whether an accuracy run's ranks ran as ``Simulated`` in one process."""
+    return bool(record.get("one_process"))
 
 
 def _projection(records: list[Record]) -> list[str]:
@@ -588,6 +614,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="run each accuracy fit's ranks as Simulated(N) in one process",
+    )
+    parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "skvqgnn-distributed"
     )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -643,6 +674,7 @@ def main(argv: list[str] | None = None) -> None:
                 "data_dir": str(args.data_dir),
                 "world_size": w,
                 "seed": s,
+                **({"one_process": True} if args.one_process else {}),
             }
             for d in args.accuracy_datasets
             for s in args.seeds
@@ -656,6 +688,7 @@ def main(argv: list[str] | None = None) -> None:
                 "data_dir": str(args.data_dir),
                 "world_size": w,
                 "seed": s,
+                **({"one_process": True} if args.one_process else {}),
             }
             for d in args.partitioned_accuracy_datasets
             for s in args.seeds

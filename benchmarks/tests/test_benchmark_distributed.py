@@ -68,8 +68,11 @@ def test_the_region_reports_time_memory_traffic_and_accuracy():
     region = distributed.render(META, records, None)
     # 2 ranks: the slowest rank's epoch (2 + 1 s), 100 steps (2 epochs × 50), KiB per step
     assert "| 1e+06 | 2 | 3.00 | 30.0 | 1501 | 501 | 100 | 50 | 0.900 |" in region
-    assert "| cora | data-parallel | 2 | 2 | 0.8125 ± 0.0106 | +0.25 |" in region
-    assert "cora, 2 ranks within 0.5 point of 1 rank**: **PASS**" in region
+    # seed by seed: +0.5 and 0.0 points, mean +0.25, standard error 0.354 / √2
+    assert (
+        "| cora | data-parallel | 2 | gloo ranks | 2 | 0.8125 ± 0.0106 | +0.25 ± 0.25 |" in region
+    )
+    assert "cora, 2 ranks (gloo ranks) within 0.5 point of 1 rank**: **PASS**" in region
     # 10⁹ nodes on 64 ranks: 300 + 64 bytes per node, plus the 500 MiB measured above the graph
     assert "| 1e+09 | 64 | 15,259 | 2.2 GiB | 339 GiB | 64.5 GiB |" in region
     bad = distributed.render(META, [_accuracy(1, 0, 0.80), _accuracy(2, 0, 0.79)], None)
@@ -134,7 +137,32 @@ def test_partitioned_runs_report_per_rank_memory_beside_data_parallel():
 def test_partitioned_accuracy_may_gain_but_not_lose():
     base = [_accuracy(1, 0, 0.80)]
     gain = distributed.render(META, [*base, {**_accuracy(2, 0, 0.81), "mode": "partitioned"}], None)
-    assert "| cora | partitioned | 2 | 1 | 0.8100 ± 0.0000 | +1.00 |" in gain
-    assert "2 partitioned ranks not more than 0.5 point below 1 rank**: **PASS**" in gain
+    assert "| cora | partitioned | 2 | gloo ranks | 1 | 0.8100 ± 0.0000 | +1.00 ± 0.00 |" in gain
+    assert (
+        "2 partitioned ranks (gloo ranks) not more than 0.5 point below 1 rank**: **PASS**" in gain
+    )
     loss = distributed.render(META, [*base, {**_accuracy(2, 0, 0.79), "mode": "partitioned"}], None)
-    assert "2 partitioned ranks not more than 0.5 point below 1 rank**: **FAIL**" in loss
+    assert (
+        "2 partitioned ranks (gloo ranks) not more than 0.5 point below 1 rank**: **FAIL**" in loss
+    )
+
+
+def test_accuracy_is_compared_seed_by_seed_with_one_rank_run_the_same_way():
+    """Runs in one process (``Simulated``) are compared with one rank in one process, seed by
+    seed: only the seeds both have count, so a seed's luck is not read as the ranks' effect."""
+    one = lambda world, seed, acc: {**_accuracy(world, seed, acc), "one_process": True}  # noqa: E731
+    records = [
+        _accuracy(1, 0, 0.70),  # gloo: not the base of the one-process runs
+        one(1, 0, 0.80),
+        one(1, 1, 0.90),
+        one(1, 2, 0.60),  # no 2-rank run of seed 2: left out of the pairs
+        one(2, 0, 0.79),
+        one(2, 1, 0.89),
+    ]
+    region = distributed.render(META, records, None)
+    # pairs -1 and -1: -1.00 ± 0.00, although the means differ by 0.8400 - 0.7667 = +7.3 points
+    assert (
+        "| cora | data-parallel | 2 | one process | 2 | 0.8400 ± 0.0707 | -1.00 ± 0.00 |" in region
+    )
+    assert "| cora | data-parallel | 1 | one process | 3 | 0.7667 ± 0.1528 |  |" in region
+    assert "cora, 2 ranks (one process) within 0.5 point of 1 rank**: **FAIL**" in region
