@@ -72,6 +72,9 @@ __all__ = [
 
 FORMAT, VERSION = "skvqgnn-shards", 1
 _PARTITIONERS = ("metis", "label_propagation", "contiguous")
+# bytes per process and round of `Sharing.gather` (a module attribute, so a test can make the
+# rounds many)
+GATHER_BYTES = 1 << 22
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -665,20 +668,35 @@ class Sharing:
     def gather(self, array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The whole ``array`` (n_nodes, ...) from every process's rows of its own nodes
         (the rest of this process's ``array`` is not read), sent as raw bytes, written into
-        ``out`` (which may be ``array`` itself) or a new array."""
-        block = np.ascontiguousarray(array[self.start : self.stop])
-        raw = block.view(np.uint8).ravel()
-        padded = np.zeros(-(-len(raw) // 8) * 8, dtype=np.uint8)
-        padded[: len(raw)] = raw
-        parts = self.strategy.all_gather(padded.view(np.int64))
-        del block, raw, padded
+        ``out`` (which may be ``array`` itself) or a new array.
+
+        The rows go in rounds of at most ``GATHER_BYTES`` per process, so that what is in
+        flight at once is bounded by the number of processes, not by the graph: a single
+        all-gather of every node's codes would hold a second copy of them."""
         out = np.empty_like(array) if out is None else out
+        if len(self.sizes) == 1:  # one process holds every node
+            if out is not array:
+                out[...] = array
+            return out
         width = out.itemsize * int(np.prod(out.shape[1:], dtype=np.int64))
-        at = 0
-        for part, rows in zip(parts, self.sizes, strict=True):
-            received = np.ascontiguousarray(part).view(np.uint8)[: rows * width]
-            out[at : at + rows] = received.view(out.dtype).reshape(rows, *out.shape[1:])
-            at += rows
+        per_round = max(1, GATHER_BYTES // max(1, width))
+        offsets = np.cumsum([0, *self.sizes])
+        for lo in range(0, max(self.sizes), per_round):
+            rows = [min(per_round, max(0, size - lo)) for size in self.sizes]
+            end = min(self.stop, self.start + lo + per_round)
+            mine = array[min(self.start + lo, end) : end]
+            raw = np.ascontiguousarray(mine).view(np.uint8).ravel()
+            padded = np.zeros(-(-len(raw) // 8) * 8, dtype=np.uint8)
+            padded[: len(raw)] = raw
+            lengths = [-(-r * width // 8) for r in rows]
+            parts = self.strategy.all_gather(padded.view(np.int64), lengths=lengths)
+            for r, part in enumerate(parts):
+                if rows[r]:
+                    at = int(offsets[r]) + lo
+                    received = np.ascontiguousarray(part).view(np.uint8)[: rows[r] * width]
+                    out[at : at + rows[r]] = received.view(out.dtype).reshape(
+                        rows[r], *out.shape[1:]
+                    )
         return out
 
     def share_codes(self, table: Any, both: bool) -> None:
