@@ -142,9 +142,9 @@ def main(scenario: str, out: Path) -> None:
     elif scenario == "shards":  # each rank loads its own part of a partition written before
         import skvqgnn.shards
         from skvqgnn.layers import make_backbone
+        from skvqgnn.shards import load_shard, write_predictions
 
         skvqgnn.shards.GATHER_BYTES = 40  # the codes exchanged in many rounds of a few rows
-        from skvqgnn.shards import load_shard, write_predictions
 
         for name, config in SHARDED.items():
             shard = load_shard(out / name)
