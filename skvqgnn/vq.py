@@ -79,17 +79,20 @@ def _nearest(x: Tensor | list[Tensor], codewords: Tensor | list[Tensor]) -> Tens
     device = rows.device
     step = max(1, min(m, _CHUNK.get(device.type, _CHUNK_DEFAULT) // max(1, P * k)))
     buffer = torch.empty(P * step * k, dtype=rows.dtype, device=device)
+    full = buffer.view(P, step, k)
     on_cpu = device.type == "cpu"
     out = torch.empty(m, P, dtype=torch.long, device=device)
     target = out.numpy().T if on_cpu else out.T  # (P, m), written block by block
-    for start in range(0, m, step):
-        block = rows[:, start : start + step]  # (P, s, E + 1)
-        dist = buffer[: P * block.shape[1] * k].view(P, block.shape[1], k)
+    full_array = full.numpy() if on_cpu else None
+    for start, block in zip(range(0, m, step), rows.split(step, 1), strict=True):
+        s = block.shape[1]
+        dist = full if s == step else buffer[: P * s * k].view(P, s, k)
         torch.bmm(block, stacked, out=dist)
         if on_cpu:
-            np.argmin(dist.numpy(), axis=-1, out=target[:, start : start + step])
+            array = full_array if s == step else dist.numpy()
+            np.argmin(array, axis=-1, out=target[:, start : start + s])
         else:
-            target[:, start : start + step] = dist.min(dim=-1).indices
+            target[:, start : start + s] = dist.min(dim=-1).indices
     return out
 
 
@@ -233,6 +236,14 @@ class ProductCodebook(nn.Module):
         self.register_buffer("grad_moments_set", torch.zeros((), dtype=torch.bool))
         self.register_buffer("trust_num", torch.zeros(2, n_grad))
         self.register_buffer("trust_den", torch.zeros(2, n_grad))
+        self._cache: dict[str, tuple] = {}  # see `_derived`
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        return {**state, "_cache": {}}  # derived tensors are recomputed, not pickled
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__({"_cache": {}, **state})  # also pickles made before the cache
 
     # -- views -------------------------------------------------------------------------------
     def split(self, x: Tensor) -> Tensor:
@@ -246,21 +257,51 @@ class ProductCodebook(nn.Module):
         """(..., P, D) -> (..., f), dropping the padding."""
         return x.reshape(*x.shape[:-2], -1)[..., : self.n_features]
 
+    def _derived(self, name: str, compute, *sources: Tensor) -> Tensor:
+        """``compute()``, a tensor derived from the buffers ``sources``, kept until one of them
+        is modified in place (its version counter moves) or replaced: a step reads the
+        codewords several times between two EMA updates. Callers must not modify the result.
+        Under ``torch.inference_mode`` (no version counters) it is computed every time."""
+        if torch.is_inference_mode_enabled():
+            return compute()
+        versions = tuple(t._version for t in sources)
+        hit = self._cache.get(name)
+        if (
+            hit is not None
+            and hit[1] == versions
+            and all(a is b for a, b in zip(hit[0], sources, strict=True))
+        ):
+            return hit[2]
+        value = compute()
+        self._cache[name] = (sources, versions, value)
+        return value
+
     def _sizes(self) -> Tensor:
         return laplace_smoothing(self.counts, self.eps).clamp_min(1e-12).unsqueeze(-1)
 
     def _grad_sizes(self) -> Tensor:
-        return laplace_smoothing(self.grad_counts, self.eps).clamp_min(1e-12)  # (P, k)
+        return self._derived(
+            "grad_sizes",
+            lambda: laplace_smoothing(self.grad_counts, self.eps).clamp_min(1e-12),  # (P, k)
+            self.grad_counts,
+        )
 
     @property
     def codewords(self) -> Tensor:
         """Feature codewords X̃: (P, k, D)."""
-        return self.feature_sums / self._sizes()
+        return self._derived(
+            "codewords", lambda: self.feature_sums / self._sizes(), self.feature_sums, self.counts
+        )
 
     @property
     def grad_codewords(self) -> Tensor:
         """Gradient codewords G̃: (n_grad, P, k, D)."""
-        return self.grad_sums / self._grad_sizes().unsqueeze(-1).unsqueeze(0)
+        return self._derived(
+            "grad_codewords",
+            lambda: self.grad_sums / self._grad_sizes().unsqueeze(-1).unsqueeze(0),
+            self.grad_sums,
+            self.grad_counts,
+        )
 
     @property
     def grad_feature_codewords(self) -> Tensor:
@@ -288,6 +329,9 @@ class ProductCodebook(nn.Module):
         starting at 1, the paper's unscaled messages, made gin at 2 hidden layers with random
         batches fall from 0.99 to 0.85 in ``tests/test_classifier.py``'s floor test.
         """
+        return self._derived("grad_trust", self._trust, self.trust_num, self.trust_den)
+
+    def _trust(self) -> Tensor:
         ratio = self.trust_num / self.trust_den.clamp_min(1e-30)
         ratio = torch.where(self.trust_den > 0, ratio.clamp(0.0, 1.0), torch.zeros_like(ratio))
         return ratio.min(0).values

@@ -312,3 +312,79 @@ def test_statistics_sum_every_slice_channel_and_scalar_under_its_own_code():
         for p in range(P):
             torch.testing.assert_close(picked[:, i, p], cb.grad_codewords[:, p, codes[i, p]])
     torch.testing.assert_close(cb.lookup(codes)[3, D : 2 * D], cb.codewords[1, codes[3, 1]])
+
+
+def _fresh(cb):
+    """The codebook's derived tensors computed from its buffers now."""
+    sizes = laplace_smoothing(cb.counts, cb.eps).clamp_min(1e-12)
+    grad_sizes = laplace_smoothing(cb.grad_counts, cb.eps).clamp_min(1e-12)
+    ratio = (cb.trust_num / cb.trust_den.clamp_min(1e-30)).clamp(0.0, 1.0)
+    return {
+        "codewords": cb.feature_sums / sizes.unsqueeze(-1),
+        "grad_codewords": cb.grad_sums / grad_sizes.unsqueeze(-1).unsqueeze(0),
+        "grad_feature_codewords": cb.grad_feature_sums / grad_sizes.unsqueeze(-1),
+        "grad_trust": torch.where(cb.trust_den > 0, ratio, 0.0).min(0).values,
+    }
+
+
+def _assert_current(cb):
+    for name, value in _fresh(cb).items():
+        assert torch.equal(getattr(cb, name), value), name
+
+
+def test_derived_codewords_are_kept_until_a_buffer_changes():
+    gen = torch.Generator().manual_seed(0)
+    cb = ProductCodebook(n_features=8, n_codewords=4, codeword_dim=4, decay=0.5)
+    cb.seed(torch.zeros(2, 4), torch.ones(2, 4), torch.randn(20, 2, 4), gen, n_iter=2)
+    words = cb.codewords
+    assert cb.codewords is words  # read twice between two updates: computed once
+    x, g = torch.randn(6, 2, 4), torch.randn(1, 6, 2, 4)
+    codes = cb.assign(x)
+    changes = [
+        lambda: cb.update(x, codes),
+        lambda: cb.update_gradients(x, g, cb.assign_gradients(x, g)),
+        lambda: cb.calibrate(g, codes),
+        lambda: cb.reseed(torch.tensor([1]), torch.tensor([2]), torch.ones(1, 4)),
+        lambda: cb.load_state_dict({**cb.state_dict(), "counts": cb.counts + 1}),
+        lambda: cb.to(torch.float64),
+    ]
+    for change in changes:
+        before = {name: getattr(cb, name) for name in _fresh(cb)}
+        change()
+        _assert_current(cb)
+        after = {name: getattr(cb, name) for name in before}
+        assert any(  # each change moves something, which the derived tensors follow
+            a.dtype != b.dtype or not torch.equal(a, b)
+            for a, b in zip(before.values(), after.values(), strict=True)
+        )
+    # a pickled codebook carries no derived tensors, and computes them from its buffers
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(cb))
+    assert copy._cache == {}
+    _assert_current(copy)
+
+
+def test_codewords_read_during_a_fit_are_those_of_the_buffers():
+    from skvqgnn import Callback, VQGNNClassifier
+    from skvqgnn.datasets import make_csbm
+
+    class Check(Callback):
+        steps = 0
+
+        def on_step_end(self, fit, batch_nodes, n_terms):
+            for cb in fit.model.codebooks:
+                _assert_current(cb)
+            Check.steps += 1
+
+    A, X, y, split = make_csbm(300, 3, avg_degree=6, n_features=8, random_state=0)
+    clf = VQGNNClassifier(
+        hidden_layer_sizes=(16, 16),
+        batch_size=64,
+        n_codewords=8,
+        sampler="random",
+        max_epochs=2,
+        random_state=0,
+    )
+    clf.fit(A, X, np.where(split.train_mask, y, -1), callbacks=[Check()])
+    assert Check.steps >= 8
