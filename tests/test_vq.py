@@ -335,28 +335,29 @@ def _assert_current(cb):
 def test_derived_codewords_are_kept_until_a_buffer_changes():
     gen = torch.Generator().manual_seed(0)
     cb = ProductCodebook(n_features=8, n_codewords=4, codeword_dim=4, decay=0.5)
-    cb.seed(torch.zeros(2, 4), torch.ones(2, 4), torch.randn(20, 2, 4), gen, n_iter=2)
+    cb.seed(torch.zeros(2, 4), torch.ones(2, 4), torch.randn(20, 2, 4, generator=gen), gen, 2)
     words = cb.codewords
     assert cb.codewords is words  # read twice between two updates: computed once
-    x, g = torch.randn(6, 2, 4), torch.randn(1, 6, 2, 4)
+    x, g = torch.randn(6, 2, 4, generator=gen), torch.randn(1, 6, 2, 4, generator=gen)
     codes = cb.assign(x)
-    changes = [
-        lambda: cb.update(x, codes),
-        lambda: cb.update_gradients(x, g, cb.assign_gradients(x, g)),
-        lambda: cb.calibrate(g, codes),
-        lambda: cb.reseed(torch.tensor([1]), torch.tensor([2]), torch.ones(1, 4)),
-        lambda: cb.load_state_dict({**cb.state_dict(), "counts": cb.counts + 1}),
-        lambda: cb.to(torch.float64),
-    ]
-    for change in changes:
-        before = {name: getattr(cb, name) for name in _fresh(cb)}
+    changes = {  # each changes the derived tensor named
+        "codewords": lambda: cb.update(x, codes),
+        "grad_codewords": lambda: cb.update_gradients(x, g, cb.assign_gradients(x, g)),
+        "grad_trust": lambda: cb.calibrate(cb.pick(cb.grad_codewords, codes), codes),
+        "grad_feature_codewords": lambda: cb.reseed_gradients(
+            torch.tensor([0]), torch.tensor([1]), torch.ones(1, 4), torch.ones(1, 1, 4), None
+        ),
+        "codewords ": lambda: cb.reseed(torch.tensor([1]), torch.tensor([2]), torch.ones(1, 4)),
+        " codewords": lambda: cb.load_state_dict({**cb.state_dict(), "counts": cb.counts + 1}),
+    }
+    for name, change in changes.items():
+        before = getattr(cb, name.strip())
         change()
         _assert_current(cb)
-        after = {name: getattr(cb, name) for name in before}
-        assert any(  # each change moves something, which the derived tensors follow
-            a.dtype != b.dtype or not torch.equal(a, b)
-            for a, b in zip(before.values(), after.values(), strict=True)
-        )
+        assert not torch.equal(getattr(cb, name.strip()), before), name
+    cb.to(torch.float64)
+    assert cb.codewords.dtype == torch.float64
+    _assert_current(cb)
     # a pickled codebook carries no derived tensors, and computes them from its buffers
     import pickle
 
