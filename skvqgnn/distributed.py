@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.graph import increment_version
 
 __all__ = ["DataParallel", "Local", "RankFailure", "Simulated", "Strategy", "resolve_strategy"]
 
@@ -276,7 +275,9 @@ class DataParallel(Strategy):
         self.traffic["all_reduce"] += tensor.numel() * tensor.element_size()
         with self._collective(f"all-reduce ({op}) of {tensor.numel()} values"):
             self.dist.all_reduce(moved, op=reduce_op, group=self.group)
-        return _written(tensor, moved)
+        if moved is not tensor:
+            tensor.copy_(moved)
+        return tensor
 
     def all_gather(  # noqa: D102
         self, array: np.ndarray, lengths: list[int] | None = None
@@ -304,7 +305,9 @@ class DataParallel(Strategy):
         with self._collective(f"broadcast of {tensor.numel()} values from rank {src}"):
             source = self.dist.get_global_rank(self.group, src) if self.group else src
             self.dist.broadcast(moved, src=source, group=self.group)
-        return _written(tensor, moved)
+        if moved is not tensor:
+            tensor.copy_(moved)
+        return tensor
 
     @contextlib.contextmanager
     def deferred_interrupt(self) -> Iterator[Any]:
@@ -375,16 +378,3 @@ def resolve_strategy(distributed: Any, device: torch.device | None = None) -> St
         f"skvqgnn.distributed strategy (Local, Simulated, DataParallel), got "
         f"{type(distributed).__name__}"
     )
-
-
-def _written(tensor: Tensor, moved: Tensor) -> Tensor:
-    """``tensor`` after a collective wrote ``moved`` (``tensor`` itself, or its copy on the
-    communication device): the result copied back, or, when the collective wrote ``tensor``
-    in place, its version counter moved as any in-place torch operation would move it (the
-    collectives do not), so that values derived from it are recomputed
-    (``ProductCodebook``'s codewords)."""
-    if moved is not tensor:
-        tensor.copy_(moved)
-    else:
-        increment_version(tensor)
-    return tensor

@@ -236,14 +236,6 @@ class ProductCodebook(nn.Module):
         self.register_buffer("grad_moments_set", torch.zeros((), dtype=torch.bool))
         self.register_buffer("trust_num", torch.zeros(2, n_grad))
         self.register_buffer("trust_den", torch.zeros(2, n_grad))
-        self._cache: dict[str, tuple] = {}  # see `_derived`
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        return {**state, "_cache": {}}  # derived tensors are recomputed, not pickled
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__({"_cache": {}, **state})  # also pickles made before the cache
 
     # -- views -------------------------------------------------------------------------------
     def split(self, x: Tensor) -> Tensor:
@@ -257,51 +249,21 @@ class ProductCodebook(nn.Module):
         """(..., P, D) -> (..., f), dropping the padding."""
         return x.reshape(*x.shape[:-2], -1)[..., : self.n_features]
 
-    def _derived(self, name: str, compute, *sources: Tensor) -> Tensor:
-        """``compute()``, a tensor derived from the buffers ``sources``, kept until one of them
-        is modified in place (its version counter moves) or replaced: a step reads the
-        codewords several times between two EMA updates. Callers must not modify the result.
-        Under ``torch.inference_mode`` (no version counters) it is computed every time."""
-        if torch.is_inference_mode_enabled():
-            return compute()
-        versions = tuple(t._version for t in sources)
-        hit = self._cache.get(name)
-        if (
-            hit is not None
-            and hit[1] == versions
-            and all(a is b for a, b in zip(hit[0], sources, strict=True))
-        ):
-            return hit[2]
-        value = compute()
-        self._cache[name] = (sources, versions, value)
-        return value
-
     def _sizes(self) -> Tensor:
         return laplace_smoothing(self.counts, self.eps).clamp_min(1e-12).unsqueeze(-1)
 
     def _grad_sizes(self) -> Tensor:
-        return self._derived(
-            "grad_sizes",
-            lambda: laplace_smoothing(self.grad_counts, self.eps).clamp_min(1e-12),  # (P, k)
-            self.grad_counts,
-        )
+        return laplace_smoothing(self.grad_counts, self.eps).clamp_min(1e-12)  # (P, k)
 
     @property
     def codewords(self) -> Tensor:
         """Feature codewords X̃: (P, k, D)."""
-        return self._derived(
-            "codewords", lambda: self.feature_sums / self._sizes(), self.feature_sums, self.counts
-        )
+        return self.feature_sums / self._sizes()
 
     @property
     def grad_codewords(self) -> Tensor:
         """Gradient codewords G̃: (n_grad, P, k, D)."""
-        return self._derived(
-            "grad_codewords",
-            lambda: self.grad_sums / self._grad_sizes().unsqueeze(-1).unsqueeze(0),
-            self.grad_sums,
-            self.grad_counts,
-        )
+        return self.grad_sums / self._grad_sizes().unsqueeze(-1).unsqueeze(0)
 
     @property
     def grad_feature_codewords(self) -> Tensor:
@@ -329,9 +291,6 @@ class ProductCodebook(nn.Module):
         starting at 1, the paper's unscaled messages, made gin at 2 hidden layers with random
         batches fall from 0.99 to 0.85 in ``tests/test_classifier.py``'s floor test.
         """
-        return self._derived("grad_trust", self._trust, self.trust_num, self.trust_den)
-
-    def _trust(self) -> Tensor:
         ratio = self.trust_num / self.trust_den.clamp_min(1e-30)
         ratio = torch.where(self.trust_den > 0, ratio.clamp(0.0, 1.0), torch.zeros_like(ratio))
         return ratio.min(0).values
