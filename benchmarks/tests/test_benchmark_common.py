@@ -183,3 +183,24 @@ def test_the_scale_page_shows_the_plots_next_to_it():
     for name in (scale.MEMORY_PLOT, scale.TIME_PLOT):
         assert f"](../{name})" in region
         assert (PAGES_DIR / ".." / name).resolve().read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_script_shadows_an_installed_module():
+    """A script runs with ``benchmarks/`` first on ``sys.path``, so a script named like an
+    installed package would be imported in its place (``distributed.py`` took the place of
+    Dask's ``distributed``, and ``from dask.distributed import Client`` failed)."""
+    import importlib.util
+    import subprocess
+
+    here = Path(__file__).resolve().parents[1]
+    stems = sorted(p.stem for p in here.glob("*.py"))
+    code = (
+        "import importlib.util, sys; "
+        "print(' '.join(s for s in sys.argv[1:] if importlib.util.find_spec(s) is not None))"
+    )
+    # a fresh interpreter whose path holds neither benchmarks/ nor the tests' additions
+    found = subprocess.run(
+        [sys.executable, "-I", "-c", code, *stems], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert importlib.util.find_spec("_common") is not None  # the path does hold benchmarks/ here
+    assert found == [], f"benchmark scripts named like installed modules: {found}"

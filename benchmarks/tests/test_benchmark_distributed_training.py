@@ -1,5 +1,5 @@
-"""The data-parallel benchmark (``distributed.py``): its generated region rebuilt from records
-(no process group)."""
+"""The data-parallel benchmark (``distributed_training.py``): its generated region rebuilt from
+records (no process group)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import distributed  # noqa: E402
+import distributed_training as distributed  # noqa: E402
 from test_benchmark_link import META  # noqa: E402
 
 

@@ -21,8 +21,8 @@ Below the tables, the page projects what ``N`` ranks would need for 10⁸ and 10
 measured per-step traffic and per-rank memory (a model on paper, not a run).
 
 The provenance, tables and checks replace the generated region of ``--out`` (by default
-``doc/benchmarks/distributed.md``); raw records go to ``--json``, from which ``--from-json``
-rebuilds the region. The parent process imports only the standard library.
+``doc/benchmarks/distributed_training.md``); raw records go to ``--json``, from which
+``--from-json`` rebuilds the region. The parent process imports only the standard library.
 """
 
 from __future__ import annotations
