@@ -60,6 +60,7 @@ from .sketch import (
     sketch_product,
     sparse_dropout,
     split_batch_edges,
+    split_batch_edges_and_transpose,
     spmm,
 )
 from .vq import AssignmentTable, ProductCodebook
@@ -597,16 +598,39 @@ class Fixed(Convolution):
     ----------
     matrix : csr_array of shape (n_nodes, n_nodes)
         ``C``; row ``i`` holds the weights of the messages node ``i`` receives.
+    row_scale : ndarray of shape (n_nodes,), default=None
+        ``s`` when ``C = diag(s) A`` for the adjacency ``A`` of the graph it is prepared with
+        (GraphSAGE-mean: ``s = 1/deg``). When that graph is undirected, ``Cᵀ = diag(s)⁻¹ C
+        diag(s)``: the backward messages' entries are then ``C``'s own entries rescaled, from
+        the same gather of the batch rows, and ``Cᵀ`` is never built (one split per batch
+        instead of two, and no second matrix of the graph's size).
     """
 
     name = "fixed"
     backward_by_default = True
 
-    def __init__(self, matrix: sp.csr_array):
+    def __init__(self, matrix: sp.csr_array, row_scale: np.ndarray | None = None):
         self.matrix = matrix
+        self.row_scale = row_scale
 
     def prepare(self, graph: Graph) -> None:  # noqa: D102
         self.features = graph.X
+        self._graph = graph
+
+    def transpose_scale(self) -> np.ndarray | None:
+        """``s`` with ``Cᵀ = diag(s)⁻¹ C diag(s)``, or ``None``: the ``row_scale`` when the
+        graph is undirected (`Graph.is_symmetric`, checked once, when backward messages are
+        first needed; inference never asks)."""
+        scale, graph = getattr(self, "row_scale", None), getattr(self, "_graph", None)
+        if scale is None or graph is None:
+            return None
+        return scale if graph.is_symmetric else None
+
+    def split(self, nodes, position, backward, segment=None):  # noqa: D102
+        scale = self.transpose_scale() if backward else None
+        if scale is None:
+            return super().split(nodes, position, backward, segment)
+        return split_batch_edges_and_transpose(self.matrix, nodes, position, scale, segment)
 
     def inputs_of(
         self, rows: np.ndarray, device: torch.device, edges: BatchEdges | None = None

@@ -270,12 +270,17 @@ def mean_norm(A: sp.csr_array) -> sp.csr_array:
     csr_array of shape (n_nodes, n_nodes), dtype float32
         ``A`` with each row divided by its sum, with sorted indices.
     """
-    deg = np.asarray(A.sum(axis=1), dtype=np.float64).ravel()
-    inv = np.where(deg > 0, 1.0 / np.maximum(deg, 1e-30), 0.0).astype(np.float32)
     C = sp.csr_array(A, dtype=np.float32, copy=True)
     C.sort_indices()
-    _scale_entries(C, inv)
+    _scale_entries(C, inverse_degree(A))
     return C
+
+
+def inverse_degree(A: sp.csr_array) -> np.ndarray:
+    """``1 / deg`` (n_nodes,) float32 from the row sums of ``A``, 0 for isolated nodes: the row
+    scale of `mean_norm`."""
+    deg = np.asarray(A.sum(axis=1), dtype=np.float64).ravel()
+    return np.where(deg > 0, 1.0 / np.maximum(deg, 1e-30), 0.0).astype(np.float32)
 
 
 def attention_mask(A: sp.csr_array) -> sp.csr_array:

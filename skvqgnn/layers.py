@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from .attention import AttentionConvolution, DotProductAttention, GATAttention
 from .convolutions import Attention, Batch, Convolution, Fixed, Identity, Initial
-from .graph import attention_mask, gcn_norm, mean_norm
+from .graph import attention_mask, gcn_norm, inverse_degree, mean_norm
 from .sketch import dropout, is_sparse, sparse_dropout
 from .vq import ProductCodebook
 
@@ -160,13 +160,15 @@ class GCN(Backbone):
 
 
 class SAGE(Backbone):
-    """GraphSAGE-mean: ``C¹ = I`` (root weight) and ``C² = D⁻¹ A`` (not symmetric)."""
+    """GraphSAGE-mean: ``C¹ = I`` (root weight) and ``C² = D⁻¹ A`` (not symmetric; on an
+    undirected graph its transpose is ``D C D⁻¹``, which training uses instead of a second
+    matrix)."""
 
     name = "sage"
     n_convolutions = 2
 
     def convolutions(self, A: sp.csr_array) -> list[Convolution]:
-        return [Identity(), Fixed(mean_norm(A))]
+        return [Identity(), Fixed(mean_norm(A), row_scale=inverse_degree(A))]
 
 
 class GINLayer(nn.Module):

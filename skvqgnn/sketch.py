@@ -28,6 +28,7 @@ from torch import Tensor
 __all__ = [
     "BatchEdges",
     "split_batch_edges",
+    "split_batch_edges_and_transpose",
     "codeword_sketch",
     "group_by_codes",
     "to_torch_sparse",
@@ -126,22 +127,49 @@ def split_batch_edges(
     ``segment`` (b,), when given, says which of several batches each row belongs to: an entry
     between rows of different segments is then out-of-batch too.
     """
+    return _split(C, batch, position, segment, None)[0]
+
+
+def split_batch_edges_and_transpose(
+    C: sp.csr_array,
+    batch: np.ndarray,
+    position: np.ndarray,
+    scale: np.ndarray,
+    segment: np.ndarray | None = None,
+) -> tuple[BatchEdges, BatchEdges]:
+    """The rows ``batch`` of ``C`` and of ``Cᵀ``, split, for a ``C`` whose transpose is
+    ``diag(scale)⁻¹ C diag(scale)`` (same pattern, every entry ``C[j, r] · scale[r] /
+    scale[j]``): the mean aggregation ``D⁻¹A`` of a symmetric ``A``, with ``scale = 1/deg``.
+
+    One gather of the rows serves both: ``Cᵀ`` is neither built nor split. The entries of
+    ``Cᵀ`` are computed as ``C[j, r] / scale[j] · scale[r]``, which for unit weights is exactly
+    ``1/deg(r)``. Arguments as `split_batch_edges`."""
+    return _split(C, batch, position, segment, scale)
+
+
+def _split(C, batch, position, segment, scale) -> tuple[BatchEdges, BatchEdges | None]:
     rows, cols, vals = gather_rows(C, batch)
     local = position[cols]
     inside = local >= 0
     if segment is not None:
         inside &= segment[local] == segment[rows]  # local = -1 is outside already
-    return BatchEdges(
-        b=len(batch),
-        in_rows=rows[inside],
-        in_cols=local[inside],
-        in_vals=vals[inside],
-        out_rows=rows[~inside],
-        out_nodes=cols[~inside],
-        out_vals=vals[~inside],
-        cols=cols,
-        vals=vals,
-    )
+    outside = ~inside
+    shared = {
+        "b": len(batch),
+        "in_rows": rows[inside],
+        "in_cols": local[inside],
+        "out_rows": rows[outside],
+        "out_nodes": cols[outside],
+        "cols": cols,
+    }
+    edges = BatchEdges(**shared, in_vals=vals[inside], out_vals=vals[outside], vals=vals)
+    if scale is None:
+        return edges, None
+    row_scale = scale[batch]
+    tvals = vals / row_scale[rows]
+    tvals *= scale[cols]
+    tedges = BatchEdges(**shared, in_vals=tvals[inside], out_vals=tvals[outside], vals=tvals)
+    return edges, tedges
 
 
 def codeword_sketch(edges: BatchEdges, codes: np.ndarray, n_codewords: int) -> SketchBags:

@@ -25,6 +25,7 @@ from skvqgnn.convolutions import (
 )
 from skvqgnn.graph import Graph, attention_mask
 from skvqgnn.layers import BACKBONES, VQGNN, Backbone
+from skvqgnn.sketch import split_batch_edges
 from skvqgnn.training import gradient_channels
 from skvqgnn.vq import AssignmentTable
 
@@ -442,3 +443,35 @@ def test_several_batches_at_once_need_a_network_without_attention():
         make_batch(data, nodes, [], CPU, segment=nodes % 2)
     data, _, _ = _setup("gcn", 1)
     assert make_batch(data, nodes, [], CPU, segment=nodes % 2).parts
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sage_backward_entries_come_from_its_rows_on_an_undirected_graph(symmetric):
+    """GraphSAGE's ``C = D⁻¹A``: on an undirected graph a batch's rows of ``Cᵀ`` are ``C``'s
+    own rows rescaled (``D C D⁻¹``), so ``Cᵀ`` is never built; on a directed graph it is. Both
+    give the entries of the explicit transpose (weighted: to rounding; unit weights: exactly)."""
+    rng = np.random.default_rng(0)
+    for weighted in (False, True):
+        A = random_graph(300, 6, seed=3, symmetric=symmetric)
+        if weighted:
+            A.data = rng.random(A.nnz) + 0.5
+            if symmetric:
+                A = ((A + A.T) / 2).tocsr()
+        data = GraphData(Graph(A, rng.random((300, 4))), BACKBONES["sage"]())
+        conv = data.convolutions[1]
+        nodes = np.sort(rng.choice(300, 60, replace=False))
+        position = np.full(300, -1, dtype=np.int32)
+        position[nodes] = np.arange(60)
+        _, tedges = conv.split(nodes, position, backward=True)
+        assert (getattr(conv, "_transposed", None) is None) == symmetric
+        Ct = conv.matrix.T.tocsr()
+        Ct.sort_indices()
+        expected = split_batch_edges(Ct, nodes, position)
+        for name in ("in_rows", "in_cols", "out_rows", "out_nodes", "cols"):
+            np.testing.assert_array_equal(getattr(tedges, name), getattr(expected, name))
+        for name in ("in_vals", "out_vals", "vals"):
+            got, want = getattr(tedges, name), getattr(expected, name)
+            if weighted:
+                np.testing.assert_allclose(got, want, rtol=1e-6)
+            else:
+                np.testing.assert_array_equal(got, want)
