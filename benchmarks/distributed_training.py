@@ -647,26 +647,15 @@ def main(argv: list[str] | None = None) -> None:
     specs = lambda: [  # noqa: E731
         *(
             {
-                "kind": "scale",
+                "kind": kind,
                 "n_nodes": int(n),
                 "world_size": w,
                 "batch_size": args.batch_size,
                 "max_epochs": args.max_epochs,
                 "cache": str(args.cache),
             }
-            for n in args.sizes
-            for w in args.world_sizes
-        ),
-        *(
-            {
-                "kind": "partitioned",
-                "n_nodes": int(n),
-                "world_size": w,
-                "batch_size": args.batch_size,
-                "max_epochs": args.max_epochs,
-                "cache": str(args.cache),
-            }
-            for n in args.partitioned_sizes
+            for kind, sizes in (("scale", args.sizes), ("partitioned", args.partitioned_sizes))
+            for n in sizes
             for w in args.world_sizes
         ),
         *(

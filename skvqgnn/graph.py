@@ -257,13 +257,15 @@ def _scale_entries(M: sp.csr_array, row: np.ndarray, col: np.ndarray | None = No
         start = stop
 
 
-def mean_norm(A: sp.csr_array) -> sp.csr_array:
+def mean_norm(A: sp.csr_array, inverse: np.ndarray | None = None) -> sp.csr_array:
     """Mean aggregation ``D^-1 A`` (GraphSAGE-mean); rows of isolated nodes are zero.
 
     Parameters
     ----------
     A : csr_array of shape (n_nodes, n_nodes)
         Adjacency with non-negative weights.
+    inverse : ndarray of shape (n_nodes,), default=None
+        ``inverse_degree(A)``, when the caller has it already.
 
     Returns
     -------
@@ -272,7 +274,7 @@ def mean_norm(A: sp.csr_array) -> sp.csr_array:
     """
     C = sp.csr_array(A, dtype=np.float32, copy=True)
     C.sort_indices()
-    _scale_entries(C, inverse_degree(A))
+    _scale_entries(C, inverse_degree(A) if inverse is None else inverse)
     return C
 
 

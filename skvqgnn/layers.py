@@ -168,7 +168,8 @@ class SAGE(Backbone):
     n_convolutions = 2
 
     def convolutions(self, A: sp.csr_array) -> list[Convolution]:
-        return [Identity(), Fixed(mean_norm(A), row_scale=inverse_degree(A))]
+        inverse = inverse_degree(A)
+        return [Identity(), Fixed(mean_norm(A, inverse), row_scale=inverse)]
 
 
 class GINLayer(nn.Module):
