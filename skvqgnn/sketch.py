@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .graph import stable_order
+
 __all__ = [
     "BatchEdges",
     "split_batch_edges",
@@ -92,17 +94,6 @@ class BatchEdges:
             is_coalesced=True,
             check_invariants=False,
         ).to(device)
-
-
-def stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
-    """The stable sorting permutation of integers ``keys`` in ``[0, bound)``.
-
-    Keys below 2¹⁶ are sorted as 16-bit integers, for which NumPy's stable sort is a radix
-    sort (linear in the keys): 60 µs for 15,000 keys, against 720 µs for torch's and 800 µs for
-    NumPy's comparison sort of the same keys as int64."""
-    if bound <= 1 << 16:
-        return np.argsort(keys.astype(np.uint16), kind="stable")
-    return np.argsort(keys, kind="stable")
 
 
 def gather_rows(C: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ import scipy.sparse as sp
 from sklearn.model_selection import train_test_split
 
 from skvqgnn import Graph, NodeSet
-from skvqgnn.graph import gcn_norm, is_symmetric, mean_norm
+from skvqgnn.graph import gcn_norm, is_symmetric, mean_norm, stable_order
 
 
 def _path(n=4):
@@ -174,6 +174,38 @@ def test_is_symmetric_is_exact_block_by_block(monkeypatch, block):
     weighted = sp.csr_array(np.array([[0, 1, 0], [2, 0, 0], [0, 0, 1]], dtype=np.float32))
     assert not is_symmetric(weighted)  # the same pattern both ways, other weights
     assert is_symmetric(weighted + weighted.T)
+
+
+@pytest.mark.parametrize("bound", [1 << 16, (1 << 16) + 1, 1 << 20, 1 << 32, 1 << 40])
+def test_stable_order_is_numpys_stable_sort(bound):
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, bound, 50_000)
+    keys[::7] = keys[3]  # repeated keys, whose order the sort must keep
+    keys[1::11] = bound - 1
+    for dtype in (np.int32, np.int64):
+        if bound > np.iinfo(dtype).max:
+            continue
+        k = keys.astype(dtype)
+        np.testing.assert_array_equal(stable_order(k, bound), np.argsort(k, kind="stable"))
+
+
+def test_is_symmetric_on_a_graph_with_more_than_65536_nodes():
+    # one block of the transpose spans more than 2¹⁶ rows: sorted by two 16-bit passes
+    n = 70_000
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, n, 60_000)
+    dst = rng.integers(0, n, 60_000)
+    w = rng.uniform(0.5, 1.5, 60_000).astype(np.float32)
+    A = sp.csr_array((w, (src, dst)), shape=(n, n))
+    S = sp.csr_array(A + A.T)
+    S.sort_indices()
+    assert is_symmetric(S)
+    row = int(np.flatnonzero(np.diff(S.indptr) >= 2)[-1])
+    lo = S.indptr[row]
+    swapped = S.copy()  # two weights of one row exchanged: same pattern, same degrees
+    swapped.data[[lo, lo + 1]] = swapped.data[[lo + 1, lo]]
+    assert (swapped != swapped.T).nnz > 0
+    assert not is_symmetric(swapped)
 
 
 @pytest.mark.parametrize("sampler", ["cluster", "random"])
