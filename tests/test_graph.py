@@ -189,7 +189,8 @@ def test_stable_order_is_numpys_stable_sort(bound):
         np.testing.assert_array_equal(stable_order(k, bound), np.argsort(k, kind="stable"))
 
 
-def test_is_symmetric_on_a_graph_with_more_than_65536_nodes():
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_is_symmetric_on_a_graph_with_more_than_65536_nodes(index_dtype):
     # one block of the transpose spans more than 2¹⁶ rows: sorted by two 16-bit passes
     n = 70_000
     rng = np.random.default_rng(0)
@@ -199,6 +200,7 @@ def test_is_symmetric_on_a_graph_with_more_than_65536_nodes():
     A = sp.csr_array((w, (src, dst)), shape=(n, n))
     S = sp.csr_array(A + A.T)
     S.sort_indices()
+    S.indices, S.indptr = S.indices.astype(index_dtype), S.indptr.astype(index_dtype)
     assert is_symmetric(S)
     row = int(np.flatnonzero(np.diff(S.indptr) >= 2)[-1])
     lo = S.indptr[row]
