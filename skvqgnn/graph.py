@@ -436,9 +436,12 @@ _HASH_VALUES = 1 << 22  # feature values hashed per chunk of rows by the fingerp
 def _hash_features(h: Any, X: np.ndarray | sp.csr_array) -> None:
     """Feed the content of features ``X`` to ``h`` the same way for dense and CSR storage:
     its rows in chunks, each as canonical CSR (sorted indices, no stored zeros). A dense chunk
-    gives those parts directly (its non-zeros in row order), without building a matrix."""
+    gives those parts directly (its non-zeros in row order), without building a matrix; one
+    without zeros (continuous features) needs no search for them: its column ids repeat
+    ``0 … f-1``."""
     n, f = X.shape
     step = max(1, _HASH_VALUES // max(f, 1))
+    columns = np.zeros(0, dtype=np.int64)  # column ids of a chunk without zeros, made once
     for start in range(0, n, step):
         if sp.issparse(X):
             chunk = sp.csr_array(X[start : start + step], dtype=np.float32)
@@ -447,6 +450,12 @@ def _hash_features(h: Any, X: np.ndarray | sp.csr_array) -> None:
             _hash_csr(h, chunk)
             continue
         rows = np.asarray(X[start : start + step], dtype=np.float32)
+        if np.count_nonzero(rows) == rows.size:  # no zero: every column of every row, in order
+            if len(columns) != rows.size:
+                columns = np.tile(np.arange(f, dtype=np.int64), len(rows))
+            indptr = np.arange(0, rows.size + 1, f, dtype=np.int64)
+            _hash_parts(h, indptr, columns, rows.reshape(-1))
+            continue
         nonzero = rows != 0
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(np.count_nonzero(nonzero, axis=1), out=indptr[1:])

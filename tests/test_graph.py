@@ -111,6 +111,20 @@ def test_fingerprint_ignores_storage_dtype_format_and_index_width():
     assert Graph(A + sp.eye_array(30, format="csr"), X).fingerprint != reference
 
 
+def test_fingerprint_of_features_without_zeros_equals_their_sparse_form(monkeypatch):
+    import skvqgnn.graph
+
+    # chunks of 8 rows of 5 features, the last one shorter
+    monkeypatch.setattr(skvqgnn.graph, "_HASH_VALUES", 40)
+    rng = np.random.default_rng(1)
+    X = rng.uniform(0.5, 1.5, (30, 5))
+    A = sp.random_array((30, 30), density=0.1, format="csr", rng=rng)
+    dense = Graph(A, X).fingerprint
+    assert dense == Graph(A, sp.csr_array(X)).fingerprint
+    X[12, 3] = 0.0  # one chunk with a zero among chunks without
+    assert Graph(A, X).fingerprint == Graph(A, sp.csr_array(X)).fingerprint != dense
+
+
 def test_pickle_drops_the_cache():
     G = Graph(_path(), np.ones((4, 2)))
     G.cached("big", lambda: np.zeros(10_000))
