@@ -85,14 +85,18 @@ def throughput(C: Any) -> Record:
     return {"sgemm": sgemm, "spmm": spmm, "amin": amin, "copy": copy}
 
 
-def floors(spec: Record, nnz: int, rates: Record) -> Record:
-    """Seconds of work of one epoch (one hidden layer, one fixed convolution) at ``rates``."""
+def floors(spec: Record, nnz: int, rates: Record, depth: int = 1) -> Record:
+    """Seconds of work of one epoch at ``rates``: ``depth`` hidden layers of 64 features, one
+    fixed convolution per layer; every hidden layer's output is quantised for the convolution
+    after it (a feature and a gradient search, moving averages of both)."""
     n, f, h, c, k = spec["n_nodes"], spec["n_features"], 64, 5, spec["n_codewords"]
-    dense = 6 * n * (f * h + h * c) / rates["sgemm"]  # forward, and backward twice its flops
-    messages_vq = 2 * nnz * (f + 2 * h) / rates["spmm"]  # C X; C H and its backward
-    search_gemm = 2 * n * k * (h + 2 * h) / rates["sgemm"]  # feature and gradient distances
-    search_min = 2 * n * (h // 4) * k / rates["amin"]  # two searches, P = h / 4 slices
-    ema = 4 * n * 2 * h * 4 / rates["copy"]  # read inputs and gradients, write sums: bytes
+    # forward, and backward twice its flops
+    dense = 6 * n * (f * h + (depth - 1) * h * h + h * c) / rates["sgemm"]
+    messages_vq = 2 * nnz * (f + 2 * h * depth) / rates["spmm"]  # C X; each C H and backward
+    # per quantised layer: feature distances (width h) and gradient distances (width 2h)
+    search_gemm = depth * 2 * n * k * (h + 2 * h) / rates["sgemm"]
+    search_min = depth * 2 * n * (h // 4) * k / rates["amin"]  # two searches, P = h / 4
+    ema = depth * 4 * n * 2 * h * 4 / rates["copy"]  # read inputs and gradients, write sums
     vq = dense + messages_vq + search_gemm + search_min + ema
     return {
         "vq": vq,
@@ -134,11 +138,12 @@ def run_config(spec: Record) -> Record:
         def on_epoch_end(self, fit: Any, record: Record) -> None:
             self.times.append(time.process_time() - self.t0)
 
-    def fit(backbone: str, batch_size: int | None) -> tuple[Any, list[float]]:
+    def fit(backbone: str, batch_size: int | None, depth: int = 1) -> tuple[Any, list[float]]:
         timer = Epochs()
         clf = VQGNNClassifier(
             backbone=backbone,
             batch_size=batch_size,
+            hidden_layer_sizes=(64,) * depth,
             n_codewords=spec["n_codewords"],
             max_epochs=spec["epochs"],
             random_state=0,
@@ -147,14 +152,17 @@ def run_config(spec: Record) -> Record:
         return clf, timer.times
 
     epochs, fitted = {}, {}
-    for mode, batch_size in (("vq", spec["batch_size"]), ("full", None)):
+    modes = (("vq", spec["batch_size"]), ("full", None))
+    for mode, batch_size in modes:
         fitted[mode], epochs[mode] = fit("gcn", batch_size)
     backbones = {}  # the other backbones' VQ and full-graph epochs, without floors
     for backbone in spec.get("other_backbones", []):
-        times = {
-            mode: fit(backbone, b)[1] for mode, b in (("vq", spec["batch_size"]), ("full", None))
-        }
+        times = {mode: fit(backbone, b)[1] for mode, b in modes}
         backbones[backbone] = {mode: statistics.median(t[1:]) for mode, t in times.items()}
+    depths = {}  # gcn with more hidden layers: epochs against their floors
+    for depth in spec.get("depths", []):
+        times = {mode: fit("gcn", b, depth)[1] for mode, b in modes}
+        depths[str(depth)] = {mode: statistics.median(t[1:]) for mode, t in times.items()}
     predict: dict[str, list[float]] = {"vq": [], "exact": []}
     for _ in range(3):
         for inference in predict:
@@ -177,6 +185,9 @@ def run_config(spec: Record) -> Record:
         epochs["pyg"].append(time.process_time() - t)
     C = gcn_norm(graph.A)
     rates = throughput(C)
+    for depth, times in depths.items():
+        fl = floors(spec, C.nnz, rates, int(depth))
+        times.update(floor_vq=fl["vq"], floor_full=fl["full"])
     return {
         **spec,
         "n_entries": int(C.nnz),
@@ -186,6 +197,7 @@ def run_config(spec: Record) -> Record:
         "rates": rates,
         "floor_s": floors(spec, C.nnz, rates),
         "backbones": backbones,
+        "depths": depths,
         "torch": torch.__version__,
     }
 
@@ -264,6 +276,25 @@ def render(meta: Record, records: list[Record], regenerated: str | None) -> str:
             lines.append(
                 f"| {name} | {t['vq']:.3f} | {t['full']:.3f} | {t['vq'] / t['full']:.2f} |"
             )
+    deeper = last.get("depths") or {}
+    if deeper:
+        lines += [
+            "",
+            f"gcn with more hidden layers of 64 (n = {last['n_nodes']:,}, the same graph and "
+            "batch size; each quantised layer's searches and moving averages counted in its "
+            "floor as above; no bar):",
+            "",
+            "| hidden layers | VQ epoch s | VQ floor s | VQ / floor | full-graph epoch s | "
+            "full floor s | VQ / full |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        rows = {"1": {**m, "floor_vq": fl["vq"], "floor_full": fl["full"]}, **deeper}
+        for depth, t in rows.items():
+            lines.append(
+                f"| {depth} | {t['vq']:.3f} | {t['floor_vq']:.3f} | "
+                f"{t['vq'] / t['floor_vq']:.1f} | {t['full']:.3f} | {t['floor_full']:.3f} | "
+                f"{t['vq'] / t['full']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -279,6 +310,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="*",
         default=["sage", "gat"],
         help="backbones whose VQ and full-graph epochs are timed too (no floor)",
+    )
+    parser.add_argument(
+        "--depths",
+        nargs="*",
+        type=int,
+        default=[2, 3],
+        help="more hidden layers at which gcn's VQ and full-graph epochs are timed, with floors",
     )
     parser.add_argument("--out", type=Path, default=page_for(__file__), help=OUT_HELP)
     parser.add_argument("--json", type=Path, default=None, help="raw per-run records")
@@ -299,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
             "n_codewords": args.n_codewords,
             "epochs": args.epochs,
             "other_backbones": args.other_backbones,
+            "depths": args.depths,
         }
         for n in args.sizes
     ]

@@ -96,6 +96,23 @@ def test_the_floor_adds_its_parts_and_grows_with_the_work():
     assert faster["parts"]["search minimum"] == pytest.approx(one["parts"]["search minimum"] / 2)
 
 
+def test_the_floor_counts_every_quantised_layer():
+    spec = {"n_nodes": 10_000, "n_features": 64, "n_codewords": 256}
+    rates = {"sgemm": 1e11, "spmm": 5e9, "amin": 5e9, "copy": 5e9}
+    one = epoch_floor.floors(spec, 110_000, rates)["parts"]
+    three = epoch_floor.floors(spec, 110_000, rates, depth=3)["parts"]
+    for part in ("search products", "search minimum", "moving averages"):
+        assert three[part] == pytest.approx(3 * one[part])  # one quantised layer each
+    # two more convolutions of width 64, forward and backward; two more 64 x 64 layers
+    assert three["message passing"] - one["message passing"] == pytest.approx(
+        2 * 110_000 * 2 * 64 * 2 / 5e9
+    )
+    assert three["dense layers"] - one["dense layers"] == pytest.approx(
+        6 * 10_000 * 2 * 64 * 64 / 1e11
+    )
+    assert one["dense layers"] == pytest.approx(6 * 10_000 * (64 * 64 + 64 * 5) / 1e11)
+
+
 def test_epoch_bars_compare_the_vq_epoch_with_its_floor_and_both_references():
     record = _floor_record(vq=1.0, full=0.8, pyg=1.2)
     region = epoch_floor.render(META, [record], None)
@@ -135,3 +152,13 @@ def test_other_backbones_get_their_own_rows_beside_gcn():
     assert "| sage | 1.200 | 0.400 | 3.00 |" in region
     assert "| gat | 2.000 | 1.000 | 2.00 |" in region
     assert "| backbone |" not in epoch_floor.render(META, [_floor_record(1.0, 0.5, 1.2)], None)
+
+
+def test_deeper_networks_get_rows_against_their_own_floors():
+    record = _floor_record(vq=1.0, full=0.5, pyg=1.2)
+    record["depths"] = {"2": {"vq": 2.0, "full": 0.8, "floor_vq": 0.5, "floor_full": 0.2}}
+    region = epoch_floor.render(META, [record], None)
+    assert "| 2 | 2.000 | 0.500 | 4.0 | 0.800 | 0.200 | 2.50 |" in region
+    floor = record["floor_s"]
+    assert f"| 1 | 1.000 | {floor['vq']:.3f} | {1.0 / floor['vq']:.1f} | 0.500 |" in region
+    assert "| hidden layers |" not in epoch_floor.render(META, [_floor_record(1, 0.5, 1.2)], None)
