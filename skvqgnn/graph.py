@@ -450,7 +450,7 @@ def _hash_features(h: Any, X: np.ndarray | sp.csr_array) -> None:
             _hash_csr(h, chunk)
             continue
         rows = np.asarray(X[start : start + step], dtype=np.float32)
-        if np.count_nonzero(rows) == rows.size:  # no zero: every column of every row, in order
+        if f and np.count_nonzero(rows) == rows.size:  # no zero: every column of every row
             if len(columns) != rows.size:
                 columns = np.tile(np.arange(f, dtype=np.int64), len(rows))
             indptr = np.arange(0, rows.size + 1, f, dtype=np.int64)
