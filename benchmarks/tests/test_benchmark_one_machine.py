@@ -154,6 +154,18 @@ def test_other_backbones_get_their_own_rows_beside_gcn():
     assert "| backbone |" not in epoch_floor.render(META, [_floor_record(1.0, 0.5, 1.2)], None)
 
 
+def test_a_backbone_without_a_full_graph_epoch_says_why():
+    record = {
+        **_floor_record(vq=1.0, full=0.5, pyg=1.2),
+        "backbones": {"transformer": {"vq": 5.0, "full": None}, "gin": {"vq": 1.5, "full": 0.5}},
+    }
+    region = epoch_floor.render(META, [record], None)
+    assert "| transformer | 5.000 | — | — |" in region
+    assert "| gin | 1.500 | 0.500 | 3.00 |" in region
+    assert "No full-graph epoch for transformer: its global attention" in region
+    assert "No full-graph epoch for gin" not in region
+
+
 def test_deeper_networks_get_rows_against_their_own_floors():
     record = _floor_record(vq=1.0, full=0.5, pyg=1.2)
     record["depths"] = {"2": {"vq": 2.0, "full": 0.8, "floor_vq": 0.5, "floor_full": 0.2}}
