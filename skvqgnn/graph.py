@@ -350,8 +350,8 @@ def is_symmetric(A: sp.csr_array) -> bool:
     Exact, and without a transposed copy: every node's in- and out-degrees are compared first,
     then the rows of ``Aᵀ`` are built a block at a time by scanning ``A`` for the entries of the
     block's columns, and compared with the same rows of ``A``. A block holds a 32nd of the
-    entries (at least 2²⁰, at most 4·10⁶): the memory is a block's and a few arrays of n; the
-    time, a pass over ``A`` per block and a linear sort of each block (`stable_order`).
+    entries (at most 4·10⁶): the memory is a block's and a few arrays of n; the time, a pass
+    over ``A`` per block and a linear sort of each block (`stable_order`).
     """
     n = A.shape[0]
     if A.shape[0] != A.shape[1]:
@@ -367,7 +367,7 @@ def is_symmetric(A: sp.csr_array) -> bool:
         in_degree += np.bincount(A.indices[start : start + _SYMMETRY_ENTRIES], minlength=n)
     if not np.array_equal(np.diff(A.indptr), in_degree):
         return False
-    block = min(_SYMMETRY_ENTRIES, max(1 << 20, A.nnz // 32))
+    block = min(_SYMMETRY_ENTRIES, max(1 << 16, A.nnz // 32))
     unsigned = np.dtype(f"uint{8 * A.indices.dtype.itemsize}")
     indptr = A.indptr.astype(np.int64)
     cuts = np.searchsorted(indptr, np.arange(0, A.nnz, block), side="right") - 1
