@@ -205,8 +205,9 @@ def test_stable_order_is_numpys_stable_sort(bound):
 
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
 def test_is_symmetric_on_a_graph_with_more_than_65536_nodes(index_dtype):
-    # one block of the transpose spans more than 2¹⁶ rows: sorted by two 16-bit passes
-    n = 70_000
+    # 120,000 entries make two blocks of the transpose, each of more than 2¹⁶ rows: sorted by
+    # two 16-bit passes
+    n = 200_000
     rng = np.random.default_rng(0)
     src = rng.integers(0, n, 60_000)
     dst = rng.integers(0, n, 60_000)
