@@ -438,10 +438,11 @@ def _hash_features(h: Any, X: np.ndarray | sp.csr_array) -> None:
     its rows in chunks, each as canonical CSR (sorted indices, no stored zeros). A dense chunk
     gives those parts directly (its non-zeros in row order), without building a matrix; one
     without zeros (continuous features) needs no search for them: its column ids repeat
-    ``0 … f-1``."""
+    ``0 … f-1``, and are fed from one block of them (512 KiB) over and over."""
     n, f = X.shape
     step = max(1, _HASH_VALUES // max(f, 1))
-    columns = np.zeros(0, dtype=np.int64)  # column ids of a chunk without zeros, made once
+    pattern_rows = max(1, (1 << 16) // max(f, 1))  # the column ids of this many rows
+    pattern = None if sp.issparse(X) else np.tile(np.arange(f, dtype=np.int64), pattern_rows)
     for start in range(0, n, step):
         if sp.issparse(X):
             chunk = sp.csr_array(X[start : start + step], dtype=np.float32)
@@ -451,10 +452,11 @@ def _hash_features(h: Any, X: np.ndarray | sp.csr_array) -> None:
             continue
         rows = np.asarray(X[start : start + step], dtype=np.float32)
         if f and np.count_nonzero(rows) == rows.size:  # no zero: every column of every row
-            if len(columns) != rows.size:
-                columns = np.tile(np.arange(f, dtype=np.int64), len(rows))
-            indptr = np.arange(0, rows.size + 1, f, dtype=np.int64)
-            _hash_parts(h, indptr, columns, rows.reshape(-1))
+            # the bytes `_hash_parts` would feed: row pointers, column ids, values
+            h.update(np.arange(0, rows.size + 1, f, dtype=np.int64))
+            for first in range(0, len(rows), pattern_rows):
+                h.update(pattern[: (min(len(rows), first + pattern_rows) - first) * f])
+            h.update(np.ascontiguousarray(rows))
             continue
         nonzero = rows != 0
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)

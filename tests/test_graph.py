@@ -123,6 +123,10 @@ def test_fingerprint_of_features_without_zeros_equals_their_sparse_form(monkeypa
     assert dense == Graph(A, sp.csr_array(X)).fingerprint
     X[12, 3] = 0.0  # one chunk with a zero among chunks without
     assert Graph(A, X).fingerprint == Graph(A, sp.csr_array(X)).fingerprint != dense
+    monkeypatch.undo()  # one chunk of 30,000 rows: its column ids fed in pieces of 13,107 rows
+    X = rng.uniform(0.5, 1.5, (30_000, 5))
+    A = sp.random_array((30_000, 30_000), density=1e-4, format="csr", rng=rng)
+    assert Graph(A, X).fingerprint == Graph(A, sp.csr_array(X)).fingerprint
 
 
 def test_pickle_drops_the_cache():
