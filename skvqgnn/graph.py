@@ -436,7 +436,8 @@ _HASH_VALUES = 1 << 22  # feature values hashed per chunk of rows by the fingerp
 def _hash_features(h: Any, X: np.ndarray | sp.csr_array) -> None:
     """Feed the content of features ``X`` to ``h`` the same way for dense and CSR storage:
     its rows in chunks, each as canonical CSR (sorted indices, no stored zeros). A dense chunk
-    gives those parts directly (its non-zeros in row order), without building a matrix; one
+    gives those parts directly (its non-zeros in row order), without building a matrix, a few
+    rows at a time (the temporaries are a mask of the chunk and the parts of 2¹⁶ values); one
     without zeros (continuous features) needs no search for them: its column ids repeat
     ``0 … f-1``, and are fed from one block of them (512 KiB) over and over."""
     n, f = X.shape
@@ -461,8 +462,12 @@ def _hash_features(h: Any, X: np.ndarray | sp.csr_array) -> None:
         nonzero = rows != 0
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(np.count_nonzero(nonzero, axis=1), out=indptr[1:])
-        flat = np.flatnonzero(nonzero)
-        _hash_parts(h, indptr, flat % f, rows.reshape(-1)[flat])
+        h.update(indptr)
+        blocks = range(0, len(rows), pattern_rows)  # a few rows at a time: small temporaries
+        for first in blocks:
+            h.update(np.flatnonzero(nonzero[first : first + pattern_rows]) % f)
+        for first in blocks:
+            h.update(rows[first : first + pattern_rows][nonzero[first : first + pattern_rows]])
 
 
 def csr_digest(M: sp.csr_array) -> str:
