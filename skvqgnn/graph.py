@@ -421,8 +421,8 @@ def _hash_parts(h: Any, indptr: np.ndarray, indices: np.ndarray, data: np.ndarra
     """Feed CSR parts to hash ``h`` as int64 structure and float32 values, whatever the index
     width or value dtype they are stored with (no copy when they already are)."""
     for array, dtype in ((indptr, np.int64), (indices, np.int64), (data, np.float32)):
-        for start in range(0, len(array), _HASH_VALUES):  # no full-size converted copy
-            h.update(np.ascontiguousarray(array[start : start + _HASH_VALUES], dtype=dtype))
+        for start in range(0, len(array), _HASH_PIECE):  # no large converted copy
+            h.update(np.ascontiguousarray(array[start : start + _HASH_PIECE], dtype=dtype))
 
 
 def _hash_csr(h: Any, M: sp.csr_array) -> None:
@@ -431,6 +431,8 @@ def _hash_csr(h: Any, M: sp.csr_array) -> None:
 
 
 _HASH_VALUES = 1 << 22  # feature values hashed per chunk of rows by the fingerprint
+# values converted at once for the hash: any size feeds the same bytes
+_HASH_PIECE = 1 << 16
 
 
 def _hash_features(h: Any, X: np.ndarray | sp.csr_array) -> None:
