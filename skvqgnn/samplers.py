@@ -118,8 +118,12 @@ def _best_labels(
     who, lab = np.divmod(keys, n)
     score = counts + 0.5 * rng.random(len(counts))
     score[lab == label[rows[who]]] += 0.75  # stay unless a label clearly wins
-    order = np.lexsort((-score, who))
-    first = order[np.r_[True, who[order][1:] != who[order][:-1]]]
+    # the keys are sorted, so each node's candidates are one segment: its first best score,
+    # found without sorting the scores
+    starts = np.flatnonzero(np.r_[True, who[1:] != who[:-1]])
+    segment = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(who)]))
+    top = np.flatnonzero(score == np.maximum.reduceat(score, starts)[segment])
+    first = top[np.r_[True, segment[top][1:] != segment[top][:-1]]]
     best[who[first]] = lab[first]
     return best
 

@@ -80,6 +80,24 @@ def test_label_propagation_finds_planted_parts_in_equal_sizes():
     assert _inside_parts(A, label_propagation_partition(directed, 8, seed=0)) > 0.6
 
 
+def test_each_node_takes_the_label_most_of_its_neighbours_carry():
+    from skvqgnn.samplers import _best_labels
+
+    label = np.array([0, 1, 2, 3, 5, 5, 7, 8, 6, 6, 6, 9])
+    neighbours = {
+        0: [4, 5, 6],  # labels 5, 5, 7: 5
+        1: [6, 7],  # 7 and its own 8 once each: it stays (own label favoured)
+        3: [8, 9, 10, 11],  # 6 three times, 9 once: 6
+    }
+    rows, cols = zip(*[(r, c) for r, cs in neighbours.items() for c in cs], strict=True)
+    A = sp.csr_array((np.ones(len(rows)), (rows, cols)), shape=(12, 12))
+    label[1] = 8
+    for seed in range(5):
+        best = _best_labels(np.array([0, 1, 2, 3]), [A], label, np.random.default_rng(seed))
+        # node 2 has no neighbour: its own label
+        np.testing.assert_array_equal(best, [5, 8, 2, 6])
+
+
 def test_label_propagation_edge_cases():
     A = random_graph(200, 5, seed=1)
     assert np.array_equal(label_propagation_partition(A, 1, 0), np.zeros(200))
