@@ -467,7 +467,8 @@ def _hash_features(h: Any, X: np.ndarray | sp.csr_array) -> None:
         h.update(indptr)
         blocks = range(0, len(rows), pattern_rows)  # a few rows at a time: small temporaries
         for first in blocks:
-            h.update(np.flatnonzero(nonzero[first : first + pattern_rows]) % f)
+            columns = np.flatnonzero(nonzero[first : first + pattern_rows]) % f
+            h.update(columns.astype(np.int64, copy=False))
         for first in blocks:
             h.update(rows[first : first + pattern_rows][nonzero[first : first + pattern_rows]])
 
