@@ -661,27 +661,18 @@ def main(argv: list[str] | None = None) -> None:
         *(
             {
                 "kind": "accuracy",
+                **({"mode": mode} if mode else {}),  # data-parallel specs carry no mode
                 "dataset": d,
                 "data_dir": str(args.data_dir),
                 "world_size": w,
                 "seed": s,
                 **({"one_process": True} if args.one_process else {}),
             }
-            for d in args.accuracy_datasets
-            for s in args.seeds
-            for w in args.accuracy_world_sizes
-        ),
-        *(
-            {
-                "kind": "accuracy",
-                "mode": "partitioned",
-                "dataset": d,
-                "data_dir": str(args.data_dir),
-                "world_size": w,
-                "seed": s,
-                **({"one_process": True} if args.one_process else {}),
-            }
-            for d in args.partitioned_accuracy_datasets
+            for mode, datasets in (
+                (None, args.accuracy_datasets),
+                ("partitioned", args.partitioned_accuracy_datasets),
+            )
+            for d in datasets
             for s in args.seeds
             for w in args.accuracy_world_sizes
         ),
