@@ -11,6 +11,15 @@ int32 indices, float32 weights and int32 row pointers. Stages: generation, ``Gra
 set-up (convolution matrices, partition, codebook initialisation: up to its first epoch), each
 epoch, the end of the fit (the codebooks' eval-mode refresh), and ``predict``.
 
+With ``--features disk`` the features are saved to a ``.npy`` file (in ``$TMPDIR``), dropped
+from memory and opened memory-mapped before the ``Graph`` is built, as ``doc/howto/scaling_up.md``
+shows for features larger than memory. The pages of a mapped file count in the RSS while they
+are resident, but the kernel can drop them at any time; what the process cannot give back is
+its anonymous memory (``RssAnon``), which a thread samples every 10 ms in every stage, beside
+the file-backed pages (``RssFile``). Runs with features on disk get their own table, their
+anonymous peak set against the adjacency alone, and, where two sizes were run, a linear
+projection of that peak to 10⁸ nodes.
+
 The provenance, table and bar replace the generated region of ``--out`` (by default
 ``doc/benchmarks/memory_stages.md``); raw records go to ``--json``, from which ``--from-json``
 rebuilds the region. As in the other scripts, the parent process imports only the standard
@@ -20,6 +29,8 @@ library.
 from __future__ import annotations
 
 import argparse
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,38 +68,85 @@ def _status_gib(field: str) -> float:
 
 
 class Stages:
-    """Peak RSS per stage: ``begin(name)`` closes the running stage and opens the next."""
+    """Peak RSS per stage: ``begin(name)`` closes the running stage and opens the next.
 
-    def __init__(self) -> None:
+    Besides the kernel's exact peak of the whole RSS (``VmHWM``), a thread samples the
+    anonymous and the file-backed parts of the RSS every ``interval`` seconds and keeps their
+    largest values in the stage (a peak shorter than the interval can be missed)."""
+
+    def __init__(self, interval: float = 0.01) -> None:
         import ctypes
 
         self.libc = ctypes.CDLL("libc.so.6")
         self.stages: list[Record] = []
         self.name: str | None = None
+        self.anon = self.file = 0.0
+        self.interval = interval
+        self.done = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self.done.wait(self.interval):
+            self._update()
+
+    def _update(self) -> None:
+        self.anon = max(self.anon, _status_gib("RssAnon"))
+        self.file = max(self.file, _status_gib("RssFile"))
 
     def begin(self, name: str | None) -> None:
         import gc
 
         if self.name is not None:
             peak = _status_gib("VmHWM")
+            self._update()
             self.stages.append(
                 {
                     "stage": self.name,
                     "peak_gib": round(peak, 3),
                     "above_gib": round(peak - self.before, 3),
+                    "anon_gib": round(self.anon, 3),
+                    "file_gib": round(self.file, 3),
                     "seconds": round(time.perf_counter() - self.t0, 2),
                 }
             )
         self.name = name
+        if name is None:
+            self.done.set()
+            return
         gc.collect()
         self.libc.malloc_trim(0)  # resident memory is live memory only
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # VmHWM := VmRSS (Linux >= 4.0)
         self.before, self.t0 = _status_gib("VmRSS"), time.perf_counter()
+        self.anon = self.file = 0.0
+        self._update()
+
+
+def features_on_disk(X: Any, folder: str) -> Any:
+    """``X`` saved as ``folder/X.npy`` and opened memory-mapped, with none of its pages left in
+    the page cache: the features as a user whose features do not fit in memory has them."""
+    import numpy as np
+
+    path = os.path.join(folder, "X.npy")
+    np.save(path, X)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # written back, so that the kernel can drop the pages
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return np.load(path, mmap_mode="r")
 
 
 def run_config(spec: Record) -> Record:
     """Generate, build, fit and predict one configuration, stage by stage."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="memory_stages_") as scratch:
+        return _run_config(spec, scratch)
+
+
+def _run_config(spec: Record, scratch: str) -> Record:
     import numpy as np
     import torch
 
@@ -98,14 +156,17 @@ def run_config(spec: Record) -> Record:
     torch.set_num_threads(1)
     n = spec["n_nodes"]
     stages = Stages()
-    baseline = _status_gib("VmRSS")
+    baseline, baseline_anon = _status_gib("VmRSS"), _status_gib("RssAnon")
     stages.begin("generate")
     A, X, y, split = make_csbm(
         n, 5, avg_degree=spec["avg_degree"], n_features=spec["n_features"], random_state=0
     )
     X = np.ascontiguousarray(X, dtype=np.float32)
-    floor = (X.nbytes + A.nnz * 8 + (n + 1) * 4) / GIB
+    adjacency = (A.nnz * 8 + (n + 1) * 4) / GIB
+    floor = X.nbytes / GIB + adjacency
     labels = np.where(split.train_mask, y, -1)
+    if spec.get("features") == "disk":
+        X = features_on_disk(X, scratch)
     stages.begin("Graph")
     if spec["sampler"] == "pyg":
         from peers import pyg_data
@@ -124,7 +185,9 @@ def run_config(spec: Record) -> Record:
         **spec,
         "n_entries": n_entries,
         "floor_gib": round(floor, 3),
+        "adjacency_gib": round(adjacency, 3),
         "baseline_gib": round(baseline, 3),
+        "baseline_anon_gib": round(baseline_anon, 3),
         "stages": stages.stages,
         "fit_s": round(fit_s, 1),
         "test_accuracy": round(float(np.mean(pred[test] == y[test])), 4),
@@ -188,33 +251,46 @@ def _pyg_fit(spec: Record, stages: Stages, data: Any) -> tuple[float, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def fit_peak(record: Record) -> float:
-    """The absolute peak RSS (GiB) from the fit's set-up to the end of ``predict``."""
-    return max(s["peak_gib"] for s in record["stages"] if s["stage"] not in ("generate", "Graph"))
+FIT_STAGES = ("generate", "Graph")  # the stages before the fit, not the bar's
+
+
+def on_disk(record: Record) -> bool:
+    """Whether the run's features were memory-mapped from disk."""
+    return record.get("features") == "disk"
+
+
+def fit_peak(record: Record, key: str = "peak_gib") -> float:
+    """The peak (GiB; by default of the whole RSS, ``key="anon_gib"``: of its anonymous part)
+    from the fit's set-up to the end of ``predict``."""
+    return max(s[key] for s in record["stages"] if s["stage"] not in FIT_STAGES)
 
 
 def summary(record: Record) -> str:
+    head = f"n={record['n_nodes']:,} {record['sampler']}"
+    tail = f"fit {record['fit_s']:.0f} s, accuracy {record['test_accuracy']:.3f}"
+    if on_disk(record):
+        anon = fit_peak(record, "anon_gib")
+        return (
+            f"{head}, features on disk: adjacency {record['adjacency_gib']:.2f} GiB, anonymous fit "
+            f"peak {anon:.2f} GiB ({anon / record['adjacency_gib']:.2f}x), {tail}"
+        )
     return (
-        f"n={record['n_nodes']:,} {record['sampler']}: floor {record['floor_gib']:.2f} GiB, "
+        f"{head}: floor {record['floor_gib']:.2f} GiB, "
         f"fit peak {fit_peak(record):.2f} GiB ({fit_peak(record) / record['floor_gib']:.2f}x), "
-        f"fit {record['fit_s']:.0f} s, accuracy {record['test_accuracy']:.3f}"
+        f"{tail}"
     )
 
 
-def render(meta: Record, records: list[Record], regenerated: str | None) -> str:
-    """The page's generated region: provenance, the per-stage table and the bar."""
-    lines = machine_lines(meta, records, regenerated)
-    lines += [
-        "",
-        "Peak RSS of each stage in GiB, absolute (the process, the graph included) and, in "
-        "brackets, above the stage's start; the data floor is float32 `X` plus the int32/float32 "
-        "CSR adjacency; the interpreter with torch and skvqgnn imported holds "
-        f"{min(r['baseline_gib'] for r in records):.2f} GiB before any data.",
-        "",
-    ]
-    names = []
+def _stage_names(records: list[Record]) -> list[str]:
+    names: list[str] = []
     for r in records:
         names += [s["stage"] for s in r["stages"] if s["stage"] not in names]
+    return names
+
+
+def _in_memory_table(records: list[Record]) -> list[str]:
+    """The per-stage table of the runs with the features in memory, and the bar."""
+    names = _stage_names(records)
     header = [
         "n",
         "stored entries",
@@ -226,7 +302,15 @@ def render(meta: Record, records: list[Record], regenerated: str | None) -> str:
         "fit s",
         "test acc.",
     ]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        "Peak RSS of each stage in GiB, absolute (the process, the graph included) and, in "
+        "brackets, above the stage's start; the data floor is float32 `X` plus the int32/float32 "
+        "CSR adjacency; the interpreter with torch and skvqgnn imported holds "
+        f"{min(r['baseline_gib'] for r in records):.2f} GiB before any data.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for r in sorted(records, key=lambda r: (r["n_nodes"], r["sampler"])):
         by = {s["stage"]: s for s in r["stages"]}
         cells = [
@@ -251,6 +335,86 @@ def render(meta: Record, records: list[Record], regenerated: str | None) -> str:
         f"**Bar: a fit (set-up, epochs, refresh) and `predict` peak at most {BAR:g}x the data "
         f"floor at n = {largest['n_nodes']:,}**: " + "; ".join(verdicts) + ".",
     ]
+    return lines
+
+
+PROJECT_TO = 10**8  # nodes: the size the projection of the runs with features on disk aims at
+
+
+def projection(records: list[Record]) -> float | None:
+    """The anonymous fit peak (GiB) at `PROJECT_TO` nodes, extrapolated linearly through the
+    two largest sizes of ``records`` (one sampler, features on disk, the same average degree);
+    ``None`` with fewer than two sizes."""
+    by_size = {r["n_nodes"]: fit_peak(r, "anon_gib") for r in records}
+    if len(by_size) < 2:
+        return None
+    (n1, p1), (n2, p2) = sorted(by_size.items())[-2:]
+    return p2 + (p2 - p1) / (n2 - n1) * (PROJECT_TO - n2)
+
+
+def _on_disk_table(records: list[Record], memory_gib: float) -> list[str]:
+    """The runs with the features memory-mapped from disk: anonymous and file-backed peaks per
+    stage, the anonymous peak against the adjacency, and its projection."""
+    names = [n for n in _stage_names(records) if n != "generate"]
+    header = [
+        "n",
+        "stored entries",
+        "sampler",
+        "X on disk GiB",
+        "adjacency GiB",
+        *names,
+        "fit anon. peak GiB",
+        "/ adjacency",
+        "fit s",
+        "test acc.",
+    ]
+    lines = [
+        "",
+        "**Features memory-mapped from disk** (`--features disk`): the peak anonymous memory "
+        "(`RssAnon`, sampled every 10 ms) of each stage in GiB and, in brackets, the peak of "
+        "the file-backed pages (`RssFile`: the mapped features the kernel holds, and may drop, "
+        "with the libraries'); the interpreter holds "
+        f"{min(r.get('baseline_anon_gib', 0.0) for r in records):.2f} GiB of anonymous memory "
+        "before any data.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for r in sorted(records, key=lambda r: (r["n_nodes"], r["sampler"])):
+        by = {s["stage"]: s for s in r["stages"]}
+        cells = [
+            f"{by[name]['anon_gib']:.2f} ({by[name]['file_gib']:.2f})" if name in by else ""
+            for name in names
+        ]
+        anon = fit_peak(r, "anon_gib")
+        lines.append(
+            f"| {r['n_nodes']:,} | {r['n_entries']:,} | {r['sampler']} | "
+            f"{r['floor_gib'] - r['adjacency_gib']:.2f} | {r['adjacency_gib']:.2f} | "
+            + " | ".join(cells)
+            + f" | {anon:.2f} | {anon / r['adjacency_gib']:.2f} | {r['fit_s']:.0f} | "
+            f"{r['test_accuracy']:.3f} |"
+        )
+    for sampler in sorted({r["sampler"] for r in records}):
+        projected = projection([r for r in records if r["sampler"] == sampler])
+        if projected is not None:
+            lines += [
+                "",
+                f"Projected anonymous fit peak at {PROJECT_TO:,} nodes ({sampler}, linear through "
+                f"the two largest sizes above; not run): {projected:.1f} GiB, against this "
+                f"machine's {memory_gib:g} GiB of RAM.",
+            ]
+    return lines
+
+
+def render(meta: Record, records: list[Record], regenerated: str | None) -> str:
+    """The page's generated region: provenance, the per-stage tables and the bar."""
+    lines = machine_lines(meta, records, regenerated)
+    in_memory = [r for r in records if not on_disk(r)]
+    if in_memory:
+        lines += ["", *_in_memory_table(in_memory)]
+    disk = [r for r in records if on_disk(r)]
+    if disk:
+        lines += _on_disk_table(disk, meta["memory_gib"])
     return "\n".join(lines)
 
 
@@ -264,6 +428,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=["random", "cluster", "cluster-lp"],
         help="VQ samplers, or the full-graph references: full (the estimator), pyg (GCNConv)",
     )
+    parser.add_argument(
+        "--features",
+        nargs="+",
+        choices=["memory", "disk"],
+        default=["memory"],
+        help="where the features are: in memory, or memory-mapped from a .npy file in $TMPDIR",
+    )
     parser.add_argument("--avg-degree", type=float, default=10.0)
     parser.add_argument("--n-features", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -274,6 +445,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from-json", type=Path, nargs="+", default=None)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if "disk" in args.features and "pyg" in args.samplers:
+        parser.error("--features disk cannot run pyg: PyTorch Geometric copies X into a tensor")
     # what machine_info records of every benchmark
     args.datasets, args.backbones, args.seeds, args.max_epochs = ["csbm"], ["gcn"], [0], args.epochs
     return args
@@ -289,9 +462,11 @@ def make_specs(args: argparse.Namespace) -> list[Record]:
             "batch_size": args.batch_size,
             "n_codewords": args.n_codewords,
             "epochs": args.epochs,
+            **({"features": "disk"} if features == "disk" else {}),
         }
         for n in args.sizes
         for sampler in args.samplers
+        for features in args.features
     ]
 
 

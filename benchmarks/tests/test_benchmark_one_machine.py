@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +45,27 @@ def test_a_stage_records_what_it_allocated_above_its_start():
     stages.begin("small")
     stages.begin("big")
     held = np.ones(50 * 2**20)  # 400 MB, touched
+    time.sleep(0.1)  # sampled while it is held
+    del held
+    stages.begin("after")
     stages.begin(None)
-    small, big = stages.stages
+    small, big, after = stages.stages
     assert (small["stage"], big["stage"]) == ("small", "big")
     assert big["above_gib"] > 0.3 > small["above_gib"]
     assert big["peak_gib"] >= big["above_gib"]
-    del held
+    # the sampled anonymous peak sees the array, and the next stage starts from its own
+    # start; the file-backed pages do not grow with it
+    assert big["anon_gib"] - small["anon_gib"] > 0.3
+    assert big["anon_gib"] - after["anon_gib"] > 0.3
+    assert abs(big["file_gib"] - small["file_gib"]) < 0.1
+
+
+def test_features_on_disk_are_a_map_of_the_same_values(tmp_path):
+    X = np.arange(3 * 2**20, dtype=np.float32).reshape(-1, 64)  # 12 MiB
+    mapped = memory_stages.features_on_disk(X, str(tmp_path))
+    assert isinstance(mapped, np.memmap) and mapped.dtype == np.float32
+    np.testing.assert_array_equal(mapped, X)
+    assert (tmp_path / "X.npy").stat().st_size >= X.nbytes
 
 
 def test_memory_bar_reads_the_fit_peak_at_the_largest_size(tmp_path):
@@ -65,6 +81,37 @@ def test_memory_bar_reads_the_fit_peak_at_the_largest_size(tmp_path):
     assert "at n = 10,000" in region
     assert "3.0" not in region.split("**Bar")[1]
     assert region.count("\n| 1") == 3  # one row per record
+
+
+def _disk_record(n: int, sampler: str, fit_anon: float) -> dict:
+    record = _memory_record(n, sampler, 2.0)
+    for stage in record["stages"]:
+        stage["anon_gib"] = fit_anon if stage["stage"] == "set-up" else 0.5
+        stage["file_gib"] = 0.2
+    return {**record, "features": "disk", "adjacency_gib": 0.25, "baseline_anon_gib": 0.2}
+
+
+def test_runs_with_features_on_disk_get_their_own_table_and_projection():
+    records = [
+        _memory_record(10_000, "random", 1.9),
+        _disk_record(10**6, "random", 1.0),
+        _disk_record(10**7, "random", 4.0),
+        _disk_record(10**7, "cluster-lp", 5.0),  # one size only: no projection
+    ]
+    region = memory_stages.render(
+        {**META, "command": "python benchmarks/memory_stages.py"}, records, None
+    )
+    in_memory, on_disk = region.split("**Features memory-mapped from disk**")
+    assert "random 1.90x: **PASS**" in in_memory and "10,000,000" not in in_memory
+    rows = [line for line in on_disk.splitlines() if line.startswith("| 1")]
+    assert len(rows) == 3
+    # anonymous peak 4.00 GiB, 16.00x the 0.25 GiB adjacency; 0.75 GiB of features on disk
+    assert "| 10,000,000 | 100,000,000 | random | 0.75 | 0.25 |" in on_disk
+    assert "| 4.00 | 16.00 |" in on_disk
+    # (4 - 1) GiB per 9e6 nodes, 9e7 nodes further: 4 + 30 GiB
+    assert "(random, linear" in on_disk and ": 34.0 GiB" in on_disk
+    assert "(cluster-lp, linear" not in on_disk
+    assert memory_stages.projection([_disk_record(10**6, "random", 1.0)]) is None
 
 
 def _floor_record(vq: float, full: float, pyg: float) -> dict:
