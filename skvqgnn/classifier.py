@@ -671,16 +671,15 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         self.classes_ = classes
         self.multilabel_ = multilabel
         self.n_features_in_ = graph.n_features
-        encoded = labels.copy()  # codes into classes_ (multi-label: the indicator)
-        val_labels = encoded[val_nodes]
-        encoded[val_nodes] = -1
-        task = NodeClassification(
-            encoded,
-            val_labels,
-            len(classes),
-            multilabel,
-            self._weights(encoded, nodes, sample_weight),
-        )
+        # labels becomes the training targets (codes into classes_; multi-label: the
+        # indicator), the validation nodes' unlabelled in it; the task keeps them in the
+        # smallest integers, and no int64 array of n labels lives through the epochs
+        del y_view, labelled
+        val_labels = labels[val_nodes]
+        labels[val_nodes] = -1
+        weights = self._weights(labels, nodes, sample_weight)
+        task = NodeClassification(labels, val_labels, len(classes), multilabel, weights)
+        del labels
         self._fit_graph(graph, val_nodes, seed, task, callbacks, strategy)
         self.transduction_ = self._labels_of(self._decision(graph.nodes()))
         return self

@@ -143,3 +143,42 @@ def test_a_symmetric_convolution_is_its_own_transpose_without_a_transposed_copy(
         tracemalloc.stop()
     assert transposed is C
     assert peak < 0.5 * size, f"the check peaked at {peak / size:.2f}x the size of C"
+
+
+def test_a_fit_holds_no_int64_array_of_labels_through_its_epochs():
+    """`VQGNNClassifier.fit` checks ``y`` into int64 codes, finds the labelled nodes and sets
+    the validation nodes aside; through the epochs only the task's targets in the smallest
+    integers (int8 here) and its mask of training nodes are held, 2 bytes per node where
+    each int64 array of n labels would be 8 (at 10⁸ nodes, 0.75 GiB each). NumPy's
+    allocations are traced (``tracemalloc``) and each live one is charged to the innermost
+    skvqgnn module that made it: what the classifier's own module holds at the end of the
+    first epoch."""
+    import tracemalloc
+
+    from skvqgnn import Callback, VQGNNClassifier
+
+    n = 40_000
+    A, X, y, split = make_csbm(n, 4, avg_degree=6, n_features=8, random_state=0)
+    graph = Graph(A, X)
+    labels = np.where(split.train_mask | split.val_mask, y, -1)
+    held = []
+
+    class AtEpochEnd(Callback):
+        def on_epoch_end(self, fit, record):
+            total = 0
+            for trace in tracemalloc.take_snapshot().traces:
+                files = [frame.filename for frame in reversed(trace.traceback)]  # innermost first
+                ours = next((f for f in files if "skvqgnn" in f and "tests" not in f), "")
+                total += trace.size if ours.endswith("classifier.py") else 0
+            held.append(total)
+
+    clf = VQGNNClassifier(
+        batch_size=4096, n_codewords=16, max_epochs=1, random_state=0, device="cpu"
+    )
+    clf.fit(graph.nodes(), labels)  # imports what a fit imports: traced, they are slow
+    tracemalloc.start(16)
+    try:
+        clf.fit(graph.nodes(), labels, callbacks=[AtEpochEnd()])
+    finally:
+        tracemalloc.stop()
+    assert n <= held[0] <= 3 * n, f"{held[0] / n:.2f} bytes per node held"
