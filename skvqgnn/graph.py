@@ -225,11 +225,7 @@ def gcn_norm(A: sp.csr_array) -> sp.csr_array:
     csr_array of shape (n_nodes, n_nodes), dtype float32
         The normalised convolution, with sorted indices.
     """
-    missing = A.diagonal() == 0
-    C = sp.csr_array(A, dtype=np.float32, copy=True)
-    if missing.any():
-        C = (C + sp.diags_array(missing.astype(np.float32), format="csr")).tocsr()
-    C.sort_indices()
+    C = with_unit_self_loops(A)
     deg = np.asarray(C.sum(axis=1), dtype=np.float64).ravel()
     inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1e-30)), 0.0).astype(np.float32)
     _scale_entries(C, inv_sqrt, inv_sqrt)
@@ -237,6 +233,55 @@ def gcn_norm(A: sp.csr_array) -> sp.csr_array:
 
 
 _SCALE_ENTRIES = 1 << 22  # entries of a CSR matrix rescaled at once (bounds the temporaries)
+_LOOP_ENTRIES = 1 << 20  # entries scanned at once for the diagonal (5 bytes each)
+
+
+def _rows_by_entries(indptr: np.ndarray, step: int | None = None) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` ranges of rows holding about ``step`` (default `_SCALE_ENTRIES`)
+    entries each, one row at least."""
+    step = _SCALE_ENTRIES if step is None else step
+    n, start = len(indptr) - 1, 0
+    while start < n:
+        stop = int(np.searchsorted(indptr, indptr[start] + step, side="right")) - 1
+        stop = min(max(stop, start + 1), n)
+        yield start, stop
+        start = stop
+
+
+def with_unit_self_loops(A: sp.csr_array) -> sp.csr_array:
+    """``A`` as float32 with sorted indices and a self-loop of weight 1 on every node whose
+    diagonal entry is zero (stored or not); other entries keep their weights.
+
+    The loops are inserted into copies of ``A``'s arrays (``np.insert``, with a mask of one
+    byte per entry), where the sum ``A + I`` would hold a float32 copy of ``A`` and the sum
+    at once; the rows' entries left of the diagonal are counted a chunk of rows at a time."""
+    A = sp.csr_array(A)
+    if not A.has_sorted_indices:
+        A = A.sorted_indices()
+    n, indptr, indices = A.shape[0], A.indptr, A.indices
+    has_loop = np.zeros(n, dtype=bool)  # a stored diagonal entry, zero or not
+    below = np.zeros(n, dtype=indptr.dtype)  # entries left of the diagonal, per row
+    for start, stop in _rows_by_entries(indptr, _LOOP_ENTRIES):
+        lo, hi = indptr[start], indptr[stop]
+        rows = np.repeat(
+            np.arange(start, stop, dtype=indices.dtype), np.diff(indptr[start : stop + 1])
+        )
+        cols = indices[lo:hi]
+        below[start:stop] = np.bincount(rows[cols < rows] - start, minlength=stop - start)
+        has_loop[rows[cols == rows]] = True
+    total = A.nnz + n - int(np.count_nonzero(has_loop))
+    index_dtype = np.int32 if total <= np.iinfo(np.int32).max else np.int64
+    index_dtype = np.promote_types(indices.dtype, index_dtype)
+    new = np.flatnonzero(~has_loop).astype(index_dtype)
+    at = indptr[new] + below[new]  # before the row's first entry right of the diagonal
+    out_indptr = indptr.astype(index_dtype)
+    out_indptr[1:] += np.cumsum(~has_loop, dtype=index_dtype)
+    out_indices = np.insert(indices.astype(index_dtype, copy=False), at, new)
+    del new
+    out_data = np.insert(A.data.astype(np.float32, copy=False), at, np.float32(1.0))
+    zero = np.flatnonzero(has_loop & (A.diagonal() == 0))  # a stored zero becomes 1
+    out_data[out_indptr[zero] + below[zero]] = 1.0
+    return sp.csr_array((out_data, out_indices, out_indptr), shape=A.shape, copy=False)
 
 
 def _scale_entries(M: sp.csr_array, row: np.ndarray, col: np.ndarray | None = None) -> None:
@@ -244,17 +289,12 @@ def _scale_entries(M: sp.csr_array, row: np.ndarray, col: np.ndarray | None = No
     chunks of rows, so that no temporary the size of ``M`` is made. ``row[i] * col[j]`` is
     formed first: a symmetric ``M`` with ``row == col`` stays exactly symmetric."""
     indptr, indices, data = M.indptr, M.indices, M.data
-    n = M.shape[0]
-    start = 0
-    while start < n:
-        stop = int(np.searchsorted(indptr, indptr[start] + _SCALE_ENTRIES, side="right")) - 1
-        stop = min(max(stop, start + 1), n)
+    for start, stop in _rows_by_entries(indptr):
         lo, hi = indptr[start], indptr[stop]
         rows = np.repeat(row[start:stop], np.diff(indptr[start : stop + 1]))
         if col is not None:
             rows *= col[indices[lo:hi]]
         data[lo:hi] *= rows
-        start = stop
 
 
 def mean_norm(A: sp.csr_array, inverse: np.ndarray | None = None) -> sp.csr_array:

@@ -6,7 +6,8 @@ import scipy.sparse as sp
 from sklearn.model_selection import train_test_split
 
 from skvqgnn import Graph, NodeSet
-from skvqgnn.graph import gcn_norm, is_symmetric, mean_norm, stable_order
+from skvqgnn.datasets import make_csbm
+from skvqgnn.graph import gcn_norm, is_symmetric, mean_norm, stable_order, with_unit_self_loops
 
 
 def _path(n=4):
@@ -60,6 +61,72 @@ def test_gcn_norm_matches_the_formula():
     C = gcn_norm(sp.csr_array(A2)).toarray()
     d2 = (A2 + np.diag([0, 1.0, 1.0])).sum(1)
     assert C[0, 0] == pytest.approx(2.0 / d2[0])
+
+
+def _loops_case(n, seed, index_dtype, unsorted):
+    rng = np.random.default_rng(seed)
+    A = sp.random_array((n, n), density=0.05, format="csr", rng=rng, dtype=np.float32)
+    A.data = rng.uniform(0.5, 2.0, A.nnz).astype(np.float32)
+    A = sp.csr_array(A + sp.diags_array(rng.integers(0, 2, n) * 3.0)).astype(np.float32)
+    A.sort_indices()
+    for i in np.flatnonzero(A.diagonal() != 0)[::3]:  # some loops stored with weight 0
+        row = slice(A.indptr[i], A.indptr[i + 1])
+        A.data[row][A.indices[row] == i] = 0.0
+    A.indices, A.indptr = A.indices.astype(index_dtype), A.indptr.astype(index_dtype)
+    if unsorted:
+        for i in range(n):
+            row = slice(A.indptr[i], A.indptr[i + 1])
+            order = rng.permutation(A.indptr[i + 1] - A.indptr[i])
+            A.indices[row], A.data[row] = A.indices[row][order], A.data[row][order]
+        A.has_sorted_indices = False
+    return A
+
+
+@pytest.mark.parametrize("chunk", [5, 1 << 20])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("unsorted", [False, True])
+def test_unit_self_loops_are_the_sum_with_the_missing_diagonal(
+    monkeypatch, chunk, index_dtype, unsorted
+):
+    """GCN's ``A + I`` on the nodes without a (non-zero) self-loop, built by insertion: the
+    same entries, order, values and index width as SciPy's sum, whatever the chunks of rows
+    scanned for the diagonal (5 entries: many chunks, rows split between none)."""
+    import skvqgnn.graph
+
+    monkeypatch.setattr(skvqgnn.graph, "_LOOP_ENTRIES", chunk)
+    A = _loops_case(120, 0, index_dtype, unsorted)
+    missing = (A.diagonal() == 0).astype(np.float32)
+    assert 0 < missing.sum() < len(missing) and (A.data == 0).any()
+    expected = sp.csr_array(A + sp.diags_array(missing, format="csr"))
+    expected.sort_indices()
+    C = with_unit_self_loops(A)
+    assert C.has_sorted_indices and C.dtype == np.float32
+    assert C.indices.dtype == expected.indices.dtype == C.indptr.dtype
+    np.testing.assert_array_equal(C.indptr, expected.indptr)
+    np.testing.assert_array_equal(C.indices, expected.indices)
+    np.testing.assert_array_equal(C.data, expected.data)
+
+
+def test_unit_self_loops_need_no_second_matrix(monkeypatch):
+    """The loops are inserted into the result's arrays: the temporaries are a byte per entry,
+    a few arrays of n and a chunk of rows (2¹⁶ entries here, a small part of the graph as on
+    large graphs), where the sum ``A + I`` held a float32 copy of ``A`` beside it."""
+    import tracemalloc
+
+    import skvqgnn.graph
+
+    monkeypatch.setattr(skvqgnn.graph, "_LOOP_ENTRIES", 1 << 16)
+    A, X, _, _ = make_csbm(50_000, 4, avg_degree=40, n_features=2, random_state=0)
+    A = Graph(A, X).A
+    tracemalloc.start()
+    try:
+        C = with_unit_self_loops(A)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = C.data.nbytes + C.indices.nbytes + C.indptr.nbytes
+    assert held >= size
+    assert peak - held < 0.3 * size, f"temporaries of {(peak - held) / size:.2f}x the result"
 
 
 def test_mean_norm_rows_sum_to_one_and_isolated_rows_are_zero():
