@@ -402,15 +402,17 @@ def is_symmetric(A: sp.csr_array) -> bool:
         A.sum_duplicates()
     if A.nnz == 0:
         return True
-    in_degree = np.zeros(n, dtype=np.int64)
+    # the arrays of n in the index pointers' width: at 10⁷ nodes an int64 copy is 80 MB
+    indptr = A.indptr
+    in_degree = np.zeros(n, dtype=indptr.dtype)
     for start in range(0, A.nnz, _SYMMETRY_ENTRIES):  # bincount copies its input to int64
         in_degree += np.bincount(A.indices[start : start + _SYMMETRY_ENTRIES], minlength=n)
-    if not np.array_equal(np.diff(A.indptr), in_degree):
+    if not np.array_equal(np.diff(indptr), in_degree):
         return False
+    del in_degree
     block = min(_SYMMETRY_ENTRIES, max(1 << 16, A.nnz // 32))
     unsigned = np.dtype(f"uint{8 * A.indices.dtype.itemsize}")
-    indptr = A.indptr.astype(np.int64)
-    cuts = np.searchsorted(indptr, np.arange(0, A.nnz, block), side="right") - 1
+    cuts = np.searchsorted(indptr, np.arange(0, A.nnz, block, dtype=indptr.dtype), side="right") - 1
     bounds = np.unique(np.r_[0, cuts, n])
     for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
         rows, cols, vals = [], [], []  # entries (j, i) of A with i in [r0, r1): rows of Aᵀ
@@ -420,7 +422,8 @@ def is_symmetric(A: sp.csr_array) -> bool:
             shifted = (chunk - chunk.dtype.type(r0)).view(unsigned)
             hit = np.flatnonzero(shifted < unsigned.type(r1 - r0)) + start
             rows.append(A.indices[hit])
-            cols.append(np.searchsorted(indptr, hit, side="right") - 1)
+            # positions in indptr's own width: searchsorted would convert indptr to theirs
+            cols.append(np.searchsorted(indptr, hit.astype(indptr.dtype), side="right") - 1)
             vals.append(A.data[hit])
         rows, cols, vals = (np.concatenate(v) for v in (rows, cols, vals))
         order = stable_order(rows - r0, r1 - r0)  # by row of Aᵀ, columns ascending within
