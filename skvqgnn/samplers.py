@@ -151,21 +151,23 @@ def label_propagation_partition(
 
     Returns
     -------
-    ndarray of shape (n,), int64
+    ndarray of shape (n,), int32 (int64 from 2³¹ nodes)
     """
     n = A.shape[0]
+    ids = np.int32 if n <= np.iinfo(np.int32).max else np.int64  # every array of n in it
     if n_parts <= 1 or n <= 1:
-        return np.zeros(n, dtype=np.int64)
+        return np.zeros(n, dtype=ids)
     if n_parts >= n:
-        return np.arange(n, dtype=np.int64)
+        return np.arange(n, dtype=ids)
     A = sp.csr_array(A)
     pattern = sp.csr_array((np.ones(A.nnz, dtype=np.int8), A.indices, A.indptr), shape=A.shape)
     mats = [A] if is_symmetric(pattern) else [A, A.T.tocsr()]
+    del pattern
     degree = sum(np.diff(M.indptr) for M in mats)
     cap = math.ceil(n / n_parts)
     rng = np.random.default_rng(seed)
-    label = np.arange(n, dtype=np.int64)
-    size = np.ones(n, dtype=np.int64)
+    label = np.arange(n, dtype=ids)
+    size = np.ones(n, dtype=ids)
     for _ in range(n_rounds):
         moved = 0
         for group in np.array_split(rng.permutation(n), 4):
@@ -190,10 +192,16 @@ def label_propagation_partition(
                 moved += len(nodes)
         if moved <= n // 1000:
             break
-    cluster_order = rng.permutation(n)  # clusters in random order, then cut into equal parts
-    order = np.argsort(cluster_order[label], kind="stable")
-    part = np.empty(n, dtype=np.int64)
-    part[order] = np.arange(n, dtype=np.int64) * n_parts // n
+    del size, degree, mats
+    # the clusters in random order, then cut into equal parts: the i-th node of that order
+    # goes to part i * n_parts // n
+    key = rng.permutation(n).astype(ids)[label]
+    del label
+    order = np.argsort(key, kind="stable")
+    del key
+    starts = -(-np.arange(n_parts + 1, dtype=np.int64) * n // n_parts)  # ceil(k n / n_parts)
+    part = np.empty(n, dtype=ids)
+    part[order] = np.repeat(np.arange(n_parts, dtype=ids), np.diff(starts))
     return part
 
 
