@@ -71,6 +71,7 @@ def test_label_propagation_finds_planted_parts_in_equal_sizes():
     part = label_propagation_partition(A, 8, seed=0)
     sizes = np.bincount(part, minlength=8)
     assert len(sizes) == 8 and sizes.max() - sizes.min() <= 1
+    assert part.dtype == np.int32  # 4 bytes per node, as the sampler keeps it
     rnd = np.random.default_rng(0).integers(0, 8, 480)
     assert _inside_parts(A, part) > 0.6 > 3 * _inside_parts(A, rnd)
     assert np.array_equal(part, label_propagation_partition(A, 8, seed=0))
