@@ -40,6 +40,9 @@ def _is_unlabelled(values: np.ndarray) -> np.ndarray:
     )
 
 
+_LABEL_ROWS = 1 << 16  # rows of logits turned into labels at once
+
+
 def _labelled(y: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Which entries of 1-D labels ``y`` are labels, not the unlabelled marker.
 
@@ -539,9 +542,15 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         return torch.from_numpy(weights.astype(np.float32))
 
     def _labels_of(self, logits: Tensor) -> np.ndarray:
+        """The labels of the rows of ``logits``, found a block of rows at a time: the class
+        indices of every node (int64) are never held beside the result."""
         if self.multilabel_:
             return (logits.numpy() > 0).astype(np.int64)
-        return self.classes_[logits.argmax(1).numpy()]
+        out = np.empty(len(logits), dtype=self.classes_.dtype)
+        for start in range(0, len(logits), _LABEL_ROWS):
+            block = logits[start : start + _LABEL_ROWS]
+            out[start : start + len(block)] = self.classes_[block.argmax(1).numpy()]
+        return out
 
     def __sklearn_tags__(self):  # noqa: D105
         tags = super().__sklearn_tags__()

@@ -70,6 +70,23 @@ def test_a_fit_holds_its_targets_in_the_smallest_integers(csbm, n_classes, dtype
     assert seen["dtype"] == dtype and np.isfinite(seen["loss"])
 
 
+def test_labels_are_the_most_probable_class_block_by_block(csbm, monkeypatch):
+    """``predict`` and ``transduction_`` turn logits into labels a block of rows at a time
+    (here 7 rows, the last block shorter): every node gets its own row's most probable class,
+    in the user's label values."""
+    import skvqgnn.classifier
+
+    monkeypatch.setattr(skvqgnn.classifier, "_LABEL_ROWS", 7)
+    A, X, y, split = csbm
+    names = np.array(["ant", "bee", "cat"], dtype=object)
+    labels = np.where(split.train_mask, names[y], None)
+    clf = VQGNNClassifier(random_state=0, **{**FAST, "max_epochs": 2}).fit(A, X, labels)
+    expected = clf.classes_[clf.predict_proba(A, X).argmax(1)]
+    assert len(expected) % 7 and len(set(expected)) > 1
+    assert np.array_equal(clf.predict(A, X), expected)
+    assert np.array_equal(clf.transduction_, expected)
+
+
 def test_cora_public_split_accuracy_floor():
     A, X, y, split = load_cora()
     clf = VQGNNClassifier(batch_size=512, max_epochs=30, learning_rate=0.01, random_state=0)
