@@ -288,6 +288,17 @@ def _stage_names(records: list[Record]) -> list[str]:
     return names
 
 
+def _table(header: list[str], records: list[Record], names: list[str], cell: Any):
+    """The header lines of a Markdown table, and each record (by size, then sampler) with its
+    cells for the stages ``names`` (``cell(stage)``; empty where the run had no such stage)."""
+    head = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
+    for r in sorted(records, key=lambda r: (r["n_nodes"], r["sampler"])):
+        by = {s["stage"]: s for s in r["stages"]}
+        rows.append((r, [cell(by[name]) if name in by else "" for name in names]))
+    return head, rows
+
+
 def _in_memory_table(records: list[Record]) -> list[str]:
     """The per-stage table of the runs with the features in memory, and the bar."""
     names = _stage_names(records)
@@ -308,15 +319,12 @@ def _in_memory_table(records: list[Record]) -> list[str]:
         "CSR adjacency; the interpreter with torch and skvqgnn imported holds "
         f"{min(r['baseline_gib'] for r in records):.2f} GiB before any data.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
     ]
-    for r in sorted(records, key=lambda r: (r["n_nodes"], r["sampler"])):
-        by = {s["stage"]: s for s in r["stages"]}
-        cells = [
-            f"{by[name]['peak_gib']:.2f} (+{by[name]['above_gib']:.2f})" if name in by else ""
-            for name in names
-        ]
+    head, rows = _table(
+        header, records, names, lambda s: f"{s['peak_gib']:.2f} (+{s['above_gib']:.2f})"
+    )
+    lines += head
+    for r, cells in rows:
         ratio = fit_peak(r) / r["floor_gib"]
         above = (fit_peak(r) - r["baseline_gib"]) / r["floor_gib"]
         lines.append(
@@ -377,15 +385,12 @@ def _on_disk_table(records: list[Record], memory_gib: float) -> list[str]:
         f"{min(r.get('baseline_anon_gib', 0.0) for r in records):.2f} GiB of anonymous memory "
         "before any data.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
     ]
-    for r in sorted(records, key=lambda r: (r["n_nodes"], r["sampler"])):
-        by = {s["stage"]: s for s in r["stages"]}
-        cells = [
-            f"{by[name]['anon_gib']:.2f} ({by[name]['file_gib']:.2f})" if name in by else ""
-            for name in names
-        ]
+    head, rows = _table(
+        header, records, names, lambda s: f"{s['anon_gib']:.2f} ({s['file_gib']:.2f})"
+    )
+    lines += head
+    for r, cells in rows:
         anon = fit_peak(r, "anon_gib")
         lines.append(
             f"| {r['n_nodes']:,} | {r['n_entries']:,} | {r['sampler']} | "
