@@ -146,6 +146,8 @@ class Part:
         fixed convolution (dense, or sparse CSR)
     intra : intra-batch pairs: ``C_in`` as a sparse (b, b) tensor (fixed), or (rows, cols) of
         the mask inside the batch (masked attention)
+    diagonal : the batch rows' entries of a fixed convolution's separate diagonal (b,), or
+        ``None``: ``C_in X_B`` is then ``intra X_B + diagonal ⊙ X_B``
     input_pairs : (rows, cols into ``Batch.raw``) of a masked attention's first layer: the
         intra-batch pairs and those of the senders read exactly
     input_senders : ``Groups`` of a learnable convolution's other out-of-batch senders in the
@@ -158,6 +160,7 @@ class Part:
 
     inputs: Tensor | None = None
     intra: Any = None
+    diagonal: Tensor | None = None
     input_pairs: tuple[Tensor, Tensor] | None = None
     input_senders: Groups | None = None
     senders: list[Any] = field(default_factory=list)
@@ -597,7 +600,14 @@ class Fixed(Convolution):
     Parameters
     ----------
     matrix : csr_array of shape (n_nodes, n_nodes)
-        ``C``; row ``i`` holds the weights of the messages node ``i`` receives.
+        ``C`` (or, with ``diagonal``, ``C`` less that diagonal); row ``i`` holds the weights of
+        the messages node ``i`` receives.
+    diagonal : ndarray of shape (n_nodes,), default=None
+        Weights added to ``C``'s diagonal: ``C = matrix + diag(diagonal)``. GCN's self-loops
+        are kept so (`gcn_norm_parts`) because ``matrix`` then has the adjacency's own
+        pattern and shares its index arrays: the convolution costs 4 bytes per stored entry
+        instead of a second matrix of 8. A self-message is always intra-batch: the diagonal
+        enters ``C_in`` and the first layer's inputs, never the sketches.
     row_scale : ndarray of shape (n_nodes,), default=None
         ``s`` when ``C = diag(s) A`` for the adjacency ``A`` of the graph it is prepared with
         (GraphSAGE-mean: ``s = 1/deg``). When that graph is undirected, ``Cᵀ = diag(s)⁻¹ C
@@ -609,9 +619,48 @@ class Fixed(Convolution):
     name = "fixed"
     backward_by_default = True
 
-    def __init__(self, matrix: sp.csr_array, row_scale: np.ndarray | None = None):
+    diagonal: np.ndarray | None = None
+
+    def __init__(
+        self,
+        matrix: sp.csr_array,
+        row_scale: np.ndarray | None = None,
+        diagonal: np.ndarray | None = None,
+    ):
         self.matrix = matrix
         self.row_scale = row_scale
+        if diagonal is not None:
+            diagonal = np.asarray(diagonal, dtype=np.float32)
+            if diagonal.shape != (matrix.shape[0],):
+                raise ValueError(
+                    f"diagonal must hold one weight per node ({matrix.shape[0]}), got shape "
+                    f"{diagonal.shape}"
+                )
+        self.diagonal = diagonal
+
+    def block(self, lo: int, hi: int, transposed: bool = False) -> sp.csr_array:
+        """Rows ``lo:hi`` of ``C`` (``transposed``: of ``Cᵀ``) as one CSR matrix, the diagonal
+        included, with sorted indices: what a partition's rank stores of the convolution.
+
+        Parameters
+        ----------
+        lo, hi : int
+            The rows.
+        transposed : bool, default=False
+            Rows of ``Cᵀ`` instead of ``C``.
+
+        Returns
+        -------
+        csr_array of shape (hi - lo, n_nodes), dtype float32
+        """
+        M = _transpose(self.matrix[:, lo:hi].tocsr()) if transposed else self.matrix[lo:hi]
+        if self.diagonal is not None:
+            loops = sp.csr_array(
+                (self.diagonal[lo:hi], (np.arange(hi - lo), np.arange(lo, hi))), shape=M.shape
+            )
+            M = sp.csr_array(M + loops, dtype=np.float32)
+        M.sort_indices()
+        return M
 
     def prepare(self, graph: Graph) -> None:  # noqa: D102
         self.features = graph.X
@@ -652,7 +701,7 @@ class Fixed(Convolution):
         """
         X = self.features
         if sp.issparse(X):
-            out = _aggregate(self.matrix[rows], X)
+            out = _aggregate(self._rows_with_diagonal(rows), X)
             if sp.issparse(out):
                 return input_rows(out, np.arange(len(rows)), device)
             return torch.from_numpy(out).to(device)
@@ -671,13 +720,25 @@ class Fixed(Convolution):
             mode="sum",
             per_sample_weights=torch.from_numpy(np.asarray(vals, dtype=np.float32)),
         )
+        if self.diagonal is not None:
+            out += torch.from_numpy(self.diagonal[rows, None] * X[rows])
         return out.to(device)
+
+    def _rows_with_diagonal(self, rows: np.ndarray) -> sp.csr_array:
+        """``C[rows]`` with the diagonal's entries."""
+        M = self.matrix[rows]
+        if self.diagonal is None:
+            return M
+        loops = sp.csr_array((self.diagonal[rows], (np.arange(len(rows)), rows)), shape=M.shape)
+        return sp.csr_array(M + loops, dtype=np.float32)
 
     def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
         part = Part(
             inputs=self.inputs_of(ctx.nodes, ctx.device, edges),
             intra=edges.intra_tensor(ctx.device),
         )
+        if self.diagonal is not None:
+            part.diagonal = torch.from_numpy(self.diagonal[ctx.nodes]).to(ctx.device)
         for level, table in enumerate(ctx.tables):
             k = table.n_codewords
             part.senders.append(codeword_sketch(edges, table.codes, k).to(ctx.device))
@@ -694,6 +755,8 @@ class Fixed(Convolution):
     @classmethod
     def messages(cls, part, level, x, initial, codebook, attention, network):  # noqa: D102
         m = spmm(part.intra, x, network.sparse_backend)  # C_in X_B
+        if part.diagonal is not None:
+            m = m + part.diagonal[:, None] * x
         sketch = part.senders[level] if part.senders else None
         if sketch is not None and sketch.nnz > 0:
             m = m + _out_of_batch(sketch, codebook.codewords, codebook)  # + C̃_out X̃
@@ -714,7 +777,10 @@ class Fixed(Convolution):
     def exact_messages(self, layer, source, initial, rows, attention, network, device):  # noqa: D102
         if layer == 0:
             return self.inputs_of(rows, device)
-        return torch.from_numpy(np.asarray(self.matrix[rows] @ source)).to(device)
+        out = np.asarray(self.matrix[rows] @ source)
+        if self.diagonal is not None:
+            out = out + self.diagonal[rows, None] * np.asarray(source[rows])
+        return torch.from_numpy(out).to(device)
 
 
 class Attention(Convolution):

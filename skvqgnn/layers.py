@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from .attention import AttentionConvolution, DotProductAttention, GATAttention
 from .convolutions import Attention, Batch, Convolution, Fixed, Identity, Initial
-from .graph import attention_mask, gcn_norm, inverse_degree, mean_norm
+from .graph import attention_mask, gcn_norm_parts, inverse_degree, mean_norm
 from .sketch import dropout, is_sparse, sparse_dropout
 from .vq import ProductCodebook
 
@@ -150,13 +150,20 @@ class Backbone:
         return f"{type(self).__name__}({params})"
 
 
+def _gcn_convolution(A: sp.csr_array) -> Fixed:
+    """GCN's ``C = D̃^-½ (A + I) D̃^-½``, its self-loops kept apart so that it shares ``A``'s
+    index arrays (`gcn_norm_parts`)."""
+    off, diagonal = gcn_norm_parts(A)
+    return Fixed(off, diagonal=diagonal)
+
+
 class GCN(Backbone):
     """Kipf & Welling: ``C = D̃^-½ (A + I) D̃^-½`` (symmetric for undirected graphs)."""
 
     name = "gcn"
 
     def convolutions(self, A: sp.csr_array) -> list[Convolution]:
-        return [Fixed(gcn_norm(A))]
+        return [_gcn_convolution(A)]
 
 
 class SAGE(Backbone):
@@ -335,7 +342,7 @@ class GCNII(Backbone):
         self.lamda = lamda
 
     def convolutions(self, A: sp.csr_array) -> list[Convolution]:
-        return [Fixed(gcn_norm(A)), Initial()]
+        return [_gcn_convolution(A), Initial()]
 
     def layer(
         self, in_features: int, out_features: int, *, first: bool, last: bool, index: int = 0
@@ -372,7 +379,7 @@ class Transformer(Backbone):
         self.heads = heads
 
     def convolutions(self, A: sp.csr_array) -> list[Convolution]:
-        return [Fixed(gcn_norm(A)), Attention()]
+        return [_gcn_convolution(A), Attention()]
 
     def layer(self, in_features: int, out_features: int, *, first: bool, last: bool) -> nn.Module:
         return TransformerLayer(in_features, out_features, self.heads, first=first)

@@ -52,7 +52,6 @@ from .convolutions import (
     Identity,
     Initial,
     _aggregate,
-    _transpose,
     as_convolution,
     input_rows,
 )
@@ -171,11 +170,10 @@ def write_shards(
         for s, (conv, entry) in enumerate(zip(convolutions, described, strict=True)):
             if not isinstance(conv, Fixed):
                 continue
-            rows = conv.matrix[lo:hi]
+            rows = conv.block(lo, hi)
             _save_csr(rank / f"conv{s}.npz", rows)
             if not entry["symmetric"]:
-                transposed = _transpose(conv.matrix[:, lo:hi].tocsr())
-                _save_csr(rank / f"conv{s}_transposed.npz", transposed)
+                _save_csr(rank / f"conv{s}_transposed.npz", conv.block(lo, hi, transposed=True))
             _save_matrix(rank / f"conv{s}_inputs", _aggregate(rows, relabelled.X))
     meta = {
         "format": FORMAT,

@@ -378,8 +378,9 @@ def _dense_messages(data, model, X, layer, initial=None):
             messages.append(X)
         elif isinstance(conv, Initial):
             messages.append(X if layer == 0 else initial)
-        elif isinstance(conv, Fixed):
-            messages.append(torch.from_numpy(M.toarray()) @ X)
+        elif isinstance(conv, Fixed):  # C, its diagonal included
+            C = conv.block(0, len(X))
+            messages.append(torch.from_numpy(C.toarray()) @ X)
         elif isinstance(conv, Mean):
             messages.append(torch.full((len(X), len(X)), 1.0 / len(X)) @ X)
         else:
@@ -389,6 +390,65 @@ def _dense_messages(data, model, X, layer, initial=None):
             messages.append(m)
             lses.append(lse)
     return messages, lses
+
+
+@pytest.mark.parametrize("backbone", ["gcn", "sage"])
+def test_a_fixed_block_is_the_convolution_with_its_diagonal(backbone):
+    """`Fixed.block` gives rows of ``C`` and of ``Cᵀ`` with the diagonal kept apart (GCN's
+    self-loops) put back: rows of `gcn_norm` / `mean_norm` of a directed graph."""
+    from skvqgnn.graph import gcn_norm, mean_norm
+
+    A = random_graph(200, 5, seed=4, symmetric=False)
+    graph = Graph(A, np.ones((200, 2)))
+    conv = next(
+        c for c in GraphData(graph, BACKBONES[backbone]()).convolutions if c.matrix is not None
+    )
+    C = gcn_norm(graph.A) if backbone == "gcn" else mean_norm(graph.A)
+    assert (conv.diagonal is not None) == (backbone == "gcn")
+    for lo, hi in [(0, 200), (37, 120)]:
+        for transposed, want in [(False, C), (True, C.T.tocsr())]:
+            got = conv.block(lo, hi, transposed=transposed)
+            assert got.has_sorted_indices and got.shape == (hi - lo, 200)
+            np.testing.assert_allclose(got.toarray(), want[lo:hi].toarray(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("inference", ["vq", "exact"])
+def test_gcn_with_its_diagonal_apart_fits_as_with_one_matrix(inference):
+    """The built-in gcn keeps its self-loops as a diagonal beside the adjacency's pattern; a
+    backbone handing the package `gcn_norm`'s single matrix is the same network: the same
+    losses and predictions, to float32 rounding, through the estimator's fit (first-layer
+    inputs, intra-batch messages and their gradients) and either inference."""
+    from skvqgnn import VQGNNClassifier
+    from skvqgnn.datasets import make_csbm
+    from skvqgnn.graph import gcn_norm
+    from skvqgnn.layers import GCN
+
+    class OneMatrix(GCN):
+        def convolutions(self, A):
+            return [Fixed(gcn_norm(A))]
+
+    A, X, y, _ = make_csbm(600, 3, avg_degree=8, n_features=16, random_state=0)
+    graph = Graph(A, X)
+    fits = []
+    for backbone in (GCN(), OneMatrix()):
+        clf = VQGNNClassifier(
+            backbone=backbone,
+            hidden_layer_sizes=(16, 16),
+            max_epochs=4,
+            batch_size=128,
+            n_codewords=16,
+            random_state=0,
+            inference=inference,
+        ).fit(graph.nodes(), y)
+        fits.append(clf)
+    apart, one = fits
+    assert one.history_ and len(apart.history_) == len(one.history_)
+    np.testing.assert_allclose(
+        [h["loss"] for h in apart.history_], [h["loss"] for h in one.history_], rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        apart.predict_proba(graph.nodes()), one.predict_proba(graph.nodes()), atol=1e-3
+    )
 
 
 def test_no_module_compares_a_convolution_kind_by_name():

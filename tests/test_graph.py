@@ -7,7 +7,14 @@ from sklearn.model_selection import train_test_split
 
 from skvqgnn import Graph, NodeSet
 from skvqgnn.datasets import make_csbm
-from skvqgnn.graph import gcn_norm, is_symmetric, mean_norm, stable_order, with_unit_self_loops
+from skvqgnn.graph import (
+    gcn_norm,
+    gcn_norm_parts,
+    is_symmetric,
+    mean_norm,
+    stable_order,
+    with_unit_self_loops,
+)
 
 
 def _path(n=4):
@@ -127,6 +134,36 @@ def test_unit_self_loops_need_no_second_matrix(monkeypatch):
     size = C.data.nbytes + C.indices.nbytes + C.indptr.nbytes
     assert held >= size
     assert peak - held < 0.3 * size, f"temporaries of {(peak - held) / size:.2f}x the result"
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("unsorted", [False, True])
+def test_gcn_parts_are_gcn_norm_on_the_adjacency_own_indices(index_dtype, unsorted):
+    """``off + diag(diagonal)`` is `gcn_norm` (loops stored with weights, stored zeros that
+    become unit loops, missing loops); ``off`` shares the index arrays of a canonical ``A``
+    and leaves an unsorted one untouched, sorting a copy."""
+    A = _loops_case(120, 1, index_dtype, unsorted)
+    before = A.copy()
+    off, diagonal = gcn_norm_parts(A)
+    expected = gcn_norm(A).toarray()
+    np.testing.assert_allclose(off.toarray() + np.diag(diagonal), expected, rtol=1e-6, atol=0)
+    assert off.dtype == diagonal.dtype == np.float32 and off.has_sorted_indices
+    loops = A.diagonal() != 0
+    assert np.all(diagonal[loops] == 0) and np.all(diagonal[~loops] > 0)
+    shared = np.shares_memory(off.indices, A.indices) and np.shares_memory(off.indptr, A.indptr)
+    assert shared == (not unsorted)
+    for name in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(getattr(A, name), getattr(before, name))
+
+
+def test_mean_norm_shares_the_adjacency_index_arrays():
+    A, X, _, _ = make_csbm(500, 3, avg_degree=6, n_features=2, random_state=0)
+    A = Graph(A, X).A
+    C = mean_norm(A)
+    assert np.shares_memory(C.indices, A.indices) and np.shares_memory(C.indptr, A.indptr)
+    assert not np.shares_memory(C.data, A.data)
+    sums = C.sum(axis=1)
+    np.testing.assert_allclose(sums[np.diff(A.indptr) > 0], 1.0, rtol=1e-6)
 
 
 def test_mean_norm_rows_sum_to_one_and_isolated_rows_are_zero():

@@ -121,6 +121,34 @@ def test_set_up_holds_no_matrix_of_all_nodes_beside_the_graph():
     assert init_peak < matrix / 2, f"the initialisation peaked {init_peak / 1e6:.1f} MB higher"
 
 
+@pytest.mark.parametrize("backbone", ["gcn", "sage", "gin", "gcnii", "transformer"])
+def test_fixed_convolutions_hold_their_values_only(backbone):
+    """A fixed convolution has the adjacency's pattern (GCN's self-loops kept apart as a
+    diagonal) and shares ``A``'s index arrays: preparing a backbone's convolutions allocates
+    at most 4 bytes per stored entry and 12 per node (values, diagonal, row scale), where a
+    matrix of its own would hold 8 bytes per entry (values and indices)."""
+    import tracemalloc
+
+    from skvqgnn.convolutions import Fixed
+
+    n = 20_000
+    A, X, _, _ = make_csbm(n, 4, avg_degree=30, n_features=2, random_state=0)
+    graph = Graph(A, X)
+    tracemalloc.start()
+    try:
+        data = GraphData(graph, make_backbone(backbone))
+        kept = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    fixed = [c for c in data.convolutions if isinstance(c, Fixed)]
+    assert len(fixed) == 1
+    C = fixed[0].matrix
+    assert np.shares_memory(C.indices, graph.A.indices)
+    assert np.shares_memory(C.indptr, graph.A.indptr)
+    nnz = graph.A.nnz
+    assert kept <= 4 * nnz + 12 * n + (1 << 16), f"{kept / nnz:.2f} bytes per entry"
+
+
 def test_a_symmetric_convolution_is_its_own_transpose_without_a_transposed_copy(monkeypatch):
     """The backward messages need ``Cᵀ``; for a symmetric ``C`` (GCN on an undirected graph)
     it is ``C`` itself, found without building a transpose: the check holds a block of
