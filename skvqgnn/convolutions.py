@@ -57,6 +57,7 @@ from .sketch import (
     dense,
     gather_rows,
     group_by_codes,
+    scaled_entries,
     sketch_product,
     sparse_dropout,
     split_batch_edges,
@@ -597,50 +598,129 @@ class Fixed(Convolution):
     codeword sketch; the backward messages use the transposed sketch and the gradient
     codewords of ``∂ℓ/∂M`` (before the layer's weights), so they reach the batch inputs only.
 
+    ``C = diag(l) M diag(r) + diag(d)``: a stored matrix ``M`` with optional row and column
+    scales and a diagonal of its own. The built-in backbones store no matrix of their own:
+    ``M`` is the graph's adjacency ``A`` itself, and the normalisation is three vectors of n
+    (GCN: ``l = r = d̃^-½`` and ``d`` the missing self-loops' weights, `gcn_norm_scales`;
+    GraphSAGE-mean: ``l = 1/deg``; GIN: none). A batch's entries of ``C`` are formed when its
+    rows of ``M`` are gathered (``M_ij · l_i · r_j``, the same float32 values a scaled copy
+    of ``M`` would hold), so a convolution costs 4 to 12 bytes per node instead of a second
+    matrix of the graph's size. When ``M`` is symmetric (an undirected graph) the rows of
+    ``Cᵀ = diag(r) M diag(l) + diag(d)`` come from the same gather, and no transpose is built.
+    A self-message is always intra-batch: ``d`` enters ``C_in`` and the first layer's inputs,
+    never the sketches.
+
     Parameters
     ----------
     matrix : csr_array of shape (n_nodes, n_nodes)
-        ``C`` (or, with ``diagonal``, ``C`` less that diagonal); row ``i`` holds the weights of
-        the messages node ``i`` receives.
+        ``M``; row ``i`` holds the (unscaled) weights of the messages node ``i`` receives.
+        Sorted indices.
+    row_scale, col_scale : ndarray of shape (n_nodes,), default=None
+        ``l`` and ``r``; ``None`` is a vector of ones.
     diagonal : ndarray of shape (n_nodes,), default=None
-        Weights added to ``C``'s diagonal: ``C = matrix + diag(diagonal)``. GCN's self-loops
-        are kept so (`gcn_norm_parts`) because ``matrix`` then has the adjacency's own
-        pattern and shares its index arrays: the convolution costs 4 bytes per stored entry
-        instead of a second matrix of 8. A self-message is always intra-batch: the diagonal
-        enters ``C_in`` and the first layer's inputs, never the sketches.
-    row_scale : ndarray of shape (n_nodes,), default=None
-        ``s`` when ``C = diag(s) A`` for the adjacency ``A`` of the graph it is prepared with
-        (GraphSAGE-mean: ``s = 1/deg``). When that graph is undirected, ``Cᵀ = diag(s)⁻¹ C
-        diag(s)``: the backward messages' entries are then ``C``'s own entries rescaled, from
-        the same gather of the batch rows, and ``Cᵀ`` is never built (one split per batch
-        instead of two, and no second matrix of the graph's size).
+        ``d``, added to ``C``'s diagonal after the scaling; ``None`` is zeros.
     """
 
     name = "fixed"
     backward_by_default = True
 
+    row_scale: np.ndarray | None = None
+    col_scale: np.ndarray | None = None
     diagonal: np.ndarray | None = None
 
     def __init__(
         self,
         matrix: sp.csr_array,
         row_scale: np.ndarray | None = None,
+        col_scale: np.ndarray | None = None,
         diagonal: np.ndarray | None = None,
     ):
         self.matrix = matrix
-        self.row_scale = row_scale
-        if diagonal is not None:
-            diagonal = np.asarray(diagonal, dtype=np.float32)
-            if diagonal.shape != (matrix.shape[0],):
-                raise ValueError(
-                    f"diagonal must hold one weight per node ({matrix.shape[0]}), got shape "
-                    f"{diagonal.shape}"
-                )
-        self.diagonal = diagonal
+        n = matrix.shape[0]
+        self.row_scale = _node_vector(row_scale, n, "row_scale")
+        self.col_scale = (
+            self.row_scale if col_scale is row_scale else _node_vector(col_scale, n, "col_scale")
+        )
+        self.diagonal = _node_vector(diagonal, n, "diagonal")
+
+    def prepare(self, graph: Graph) -> None:  # noqa: D102
+        self.features = graph.X
+        self._graph = graph
+
+    def _pattern_symmetric(self) -> bool:
+        """Whether ``M`` is symmetric: the graph's own (cached) answer when ``M`` is its
+        adjacency, checked once, when backward messages first need it."""
+        graph = getattr(self, "_graph", None)
+        if graph is not None and self.matrix is graph.A:
+            return graph.is_symmetric
+        if getattr(self, "_symmetric", None) is None:
+            self._symmetric = is_symmetric(self.matrix)
+        return self._symmetric
+
+    def transposed(self) -> sp.csr_array:
+        """``Mᵀ`` as CSR (``M`` itself when symmetric), whose rows `split` scales into rows of
+        ``Cᵀ``; built when first asked for and kept."""
+        if getattr(self, "_transposed", None) is None:
+            M = self.matrix
+            self._transposed = M if self._pattern_symmetric() else _transpose(M)
+        return self._transposed
+
+    def is_symmetric(self) -> bool:
+        """Whether ``C`` itself is symmetric: ``M`` is, and ``l = r``."""
+        if not self._pattern_symmetric():
+            return False
+        left, right = self.row_scale, self.col_scale
+        if left is right:
+            return True
+        return left is not None and right is not None and np.array_equal(left, right)
+
+    def split(self, nodes, position, backward, segment=None):  # noqa: D102
+        left, right, M = self.row_scale, self.col_scale, self.matrix
+        if not backward:
+            return split_batch_edges(M, nodes, position, segment, left, right), None
+        transposed = self.transposed()
+        if transposed is M:  # rows of C and of Cᵀ from one gather of M's rows
+            return split_batch_edges_and_transpose(M, nodes, position, segment, left, right)
+        return (
+            split_batch_edges(M, nodes, position, segment, left, right),
+            split_batch_edges(transposed, nodes, position, segment, right, left),
+        )
+
+    def rows_of(self, rows: np.ndarray, transposed: bool = False) -> sp.csr_array:
+        """Rows of ``C`` (``transposed``: of ``Cᵀ``) as one CSR matrix, scaled, the diagonal
+        included, with sorted indices: what exact inference multiplies and a partition's
+        rank stores of the convolution.
+
+        Parameters
+        ----------
+        rows : ndarray of int
+            Node ids.
+        transposed : bool, default=False
+            Rows of ``Cᵀ`` instead of ``C``.
+
+        Returns
+        -------
+        csr_array of shape (len(rows), n_nodes), dtype float32
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        left, right = self.row_scale, self.col_scale
+        if transposed:
+            left, right = right, left
+            M = self.transposed()[rows]
+        else:
+            M = self.matrix[rows]
+        M = sp.csr_array(M, dtype=np.float32)
+        if left is not None or right is not None:
+            local = np.repeat(np.arange(len(rows)), np.diff(M.indptr))
+            M.data = scaled_entries(M.data, local, M.indices, rows, left, right)
+        if self.diagonal is not None:
+            loops = sp.csr_array((self.diagonal[rows], (np.arange(len(rows)), rows)), shape=M.shape)
+            M = sp.csr_array(M + loops, dtype=np.float32)
+        M.sort_indices()
+        return M
 
     def block(self, lo: int, hi: int, transposed: bool = False) -> sp.csr_array:
-        """Rows ``lo:hi`` of ``C`` (``transposed``: of ``Cᵀ``) as one CSR matrix, the diagonal
-        included, with sorted indices: what a partition's rank stores of the convolution.
+        """Rows ``lo:hi`` of ``C`` (``transposed``: of ``Cᵀ``): ``rows_of(arange(lo, hi))``.
 
         Parameters
         ----------
@@ -653,33 +733,7 @@ class Fixed(Convolution):
         -------
         csr_array of shape (hi - lo, n_nodes), dtype float32
         """
-        M = _transpose(self.matrix[:, lo:hi].tocsr()) if transposed else self.matrix[lo:hi]
-        if self.diagonal is not None:
-            loops = sp.csr_array(
-                (self.diagonal[lo:hi], (np.arange(hi - lo), np.arange(lo, hi))), shape=M.shape
-            )
-            M = sp.csr_array(M + loops, dtype=np.float32)
-        M.sort_indices()
-        return M
-
-    def prepare(self, graph: Graph) -> None:  # noqa: D102
-        self.features = graph.X
-        self._graph = graph
-
-    def transpose_scale(self) -> np.ndarray | None:
-        """``s`` with ``Cᵀ = diag(s)⁻¹ C diag(s)``, or ``None``: the ``row_scale`` when the
-        graph is undirected (`Graph.is_symmetric`, checked once, when backward messages are
-        first needed; inference never asks)."""
-        scale, graph = getattr(self, "row_scale", None), getattr(self, "_graph", None)
-        if scale is None or graph is None:
-            return None
-        return scale if graph.is_symmetric else None
-
-    def split(self, nodes, position, backward, segment=None):  # noqa: D102
-        scale = self.transpose_scale() if backward else None
-        if scale is None:
-            return super().split(nodes, position, backward, segment)
-        return split_batch_edges_and_transpose(self.matrix, nodes, position, scale, segment)
+        return self.rows_of(np.arange(lo, hi), transposed)
 
     def inputs_of(
         self, rows: np.ndarray, device: torch.device, edges: BatchEdges | None = None
@@ -701,13 +755,15 @@ class Fixed(Convolution):
         """
         X = self.features
         if sp.issparse(X):
-            out = _aggregate(self._rows_with_diagonal(rows), X)
+            out = _aggregate(self.rows_of(rows), X)
             if sp.issparse(out):
                 return input_rows(out, np.arange(len(rows)), device)
             return torch.from_numpy(out).to(device)
         # dense X: one weighted bag of rows of X per row of C (faster than SciPy's product)
         if edges is None:
-            _, cols, vals = gather_rows(self.matrix, rows)
+            local, cols, vals = gather_rows(self.matrix, rows)
+            if self.row_scale is not None or self.col_scale is not None:
+                vals = scaled_entries(vals, local, cols, rows, self.row_scale, self.col_scale)
         else:
             cols, vals = edges.cols, edges.vals
         lengths = self.matrix.indptr[rows + 1] - self.matrix.indptr[rows]
@@ -723,14 +779,6 @@ class Fixed(Convolution):
         if self.diagonal is not None:
             out += torch.from_numpy(self.diagonal[rows, None] * X[rows])
         return out.to(device)
-
-    def _rows_with_diagonal(self, rows: np.ndarray) -> sp.csr_array:
-        """``C[rows]`` with the diagonal's entries."""
-        M = self.matrix[rows]
-        if self.diagonal is None:
-            return M
-        loops = sp.csr_array((self.diagonal[rows], (np.arange(len(rows)), rows)), shape=M.shape)
-        return sp.csr_array(M + loops, dtype=np.float32)
 
     def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
         part = Part(
@@ -777,10 +825,7 @@ class Fixed(Convolution):
     def exact_messages(self, layer, source, initial, rows, attention, network, device):  # noqa: D102
         if layer == 0:
             return self.inputs_of(rows, device)
-        out = np.asarray(self.matrix[rows] @ source)
-        if self.diagonal is not None:
-            out = out + self.diagonal[rows, None] * np.asarray(source[rows])
-        return torch.from_numpy(out).to(device)
+        return torch.from_numpy(np.asarray(self.rows_of(rows) @ source)).to(device)
 
 
 class Attention(Convolution):
@@ -1220,3 +1265,13 @@ def first_layer_attention(
     rows = dense(x)
     x_src = rows if words is None else torch.cat([rows, words])
     return attend(conv, rows[:n_receivers], x_src, edges, log_count, dropout=dropout)[0]
+
+
+def _node_vector(values: Any, n: int, name: str) -> np.ndarray | None:
+    """A float32 vector of one value per node, or ``None``."""
+    if values is None:
+        return None
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape != (n,):
+        raise ValueError(f"{name} must hold one value per node ({n}), got shape {values.shape}")
+    return values

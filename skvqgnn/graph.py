@@ -24,7 +24,7 @@ __all__ = [
     "PairSet",
     "attention_mask",
     "gcn_norm",
-    "gcn_norm_parts",
+    "gcn_norm_scales",
     "mean_norm",
 ]
 
@@ -239,36 +239,30 @@ def gcn_norm(A: sp.csr_array) -> sp.csr_array:
     return C
 
 
-def gcn_norm_parts(A: sp.csr_array) -> tuple[sp.csr_array, np.ndarray]:
-    """`gcn_norm` as ``(off, diagonal)`` with ``gcn_norm(A) == off + diag(diagonal)``, where
-    ``off`` has ``A``'s pattern and shares its index arrays.
+def gcn_norm_scales(A: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
+    """`gcn_norm` as two vectors of n: ``gcn_norm(A) == diag(s) A diag(s) + diag(diagonal)``.
 
-    ``off`` holds ``D̃^-½ A D̃^-½`` (a node's own self-loop among its entries, with its weight)
-    and ``diagonal`` the weights of the loops ``A`` lacks (``1 / d̃_i``; 0 where ``A`` has a
-    loop). Only the values are new: 4 bytes per stored entry and 4 per node, where `gcn_norm`'s
-    single matrix holds its own indices besides (8 bytes per entry and per node). A fixed
-    convolution keeps the two apart for that reason (``Fixed(off, diagonal=diagonal)``).
+    ``s = d̃^-½`` (``D̃`` the row sums of ``A`` plus the missing self-loops) and ``diagonal``
+    the weights of the loops ``A`` lacks, ``1 / d̃_i`` (0 where ``A`` has a loop: its entry
+    of ``A``, scaled, is the loop). A fixed convolution built on them
+    (``Fixed(A, s, s, diagonal)``) forms ``C``'s entries from ``A``'s when a batch gathers
+    them, and stores no matrix of its own.
 
     Parameters
     ----------
     A : csr_array of shape (n_nodes, n_nodes)
-        Adjacency with non-negative weights. Its arrays are shared when it has sorted indices
-        and no duplicates (a `Graph`'s ``A`` has), and copied otherwise.
+        Adjacency with non-negative weights.
 
     Returns
     -------
-    off : csr_array of shape (n_nodes, n_nodes), dtype float32
-    diagonal : ndarray of shape (n_nodes,), dtype float32
+    s, diagonal : ndarray of shape (n_nodes,), dtype float32
     """
-    A = _canonical(A)
+    A = canonical_csr(A)
     missing = A.diagonal() == 0  # no loop stored, or a stored zero: a loop of weight 1
     deg = np.asarray(A.sum(axis=1), dtype=np.float64).ravel()
     deg += missing
-    inv_sqrt = _inverse_sqrt(deg)
-    off = _with_values(A, A.data.astype(np.float32, copy=True))
-    _scale_entries(off, inv_sqrt, inv_sqrt)
-    diagonal = np.where(missing, inv_sqrt * inv_sqrt, np.float32(0.0)).astype(np.float32)
-    return off, diagonal
+    s = _inverse_sqrt(deg)
+    return s, np.where(missing, s * s, np.float32(0.0)).astype(np.float32)
 
 
 def _inverse_sqrt(deg: np.ndarray) -> np.ndarray:
@@ -276,10 +270,11 @@ def _inverse_sqrt(deg: np.ndarray) -> np.ndarray:
     return np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1e-30)), 0.0).astype(np.float32)
 
 
-def _canonical(A: sp.csr_array) -> sp.csr_array:
-    """``A`` as CSR with sorted indices and no duplicates: ``A`` itself (its arrays, not
-    copies) when it is so already."""
-    A = sp.csr_array(A)
+def canonical_csr(A: sp.csr_array) -> sp.csr_array:
+    """``A`` as CSR with sorted indices and no duplicates: ``A`` itself when it is a CSR array
+    so already (a `Graph`'s ``A`` is), else a copy."""
+    if not isinstance(A, sp.csr_array):
+        A = sp.csr_array(A)
     if not A.has_canonical_format:
         A = A.copy()
         A.sum_duplicates()
@@ -374,7 +369,7 @@ def mean_norm(A: sp.csr_array, inverse: np.ndarray | None = None) -> sp.csr_arra
         ``A`` with each row divided by its sum, with sorted indices. It shares ``A``'s index
         arrays when ``A`` has sorted indices and no duplicates (only the values are new).
     """
-    A = _canonical(A)
+    A = canonical_csr(A)
     C = _with_values(A, A.data.astype(np.float32, copy=True))
     _scale_entries(C, inverse_degree(A) if inverse is None else inverse)
     return C

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from .attention import AttentionConvolution, DotProductAttention, GATAttention
 from .convolutions import Attention, Batch, Convolution, Fixed, Identity, Initial
-from .graph import attention_mask, gcn_norm_parts, inverse_degree, mean_norm
+from .graph import attention_mask, canonical_csr, gcn_norm_scales, inverse_degree
 from .sketch import dropout, is_sparse, sparse_dropout
 from .vq import ProductCodebook
 
@@ -151,10 +151,11 @@ class Backbone:
 
 
 def _gcn_convolution(A: sp.csr_array) -> Fixed:
-    """GCN's ``C = D̃^-½ (A + I) D̃^-½``, its self-loops kept apart so that it shares ``A``'s
-    index arrays (`gcn_norm_parts`)."""
-    off, diagonal = gcn_norm_parts(A)
-    return Fixed(off, diagonal=diagonal)
+    """GCN's ``C = D̃^-½ (A + I) D̃^-½`` on ``A`` itself: ``Fixed(A, s, s, diagonal)``
+    (`gcn_norm_scales`)."""
+    A = canonical_csr(A)
+    s, diagonal = gcn_norm_scales(A)
+    return Fixed(A, row_scale=s, col_scale=s, diagonal=diagonal)
 
 
 class GCN(Backbone):
@@ -167,16 +168,16 @@ class GCN(Backbone):
 
 
 class SAGE(Backbone):
-    """GraphSAGE-mean: ``C¹ = I`` (root weight) and ``C² = D⁻¹ A`` (not symmetric; on an
-    undirected graph its transpose is ``D C D⁻¹``, which training uses instead of a second
-    matrix)."""
+    """GraphSAGE-mean: ``C¹ = I`` (root weight) and ``C² = D⁻¹ A``, ``A`` with a row scale
+    (not symmetric; on an undirected graph its transpose is ``A D⁻¹``, the same gather of
+    ``A``'s rows scaled by the senders' degrees instead of the receivers')."""
 
     name = "sage"
     n_convolutions = 2
 
     def convolutions(self, A: sp.csr_array) -> list[Convolution]:
-        inverse = inverse_degree(A)
-        return [Identity(), Fixed(mean_norm(A, inverse), row_scale=inverse)]
+        A = canonical_csr(A)
+        return [Identity(), Fixed(A, row_scale=inverse_degree(A))]
 
 
 class GINLayer(nn.Module):
@@ -201,7 +202,8 @@ class GIN(Backbone):
     name = "gin"
 
     def convolutions(self, A: sp.csr_array) -> list[Convolution]:
-        return [Identity(), Fixed(sp.csr_array(A, dtype=np.float32))]
+        A = canonical_csr(A)
+        return [Identity(), Fixed(A if A.dtype == np.float32 else A.astype(np.float32))]
 
     def layer(self, in_features: int, out_features: int, *, first: bool, last: bool) -> nn.Module:
         return GINLayer(in_features, out_features, in_features if last else out_features)

@@ -55,7 +55,7 @@ from .convolutions import (
     as_convolution,
     input_rows,
 )
-from .graph import Graph, is_symmetric
+from .graph import Graph
 from .layers import Backbone, make_backbone
 from .samplers import NodeSampler, label_propagation_partition, metis_partition
 from .sketch import split_batch_edges
@@ -156,7 +156,7 @@ def write_shards(
             )
         entry: dict[str, Any] = {"kind": conv.name}
         if isinstance(conv, Fixed):
-            entry["symmetric"] = bool(is_symmetric(conv.matrix))
+            entry["symmetric"] = conv.is_symmetric()
         described.append(entry)
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "nodes.npy", order.astype(np.int64))

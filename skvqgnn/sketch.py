@@ -31,6 +31,7 @@ __all__ = [
     "BatchEdges",
     "split_batch_edges",
     "split_batch_edges_and_transpose",
+    "scaled_entries",
     "codeword_sketch",
     "group_by_codes",
     "to_torch_sparse",
@@ -107,39 +108,62 @@ def gather_rows(C: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return local, C.indices[pos].astype(np.int64), C.data[pos]
 
 
+def scaled_entries(
+    vals: np.ndarray,
+    local: np.ndarray,
+    cols: np.ndarray,
+    rows: np.ndarray,
+    row_scale: np.ndarray | None,
+    col_scale: np.ndarray | None,
+) -> np.ndarray:
+    """Entries ``vals`` of rows ``rows`` (``local`` indexes into them, ``cols`` are global
+    ids) times ``row_scale[row] · col_scale[col]``: the entries of ``diag(l) M diag(r)``. The
+    product of the two scales is formed first, as `mean_norm` and `gcn_norm` do, so the
+    values are theirs to the bit and a symmetric ``M`` with ``l = r`` gives a symmetric
+    ``C``."""
+    scale = None if row_scale is None else row_scale[rows][local]
+    if col_scale is not None:
+        scale = col_scale[cols] if scale is None else scale * col_scale[cols]
+    return vals if scale is None else vals * scale
+
+
 def split_batch_edges(
-    C: sp.csr_array,
+    M: sp.csr_array,
     batch: np.ndarray,
     position: np.ndarray,
     segment: np.ndarray | None = None,
+    row_scale: np.ndarray | None = None,
+    col_scale: np.ndarray | None = None,
 ) -> BatchEdges:
-    """Split the rows ``batch`` of ``C``; ``position[j]`` is j's index in the batch or -1.
+    """Split the rows ``batch`` of ``C = diag(row_scale) M diag(col_scale)`` (a scale of
+    ``None`` is ones); ``position[j]`` is j's index in the batch or -1.
 
     ``segment`` (b,), when given, says which of several batches each row belongs to: an entry
     between rows of different segments is then out-of-batch too.
     """
-    return _split(C, batch, position, segment, None)[0]
+    return _split(M, batch, position, segment, row_scale, col_scale, False)[0]
 
 
 def split_batch_edges_and_transpose(
-    C: sp.csr_array,
+    M: sp.csr_array,
     batch: np.ndarray,
     position: np.ndarray,
-    scale: np.ndarray,
     segment: np.ndarray | None = None,
+    row_scale: np.ndarray | None = None,
+    col_scale: np.ndarray | None = None,
 ) -> tuple[BatchEdges, BatchEdges]:
-    """The rows ``batch`` of ``C`` and of ``Cᵀ``, split, for a ``C`` whose transpose is
-    ``diag(scale)⁻¹ C diag(scale)`` (same pattern, every entry ``C[j, r] · scale[r] /
-    scale[j]``): the mean aggregation ``D⁻¹A`` of a symmetric ``A``, with ``scale = 1/deg``.
-
-    One gather of the rows serves both: ``Cᵀ`` is neither built nor split. The entries of
-    ``Cᵀ`` are computed as ``C[j, r] / scale[j] · scale[r]``, which for unit weights is exactly
-    ``1/deg(r)``. Arguments as `split_batch_edges`."""
-    return _split(C, batch, position, segment, scale)
+    """The rows ``batch`` of ``C = diag(l) M diag(r)`` and of ``Cᵀ = diag(r) M diag(l)`` for
+    a symmetric ``M`` (``l = row_scale``, ``r = col_scale``): one gather of ``M``'s rows
+    serves both, with the scales swapped, and ``Cᵀ`` is neither built nor split. When ``l``
+    and ``r`` are the same array (or both ``None``) ``C`` is symmetric and both are one
+    object. Arguments as `split_batch_edges`."""
+    return _split(M, batch, position, segment, row_scale, col_scale, True)
 
 
-def _split(C, batch, position, segment, scale) -> tuple[BatchEdges, BatchEdges | None]:
-    rows, cols, vals = gather_rows(C, batch)
+def _split(
+    M, batch, position, segment, left, right, transpose
+) -> tuple[BatchEdges, BatchEdges | None]:
+    rows, cols, mvals = gather_rows(M, batch)
     local = position[cols]
     inside = local >= 0
     if segment is not None:
@@ -153,14 +177,16 @@ def _split(C, batch, position, segment, scale) -> tuple[BatchEdges, BatchEdges |
         "out_nodes": cols[outside],
         "cols": cols,
     }
-    edges = BatchEdges(**shared, in_vals=vals[inside], out_vals=vals[outside], vals=vals)
-    if scale is None:
+
+    def edges_of(vals: np.ndarray) -> BatchEdges:
+        return BatchEdges(**shared, in_vals=vals[inside], out_vals=vals[outside], vals=vals)
+
+    edges = edges_of(scaled_entries(mvals, rows, cols, batch, left, right))
+    if not transpose:
         return edges, None
-    row_scale = scale[batch]
-    tvals = vals / row_scale[rows]
-    tvals *= scale[cols]
-    tedges = BatchEdges(**shared, in_vals=tvals[inside], out_vals=tvals[outside], vals=tvals)
-    return edges, tedges
+    if left is right:
+        return edges, edges
+    return edges, edges_of(scaled_entries(mvals, rows, cols, batch, right, left))
 
 
 def codeword_sketch(edges: BatchEdges, codes: np.ndarray, n_codewords: int) -> SketchBags:

@@ -23,7 +23,7 @@ from skvqgnn.convolutions import (
     Part,
     make_batch,
 )
-from skvqgnn.graph import Graph, attention_mask
+from skvqgnn.graph import Graph, attention_mask, mean_norm
 from skvqgnn.layers import BACKBONES, VQGNN, Backbone
 from skvqgnn.sketch import split_batch_edges
 from skvqgnn.training import gradient_channels
@@ -412,6 +412,23 @@ def test_a_fixed_block_is_the_convolution_with_its_diagonal(backbone):
             np.testing.assert_allclose(got.toarray(), want[lo:hi].toarray(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("backbone", ["gcn", "sage", "gin"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_fixed_convolution_knows_whether_c_is_symmetric(backbone, symmetric):
+    """``C`` is symmetric when ``A`` is and the row and column scales agree: GCN's and GIN's
+    on an undirected graph, never GraphSAGE's ``D⁻¹A`` (whose partition then stores its
+    transposed rows), as the explicit matrix says."""
+    from skvqgnn.graph import is_symmetric
+
+    A = random_graph(150, 5, seed=2, symmetric=symmetric)
+    graph = Graph(A, np.ones((150, 2)))
+    conv = next(
+        c for c in GraphData(graph, BACKBONES[backbone]()).convolutions if c.matrix is not None
+    )
+    assert conv.is_symmetric() == is_symmetric(conv.block(0, 150))
+    assert conv.is_symmetric() == (symmetric and backbone != "sage")
+
+
 @pytest.mark.parametrize("inference", ["vq", "exact"])
 def test_gcn_with_its_diagonal_apart_fits_as_with_one_matrix(inference):
     """The built-in gcn keeps its self-loops as a diagonal beside the adjacency's pattern; a
@@ -507,9 +524,10 @@ def test_several_batches_at_once_need_a_network_without_attention():
 
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_sage_backward_entries_come_from_its_rows_on_an_undirected_graph(symmetric):
-    """GraphSAGE's ``C = D⁻¹A``: on an undirected graph a batch's rows of ``Cᵀ`` are ``C``'s
-    own rows rescaled (``D C D⁻¹``), so ``Cᵀ`` is never built; on a directed graph it is. Both
-    give the entries of the explicit transpose (weighted: to rounding; unit weights: exactly)."""
+    """GraphSAGE's ``C = D⁻¹A``: on an undirected graph a batch's rows of ``Cᵀ = A D⁻¹`` come
+    from the same gather of ``A``'s rows, scaled by the senders' degrees, so no transpose is
+    built; on a directed graph ``Aᵀ`` is. Both give the entries of `mean_norm`'s explicit
+    transpose (weighted: to rounding; unit weights: exactly)."""
     rng = np.random.default_rng(0)
     for weighted in (False, True):
         A = random_graph(300, 6, seed=3, symmetric=symmetric)
@@ -523,8 +541,8 @@ def test_sage_backward_entries_come_from_its_rows_on_an_undirected_graph(symmetr
         position = np.full(300, -1, dtype=np.int32)
         position[nodes] = np.arange(60)
         _, tedges = conv.split(nodes, position, backward=True)
-        assert (getattr(conv, "_transposed", None) is None) == symmetric
-        Ct = conv.matrix.T.tocsr()
+        assert (conv.transposed() is conv.matrix) == symmetric  # no transpose built
+        Ct = mean_norm(data.graph.A).T.tocsr()
         Ct.sort_indices()
         expected = split_batch_edges(Ct, nodes, position)
         for name in ("in_rows", "in_cols", "out_rows", "out_nodes", "cols"):
