@@ -686,10 +686,12 @@ class Fixed(Convolution):
             split_batch_edges(transposed, nodes, position, segment, right, left),
         )
 
-    def rows_of(self, rows: np.ndarray, transposed: bool = False) -> sp.csr_array:
-        """Rows of ``C`` (``transposed``: of ``Cᵀ``) as one CSR matrix, scaled, the diagonal
-        included, with sorted indices: what exact inference multiplies and a partition's
-        rank stores of the convolution.
+    def rows_of(
+        self, rows: np.ndarray, transposed: bool = False, diagonal: bool = True
+    ) -> sp.csr_array:
+        """Rows of ``C`` (``transposed``: of ``Cᵀ``) as one CSR matrix, scaled, with sorted
+        indices: what exact inference multiplies and a partition's rank stores of the
+        convolution.
 
         Parameters
         ----------
@@ -697,6 +699,9 @@ class Fixed(Convolution):
             Node ids.
         transposed : bool, default=False
             Rows of ``Cᵀ`` instead of ``C``.
+        diagonal : bool, default=True
+            Whether the separate diagonal's entries are included (else only the scaled rows
+            of ``M``).
 
         Returns
         -------
@@ -704,16 +709,21 @@ class Fixed(Convolution):
         """
         rows = np.asarray(rows, dtype=np.int64)
         left, right = self.row_scale, self.col_scale
+        source = self.matrix
         if transposed:
-            left, right = right, left
-            M = self.transposed()[rows]
+            left, right, source = right, left, self.transposed()
+        contiguous = len(rows) > 0 and rows[-1] - rows[0] + 1 == len(rows)
+        if contiguous and np.all(rows[1:] > rows[:-1]):
+            M = source[int(rows[0]) : int(rows[-1]) + 1]  # a slice: no index gather
         else:
-            M = self.matrix[rows]
+            M = source[rows]
         M = sp.csr_array(M, dtype=np.float32)
         if left is not None or right is not None:
-            local = np.repeat(np.arange(len(rows)), np.diff(M.indptr))
-            M.data = scaled_entries(M.data, local, M.indices, rows, left, right)
-        if self.diagonal is not None:
+            scale = None if left is None else np.repeat(left[rows], np.diff(M.indptr))
+            if right is not None:
+                scale = right[M.indices] if scale is None else scale * right[M.indices]
+            M.data = M.data * scale  # M_ij · (l_i · r_j), as `scaled_entries`
+        if diagonal and self.diagonal is not None:
             loops = sp.csr_array((self.diagonal[rows], (np.arange(len(rows)), rows)), shape=M.shape)
             M = sp.csr_array(M + loops, dtype=np.float32)
         M.sort_indices()
@@ -777,7 +787,8 @@ class Fixed(Convolution):
             per_sample_weights=torch.from_numpy(np.asarray(vals, dtype=np.float32)),
         )
         if self.diagonal is not None:
-            out += torch.from_numpy(self.diagonal[rows, None] * X[rows])
+            own = torch.from_numpy(np.asarray(X[rows], dtype=np.float32))
+            out.addcmul_(torch.from_numpy(self.diagonal[rows])[:, None], own)
         return out.to(device)
 
     def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
@@ -825,7 +836,11 @@ class Fixed(Convolution):
     def exact_messages(self, layer, source, initial, rows, attention, network, device):  # noqa: D102
         if layer == 0:
             return self.inputs_of(rows, device)
-        return torch.from_numpy(np.asarray(self.rows_of(rows) @ source)).to(device)
+        out = torch.from_numpy(np.asarray(self.rows_of(rows, diagonal=False) @ source))
+        if self.diagonal is not None:
+            own = torch.from_numpy(source[rows])
+            out.addcmul_(torch.from_numpy(self.diagonal[rows])[:, None], own)
+        return out.to(device)
 
 
 class Attention(Convolution):
