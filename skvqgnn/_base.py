@@ -8,7 +8,7 @@ the batch sampler and its partition) is derived from a ``Graph`` and cached on i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -439,9 +439,12 @@ class BaseVQGNN(BaseEstimator):
         rs = check_random_state(random_state)
         return rs, int(rs.randint(np.iinfo(np.int32).max))
 
-    def _decision(self, nodes: NodeSet, hidden: bool = False) -> Tensor:
+    def _decision(
+        self, nodes: NodeSet, hidden: bool = False, reduce: Callable | None = None
+    ) -> Tensor:
         """Logits (len(nodes), out) for a node view, with the configured inference mode;
-        ``hidden=True``: the last hidden layer's output (the output layer's input) instead."""
+        ``hidden=True``: the last hidden layer's output (the output layer's input) instead;
+        ``reduce``: what it returns of each group of rows instead (`vq_inference`)."""
         check_is_fitted(self, "model_")
         if self.inference not in ("vq", "exact"):
             raise InvalidParameterError(
@@ -449,7 +452,7 @@ class BaseVQGNN(BaseEstimator):
                 f"got {self.inference!r}"
             )
         if isinstance(nodes, GraphShard):
-            return self._shard_decision(nodes, hidden)
+            return self._shard_decision(nodes, hidden, reduce)
         graph = nodes.graph
         _check_not_empty(nodes)
         self._check_graph_features(graph)
@@ -461,7 +464,8 @@ class BaseVQGNN(BaseEstimator):
             upto = len(model.layers) - 2 if hidden else None
             if self.inference == "exact" or not model.codebooks or self.batch_size is None:
                 H = inference.exact_layers(model, data, device, None if upto is None else upto + 1)
-                return torch.from_numpy(H[nodes.index])
+                out = torch.from_numpy(H[nodes.index])
+                return out if reduce is None else reduce(out)
             sampler = self._sampler_for(graph, self._fit_seed_)
             if graph.fingerprint == self.graph_fingerprint_:
                 tables, input_table = self.tables_, self.input_table_
@@ -469,12 +473,14 @@ class BaseVQGNN(BaseEstimator):
                 tables, input_table = inference.assign_new_graph(model, data, sampler, device)
             index = nodes.index
             return inference.vq_inference(
-                model, data, tables, input_table, sampler, index, device, upto
+                model, data, tables, input_table, sampler, index, device, upto, reduce
             )
         finally:
             self.model_ = model.cpu()
 
-    def _shard_decision(self, shard: GraphShard, hidden: bool) -> Tensor:
+    def _shard_decision(
+        self, shard: GraphShard, hidden: bool, reduce: Callable | None = None
+    ) -> Tensor:
         """Logits of the nodes a `GraphShard` holds, by VQ inference over the training codes
         (the partition fitted on): out-of-part messages come from codewords."""
         if shard.fingerprint != self.graph_fingerprint_ or not self.tables_:
@@ -503,6 +509,7 @@ class BaseVQGNN(BaseEstimator):
                 shard.nodes,
                 device,
                 upto,
+                reduce,
             )
         finally:
             self.model_ = model.cpu()

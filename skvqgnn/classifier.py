@@ -247,6 +247,20 @@ class NodeClassification(Task):
         return accuracy_score(self.val_labels, logits.argmax(1).numpy())
 
 
+def _class_index(logits: Tensor) -> Tensor:
+    """The most probable class of each row, in the smallest integer type that holds it."""
+    index = logits.argmax(1)
+    for dtype in (torch.int8, torch.int16, torch.int32):
+        if logits.shape[1] <= torch.iinfo(dtype).max:
+            return index.to(dtype)
+    return index
+
+
+def _positive(logits: Tensor) -> Tensor:
+    """Multi-label: whether each label's logit is positive (its probability above 0.5)."""
+    return logits > 0
+
+
 class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
     """Node classifier trained in mini-batches with vector-quantised message passing (VQ-GNN).
 
@@ -541,15 +555,18 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         weights *= train.sum() / total
         return torch.from_numpy(weights.astype(np.float32))
 
-    def _labels_of(self, logits: Tensor) -> np.ndarray:
-        """The labels of the rows of ``logits``, found a block of rows at a time: the class
-        indices of every node (int64) are never held beside the result."""
+    def _predicted(self, nodes: NodeSet) -> np.ndarray:
+        """The labels of ``nodes``. Inference keeps each node's class index in the smallest
+        integer that holds it (multi-label: a boolean per label), never every node's logits,
+        and the indices become labels a block of rows at a time: neither the logits nor an
+        int64 index of every node is held beside the result."""
         if self.multilabel_:
-            return (logits.numpy() > 0).astype(np.int64)
-        out = np.empty(len(logits), dtype=self.classes_.dtype)
-        for start in range(0, len(logits), _LABEL_ROWS):
-            block = logits[start : start + _LABEL_ROWS]
-            out[start : start + len(block)] = self.classes_[block.argmax(1).numpy()]
+            return self._decision(nodes, reduce=_positive).numpy().astype(np.int64)
+        index = self._decision(nodes, reduce=_class_index).numpy()
+        out = np.empty(len(index), dtype=self.classes_.dtype)
+        for start in range(0, len(index), _LABEL_ROWS):
+            block = index[start : start + _LABEL_ROWS]
+            out[start : start + len(block)] = self.classes_[block]
         return out
 
     def __sklearn_tags__(self):  # noqa: D105
@@ -622,7 +639,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
                 A, X, y, sample_weight, validation_nodes, strategy
             )
             self._fit_graph(A, val_nodes, seed, task, callbacks, strategy)
-            self.transduction_ = self._labels_of(self._decision(A))
+            self.transduction_ = self._predicted(A)
             return self
         A, X, y = view_arguments(A, X, y)
         nodes, _ = resolve_graph(A, X)
@@ -690,7 +707,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         task = NodeClassification(labels, val_labels, len(classes), multilabel, weights)
         del labels
         self._fit_graph(graph, val_nodes, seed, task, callbacks, strategy)
-        self.transduction_ = self._labels_of(self._decision(graph.nodes()))
+        self.transduction_ = self._predicted(graph.nodes())
         return self
 
     def _partition_task(
@@ -873,7 +890,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         """
         check_is_fitted(self, "model_")  # before the inputs: unfitted is the first error
         nodes, _ = resolve_graph(A, X, shards=True)
-        return self._labels_of(self._decision(nodes))
+        return self._predicted(nodes)
 
     def score(self, A: Any, X: Any = None, y: Any = None, sample_weight: Any = None) -> float:
         """Accuracy (multi-label: subset accuracy): ``score(nodes, y)`` or ``score(A, X, y)``.

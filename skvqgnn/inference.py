@@ -483,6 +483,7 @@ def vq_inference(
     nodes: np.ndarray,
     device: torch.device,
     upto: int | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Logits (len(nodes), out) by mini-batch VQ inference in the network's current mode,
     returned on the CPU; ``upto=l``: the output of layer ``l`` instead (``VQGNN.forward``).
@@ -505,10 +506,14 @@ def vq_inference(
     device : torch.device
     upto : int, default=None
         Stop after this layer.
+    reduce : callable, default=None
+        Applied to each group's output rows before they are kept: the result holds what it
+        returns (``predict``: the class index, one small integer per node, so that the
+        logits of every node are never held at once).
 
     Returns
     -------
-    Tensor of shape (len(nodes), width)
+    Tensor of shape (len(nodes), width), or (len(nodes), ...) of what ``reduce`` returns
     """
     wanted = np.zeros(data.n_nodes, dtype=bool)
     wanted[nodes] = True
@@ -528,13 +533,13 @@ def vq_inference(
             segment=segment,
         )
         logits, _ = model(batch, upto=upto)
-        logits = logits.cpu()
-        if out is None:
-            out = torch.empty(len(nodes), logits.shape[1])
         keep = wanted[batch_nodes]
-        out[torch.from_numpy(where[batch_nodes[keep]].astype(np.int64))] = logits[
-            torch.from_numpy(keep)
-        ]
+        rows = logits.cpu()[torch.from_numpy(keep)]
+        if reduce is not None:
+            rows = reduce(rows)
+        if out is None:
+            out = torch.empty((len(nodes), *rows.shape[1:]), dtype=rows.dtype)
+        out[torch.from_numpy(where[batch_nodes[keep]].astype(np.int64))] = rows
     return out
 
 
