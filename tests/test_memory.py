@@ -207,3 +207,40 @@ def test_a_fit_holds_no_int64_array_of_labels_through_its_epochs():
     finally:
         tracemalloc.stop()
     assert n <= held[0] <= 3 * n, f"{held[0] / n:.2f} bytes per node held"
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_predict_keeps_a_small_integer_per_node_not_every_node_logits(monkeypatch, multilabel):
+    """`predict` and the end of `fit` (``transduction_``) have VQ inference keep each group's
+    class index in the smallest integer (multi-label: a boolean per label) as it runs, never
+    the (n, n_classes) float32 logits of every node: 1 byte per node here instead of 16. The
+    labels are those of the probabilities' argmax. Inference is observed through the
+    estimator's own calls."""
+    import skvqgnn.inference
+    from skvqgnn import VQGNNClassifier
+
+    kept = []
+    run = skvqgnn.inference.vq_inference
+
+    def observed(*args, **kwargs):
+        out = run(*args, **kwargs)
+        kept.append(out)
+        return out
+
+    monkeypatch.setattr(skvqgnn.inference, "vq_inference", observed)
+    n = 3_000
+    A, X, y, _ = make_csbm(n, 4, avg_degree=6, n_features=8, random_state=0)
+    labels = np.stack([y == 0, y % 2 == 1], 1).astype(int) if multilabel else y
+    graph = Graph(A, X)
+    clf = VQGNNClassifier(batch_size=512, n_codewords=16, max_epochs=2, random_state=0)
+    clf.fit(graph.nodes(), labels)
+    at_fit = len(kept)
+    predicted = clf.predict(graph.nodes())
+    assert at_fit >= 1 and len(kept) == at_fit + 1
+    for out in (kept[at_fit - 1], kept[-1]):  # transduction_, then predict
+        assert out.shape[0] == n and out.element_size() == 1
+        assert out.dtype == (torch.bool if multilabel else torch.int8)
+    proba = clf.predict_proba(graph.nodes())
+    expected = (proba > 0.5).astype(int) if multilabel else clf.classes_[proba.argmax(1)]
+    np.testing.assert_array_equal(predicted, expected)
+    np.testing.assert_array_equal(clf.transduction_, expected)
