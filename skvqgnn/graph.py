@@ -234,7 +234,7 @@ def gcn_norm(A: sp.csr_array) -> sp.csr_array:
         The normalised convolution, with sorted indices.
     """
     C = with_unit_self_loops(A)
-    inv_sqrt = _inverse_sqrt(np.asarray(C.sum(axis=1), dtype=np.float64).ravel())
+    inv_sqrt, _ = gcn_norm_scales(A)
     _scale_entries(C, inv_sqrt, inv_sqrt)
     return C
 

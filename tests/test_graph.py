@@ -146,6 +146,11 @@ def test_gcn_scales_give_gcn_norm_from_the_adjacency(index_dtype, unsorted):
     s, diagonal = gcn_norm_scales(A)
     assert s.dtype == diagonal.dtype == np.float32
     got = s[:, None] * A.toarray() * s[None, :] + np.diag(diagonal)
+    dense = A.toarray().astype(np.float64)
+    loops = np.diag(dense) == 0  # missing or stored zero: a unit loop
+    dense[np.diag_indices_from(dense)] += loops
+    inv = 1 / np.sqrt(dense.sum(1))
+    np.testing.assert_allclose(got, inv[:, None] * dense * inv[None, :], rtol=1e-6, atol=0)
     np.testing.assert_allclose(got, gcn_norm(A).toarray(), rtol=1e-6, atol=0)
     loops = A.diagonal() != 0
     assert np.all(diagonal[loops] == 0) and np.all(diagonal[~loops] > 0)
