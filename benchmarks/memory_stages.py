@@ -158,15 +158,31 @@ def _run_config(spec: Record, scratch: str) -> Record:
     stages = Stages()
     baseline, baseline_anon = _status_gib("VmRSS"), _status_gib("RssAnon")
     stages.begin("generate")
-    A, X, y, split = make_csbm(
-        n, 5, avg_degree=spec["avg_degree"], n_features=spec["n_features"], random_state=0
-    )
-    X = np.ascontiguousarray(X, dtype=np.float32)
+    if spec.get("graph") == "local":
+        from local_csbm import drop_from_page_cache, write_local_csbm
+
+        data = write_local_csbm(
+            scratch,
+            n,
+            avg_degree=spec["avg_degree"],
+            n_features=spec["n_features"],
+            long_range=spec["long_range"],
+        )
+        drop_from_page_cache(scratch)
+        A, X, y = data["A"], data["X"], data["y"]
+        labels = np.where(data["split"] == 0, y, np.int8(-1))
+        test = data["split"] == 2
+        del data
+    else:
+        A, X, y, split = make_csbm(
+            n, 5, avg_degree=spec["avg_degree"], n_features=spec["n_features"], random_state=0
+        )
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        labels, test = np.where(split.train_mask, y, -1), split.test_mask
+        if spec.get("features") == "disk":
+            X = features_on_disk(X, scratch)
     adjacency = (A.nnz * 8 + (n + 1) * 4) / GIB
     floor = X.nbytes / GIB + adjacency
-    labels = np.where(split.train_mask, y, -1)
-    if spec.get("features") == "disk":
-        X = features_on_disk(X, scratch)
     stages.begin("Graph")
     if spec["sampler"] == "pyg":
         from peers import pyg_data
@@ -180,7 +196,6 @@ def _run_config(spec: Record, scratch: str) -> Record:
         fit_s, pred = _skvqgnn_fit(spec, stages, graph, labels)
         n_entries = int(graph.A.nnz)
     stages.begin(None)
-    test = split.test_mask
     return {
         **spec,
         "n_entries": n_entries,
@@ -440,6 +455,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=["memory"],
         help="where the features are: in memory, or memory-mapped from a .npy file in $TMPDIR",
     )
+    parser.add_argument(
+        "--graph",
+        choices=["csbm", "local"],
+        default="csbm",
+        help="csbm: make_csbm in memory, nodes in random order; local: written to $TMPDIR a "
+        "block at a time by local_csbm.py, most edges between nearby ids, the adjacency and "
+        "the features memory-mapped (implies --features disk)",
+    )
+    parser.add_argument(
+        "--long-range",
+        type=float,
+        default=0.0,
+        help="--graph local: the fraction of edges joining random nodes; the others join nodes "
+        "at most 1000 ids apart",
+    )
     parser.add_argument("--avg-degree", type=float, default=10.0)
     parser.add_argument("--n-features", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -450,10 +480,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from-json", type=Path, nargs="+", default=None)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.graph == "local":
+        args.features = ["disk"]
     if "disk" in args.features and "pyg" in args.samplers:
         parser.error("--features disk cannot run pyg: PyTorch Geometric copies X into a tensor")
     # what machine_info records of every benchmark
-    args.datasets, args.backbones, args.seeds, args.max_epochs = ["csbm"], ["gcn"], [0], args.epochs
+    args.datasets, args.backbones, args.seeds = [args.graph], ["gcn"], [0]
+    args.max_epochs = args.epochs
     return args
 
 
@@ -468,6 +501,7 @@ def make_specs(args: argparse.Namespace) -> list[Record]:
             "n_codewords": args.n_codewords,
             "epochs": args.epochs,
             **({"features": "disk"} if features == "disk" else {}),
+            **({"graph": "local", "long_range": args.long_range} if args.graph == "local" else {}),
         }
         for n in args.sizes
         for sampler in args.samplers
