@@ -105,6 +105,7 @@ def write_local_csbm(
     """
     if window > block:
         raise ValueError(f"window must be at most block={block}, got {window}")
+    os.makedirs(folder, exist_ok=True)
     n = int(n_nodes)
     bounds = [(lo, min(lo + block, n)) for lo in range(0, n, block)]
     n_long = n * avg_degree / 2 * long_range

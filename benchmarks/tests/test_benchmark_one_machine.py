@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import epoch_floor  # noqa: E402
+import local_csbm  # noqa: E402
 import memory_stages  # noqa: E402
 from test_benchmark_link import META  # noqa: E402
 
@@ -68,6 +69,56 @@ def test_features_on_disk_are_a_map_of_the_same_values(tmp_path):
     assert (tmp_path / "X.npy").stat().st_size >= X.nbytes
 
 
+def _mapped(array: np.ndarray) -> bool:
+    """Whether the array's memory is a mapped file's."""
+    import mmap
+
+    while array is not None:
+        if isinstance(array, np.memmap | mmap.mmap):
+            return True
+        array = getattr(array, "base", None)
+    return False
+
+
+@pytest.mark.parametrize("block, long_range", [(1 << 20, 0.0), (4096, 0.0), (4096, 0.2)])
+def test_the_local_graph_is_a_symmetric_csbm_with_short_edges(tmp_path, block, long_range):
+    import scipy.sparse as sp
+
+    n, window = 20_000, 1000
+    data = local_csbm.write_local_csbm(
+        str(tmp_path), n, window=window, long_range=long_range, block=block, seed=3
+    )
+    A, X, y, split = data["A"], data["X"], data["y"], data["split"]
+    # every array is a map of the folder's files, none a copy in memory
+    for array in (A.data, A.indices, A.indptr, X, y, split):
+        assert _mapped(array)
+    assert A.indices.dtype == A.indptr.dtype == np.int32 and A.data.dtype == np.float32
+    B = sp.csr_array(A)
+    assert B.has_canonical_format and np.all(B.data == 1)
+    assert (B != B.T).nnz == 0 and B.diagonal().sum() == 0
+    assert 9.0 < B.nnz / n <= 10.0  # degree 10, less the merged repeats
+    rows = np.repeat(np.arange(n), np.diff(B.indptr))
+    y = np.asarray(y)
+    assert np.array_equal(y, np.arange(n) % 5)
+    assert abs(np.mean(y[rows] == y[B.indices]) - 0.8) < 0.01
+    short = np.mean(np.abs(rows - B.indices) <= window)
+    assert short == 1.0 if long_range == 0 else abs(short - (1 - long_range)) < 0.02
+    # features: the class means (unit norm) plus unit noise; a 60/20/20 split
+    X = np.asarray(X)
+    means = np.stack([X[y == c].mean(0) for c in range(5)])
+    assert np.allclose(np.linalg.norm(means, axis=1), 1.0, atol=0.1)
+    assert abs(float((X - means[y]).std()) - 1.0) < 0.01
+    assert np.allclose(np.bincount(np.asarray(split)) / n, [0.6, 0.2, 0.2], atol=0.02)
+
+
+def test_the_local_graph_is_the_same_graph_from_the_same_seed(tmp_path):
+    first = local_csbm.write_local_csbm(str(tmp_path / "a"), 5000, block=2048, long_range=0.1)
+    again = local_csbm.write_local_csbm(str(tmp_path / "b"), 5000, block=2048, long_range=0.1)
+    other = local_csbm.write_local_csbm(str(tmp_path / "c"), 5000, block=2048, seed=1)
+    assert (first["A"] != again["A"]).nnz == 0 and np.array_equal(first["X"], again["X"])
+    assert (first["A"] != other["A"]).nnz > 0
+
+
 def test_memory_bar_reads_the_fit_peak_at_the_largest_size(tmp_path):
     records = [
         _memory_record(1000, "random", 3.0),  # smaller graph: not the bar's
@@ -112,6 +163,26 @@ def test_runs_with_features_on_disk_get_their_own_table_and_projection():
     assert "(random, linear" in on_disk and ": 34.0 GiB" in on_disk
     assert "(cluster-lp, linear" not in on_disk
     assert memory_stages.projection([_disk_record(10**6, "random", 1.0)]) is None
+
+
+def test_runs_on_the_local_graph_get_their_own_table_and_the_moonshot_bar():
+    local = {"graph": "local", "long_range": 0.0}
+    records = [
+        _disk_record(10**7, "random", 4.0),
+        {**_disk_record(10**7, "cluster-lp", 3.0), **local},
+        {**_disk_record(10**8, "cluster-lp", 20.0), **local},
+    ]
+    meta = {**META, "command": "python benchmarks/memory_stages.py", "memory_gib": 23.5}
+    region = memory_stages.render(meta, records, None)
+    disk, local_part = region.split("**Graph and features on disk, node ids in local order**")
+    # the local runs are neither in the table of make_csbm's graphs nor in its projection
+    assert "| 100,000,000 | 1,000,000,000 |" not in disk and "(cluster-lp, linear" not in disk
+    rows = [line for line in local_part.splitlines() if line.startswith("| 1")]
+    assert len(rows) == 2 and "| 100,000,000 | 1,000,000,000 | cluster-lp | 0 | 0.75 |" in rows[1]
+    assert "**Moonshot: 100,000,000 nodes" in local_part and "peak 20.00 GiB" in local_part
+    assert "**PASS**" in local_part
+    over = {**_disk_record(10**8, "cluster-lp", 24.0), **local}
+    assert "**FAIL**" in memory_stages.render(meta, [over], None)
 
 
 def _floor_record(vq: float, full: float, pyg: float) -> dict:
