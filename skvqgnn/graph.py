@@ -136,6 +136,21 @@ def _from_torch(A: Any) -> sp.csr_array | np.ndarray:
     return sp.csr_array((coo.values().numpy(), (rows, cols)), shape=tuple(coo.shape))
 
 
+def _usable_in_place(A: Any) -> bool:
+    """Whether a sparse ``A`` is what `Graph` would make of it already, and read-only (a CSR
+    over memory-mapped files, say): square float32 CSR, canonical (sorted, no duplicates),
+    positive finite weights, read-only arrays. Such an adjacency is used in place, as read-only
+    features are; any other is converted into a copy."""
+    if A.format != "csr" or A.shape[0] != A.shape[1] or A.data.dtype != np.float32:
+        return False
+    arrays = (A.data, A.indices, A.indptr)
+    if any(a.flags.writeable for a in arrays) or A.indices.dtype != A.indptr.dtype:
+        return False
+    if A.indices.dtype not in (np.int32, np.int64) or not A.has_canonical_format:
+        return False
+    return all(((chunk > 0) & (chunk < np.inf)).all() for chunk in _row_chunks(A.data))
+
+
 def _as_csr_adjacency(A: Any, n_nodes: int | None = None) -> sp.csr_array:
     if _is_networkx(A):
         A = _from_networkx(A)
@@ -146,6 +161,8 @@ def _as_csr_adjacency(A: Any, n_nodes: int | None = None) -> sp.csr_array:
     if sp.issparse(A):
         if A.ndim != 2:
             raise ValueError(f"A must be 2-D (n_nodes, n_nodes), got a sparse {A.ndim}-D array")
+        if _usable_in_place(A):
+            return sp.csr_array((A.data, A.indices, A.indptr), shape=A.shape, copy=False)
         A = sp.csr_array(A)  # any format (DOK, LIL, ...) has its values in .data after this
         _check_float32_range(A.data, "A", "edge weights")
         A = sp.csr_array(A, dtype=np.float32, copy=True)
@@ -586,9 +603,14 @@ class Graph:
 
     Validated and converted once (CSR ``float32`` adjacency with summed duplicates and sorted
     indices, ``float32`` features, dense or CSR), then treated as read-only and shared by every
-    view. Row ``i`` of ``A`` lists the nodes ``i`` receives messages from; an undirected graph has a
-    symmetric ``A``. Convolution matrices derived from it are cached on the instance (and not
-    pickled).
+    view. Inputs that need no conversion are used in place, not copied: dense C-contiguous
+    float32 features (a memory-mapped ``.npy`` file included), and a read-only float32 CSR
+    adjacency with sorted indices, no duplicates and positive weights (one over memory-mapped
+    files, for graphs larger than memory); any other adjacency becomes a copy of its own.
+
+    Row ``i`` of ``A`` lists the nodes ``i`` receives messages from; an undirected graph has
+    a symmetric ``A``. Convolution matrices derived from it are cached on the instance (and
+    not pickled).
 
     Parameters
     ----------

@@ -337,6 +337,73 @@ def test_is_symmetric_on_a_graph_with_more_than_65536_nodes(index_dtype):
     assert not is_symmetric(swapped)
 
 
+def _mapped_csr(A: sp.csr_array, folder) -> sp.csr_array:
+    """``A``'s arrays saved to ``folder`` and opened read-only, memory-mapped."""
+    arrays = []
+    for name in ("data", "indices", "indptr"):
+        np.save(folder / f"{name}.npy", getattr(A, name))
+        arrays.append(np.load(folder / f"{name}.npy", mmap_mode="r"))
+    return sp.csr_array(tuple(arrays), shape=A.shape, copy=False)
+
+
+@pytest.mark.parametrize(
+    "backbone, sampler",
+    [
+        ("gcn", "cluster"),
+        ("gcn", "random"),
+        ("sage", "random"),
+        ("gin", "cluster"),
+        ("gat", "random"),
+    ],
+)
+def test_a_memory_mapped_adjacency_is_read_in_place(tmp_path, backbone, sampler):
+    """An adjacency too large for memory stays on disk: a read-only float32 CSR in canonical
+    form is used without a copy, and fits and predicts as the same graph in memory."""
+    from skvqgnn import VQGNNClassifier
+    from skvqgnn.datasets import make_csbm
+
+    A, X, y, split = make_csbm(600, 3, avg_degree=6, n_features=8, random_state=0)
+    mapped = _mapped_csr(sp.csr_array(A, dtype=np.float32), tmp_path)
+    graph = Graph(mapped, X)
+    for name in ("data", "indices", "indptr"):
+        assert np.shares_memory(getattr(graph.A, name), getattr(mapped, name))
+    labels = np.where(split.train_mask, y, -1)
+    params = dict(backbone=backbone, sampler=sampler, batch_size=200, max_epochs=3, random_state=0)
+    clf = VQGNNClassifier(**params).fit(graph.nodes(), labels)
+    got = [clf.predict(graph.nodes()), clf.set_params(inference="exact").predict(graph.nodes())]
+    ref = VQGNNClassifier(**params).fit(A, X, labels)
+    np.testing.assert_array_equal(got[0], ref.predict(A, X))
+    np.testing.assert_array_equal(got[1], ref.set_params(inference="exact").predict(A, X))
+
+
+def test_an_adjacency_is_copied_unless_read_only_and_canonical(tmp_path):
+    """Writable arrays are copied (the caller may change them later); read-only ones that
+    `Graph` would change (unsorted rows, stored zeros, float64) are converted into a copy, and
+    bad weights still raise."""
+    A = sp.csr_array(np.array([[0, 2, 1], [2, 0, 0], [1, 0, 0]], dtype=np.float32))
+    assert not np.shares_memory(Graph(A, np.ones((3, 1))).A.data, A.data)
+    unsorted = A.copy()
+    unsorted.indices[:2] = unsorted.indices[:2][::-1].copy()
+    unsorted.data[:2] = unsorted.data[:2][::-1].copy()
+    zero = A.copy()
+    zero.data[0] = 0
+    for case in (unsorted, zero, sp.csr_array(A, dtype=np.float64)):
+        folder = tmp_path / str(id(case))
+        folder.mkdir()
+        mapped = _mapped_csr(case, folder)
+        graph = Graph(mapped, np.ones((3, 1)))
+        assert not np.shares_memory(graph.A.data, mapped.data)
+        assert graph.A.has_canonical_format and graph.A.data.dtype == np.float32
+        np.testing.assert_array_equal(graph.A.toarray(), case.toarray())
+        assert graph.A.nnz == np.count_nonzero(case.toarray())
+    negative = A.copy()
+    negative.data[0] = -1
+    folder = tmp_path / "negative"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="negative edge weights"):
+        Graph(_mapped_csr(negative, folder), np.ones((3, 1)))
+
+
 @pytest.mark.parametrize("sampler", ["cluster", "random"])
 def test_memory_mapped_features_are_read_in_place(tmp_path, sampler):
     """Features too large for memory stay on disk: a read-only ``numpy`` memory map is used
