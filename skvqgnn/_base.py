@@ -280,7 +280,17 @@ class BaseVQGNN(BaseEstimator):
         return graph.cached(
             key,
             lambda: ClusterSampler(
-                graph.A, b, self.parts_per_batch, seed, part=part, partitioner=self.partitioner
+                graph.A,
+                b,
+                self.parts_per_batch,
+                seed,
+                part=part,
+                partitioner=self.partitioner,
+                # the graph's answer, which its convolutions need anyway (label propagation
+                # would otherwise check again, a few passes over every entry)
+                symmetric=(
+                    part is None and self.partitioner == "label_propagation" and graph.is_symmetric
+                ),
             ),
         )
 

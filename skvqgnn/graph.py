@@ -455,7 +455,8 @@ def stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
-_SYMMETRY_ENTRIES = 1 << 22  # at most this many entries of the transpose built at once
+_SYMMETRY_ENTRIES = 1 << 22  # entries of the transpose built at once, unless ...
+_SYMMETRY_PASSES = 32  # ... that would take more passes over A than this
 
 
 def is_symmetric(A: sp.csr_array) -> bool:
@@ -464,8 +465,9 @@ def is_symmetric(A: sp.csr_array) -> bool:
     Exact, and without a transposed copy: every node's in- and out-degrees are compared first,
     then the rows of ``Aᵀ`` are built a block at a time by scanning ``A`` for the entries of the
     block's columns, and compared with the same rows of ``A``. A block holds a 32nd of the
-    entries (at most 4·10⁶): the memory is a block's and a few arrays of n; the time, a pass
-    over ``A`` per block and a linear sort of each block (`stable_order`).
+    entries, at most 4·10⁶ of them while that takes at most 32 blocks (above 1.3·10⁸ entries,
+    a 32nd): the memory is a block's and a few arrays of n; the time, a pass over ``A`` per
+    block and a linear sort of each block (`stable_order`).
     """
     n = A.shape[0]
     if A.shape[0] != A.shape[1]:
@@ -485,6 +487,7 @@ def is_symmetric(A: sp.csr_array) -> bool:
         return False
     del in_degree
     block = min(_SYMMETRY_ENTRIES, max(1 << 16, A.nnz // 32))
+    block = max(block, -(-A.nnz // _SYMMETRY_PASSES))  # a pass over A per block
     unsigned = np.dtype(f"uint{8 * A.indices.dtype.itemsize}")
     cuts = np.searchsorted(indptr, np.arange(0, A.nnz, block, dtype=indptr.dtype), side="right") - 1
     bounds = np.unique(np.r_[0, cuts, n])

@@ -129,7 +129,7 @@ def _best_labels(
 
 
 def label_propagation_partition(
-    A: sp.csr_array, n_parts: int, seed: int, n_rounds: int = 10
+    A: sp.csr_array, n_parts: int, seed: int, n_rounds: int = 10, symmetric: bool = False
 ) -> np.ndarray:
     """Part id (n,) of every node from size-capped label propagation, in memory linear in the
     graph and a few sorts of its entries per round.
@@ -148,6 +148,10 @@ def label_propagation_partition(
     seed : int
     n_rounds : int, default=10
         Rounds at most (fewer once almost no node moves).
+    symmetric : bool, default=False
+        ``True`` when ``A`` is known to be symmetric (a `Graph`'s cached ``is_symmetric``),
+        which spares the check of its pattern, a few passes over its entries; ``False``: the
+        pattern is checked.
 
     Returns
     -------
@@ -161,7 +165,7 @@ def label_propagation_partition(
         return np.arange(n, dtype=ids)
     A = sp.csr_array(A)
     pattern = sp.csr_array((np.ones(A.nnz, dtype=np.int8), A.indices, A.indptr), shape=A.shape)
-    mats = [A] if is_symmetric(pattern) else [A, A.T.tocsr()]
+    mats = [A] if symmetric or is_symmetric(pattern) else [A, A.T.tocsr()]
     del pattern
     degree = sum(np.diff(M.indptr) for M in mats)
     cap = math.ceil(n / n_parts)
@@ -222,6 +226,8 @@ class ClusterSampler(NodeSampler):
         it has as many parts as this sampler would make; ``A`` is then not read.
     partitioner : {"metis", "label_propagation"}, default="metis"
         `metis_partition` or `label_propagation_partition`.
+    symmetric : bool, default=False
+        ``True`` when ``A`` is known to be symmetric: label propagation skips its check.
     """
 
     def __init__(
@@ -232,6 +238,7 @@ class ClusterSampler(NodeSampler):
         seed: int = 0,
         part: np.ndarray | None = None,
         partitioner: str = "metis",
+        symmetric: bool = False,
     ):
         self.n_nodes = A.shape[0] if A is not None else len(part)
         self.batch_size = batch_size
@@ -243,8 +250,10 @@ class ClusterSampler(NodeSampler):
         if part is None:
             if A is None:
                 raise ValueError("ClusterSampler needs A when no usable partition is given")
-            cut = {"metis": metis_partition, "label_propagation": label_propagation_partition}
-            part = cut[partitioner](A, n_parts, seed)
+            if partitioner == "label_propagation":
+                part = label_propagation_partition(A, n_parts, seed, symmetric=symmetric)
+            else:
+                part = metis_partition(A, n_parts, seed)
         #: (n,) int32, every node's part: what a fitted estimator keeps to batch its training
         #: graph again without METIS
         self.part = np.asarray(part, dtype=np.int32)

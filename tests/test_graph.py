@@ -315,6 +315,22 @@ def test_stable_order_is_numpys_stable_sort(bound):
         np.testing.assert_array_equal(stable_order(k, bound), np.argsort(k, kind="stable"))
 
 
+def test_is_symmetric_passes_over_the_entries_at_most_32_times(monkeypatch):
+    """Each block of the transpose costs a pass over every entry, so the blocks grow with
+    the graph past 32 of them: at 10⁹ entries, 250 passes of 4·10⁶ entries took minutes.
+    A block is sorted once (`stable_order`): its calls count the blocks."""
+    import skvqgnn.graph
+
+    monkeypatch.setattr(skvqgnn.graph, "_SYMMETRY_ENTRIES", 16)  # the cap that would bind
+    calls = []
+    original = skvqgnn.graph.stable_order
+    monkeypatch.setattr(skvqgnn.graph, "stable_order", lambda *a: calls.append(1) or original(*a))
+    A, _, _, _ = make_csbm(2000, 3, avg_degree=5, n_features=2, random_state=0)
+    assert A.nnz > 32 * 16 * 16
+    assert is_symmetric(sp.csr_array(A))
+    assert 16 <= len(calls) <= 33, len(calls)  # blocks end at row boundaries: one more
+
+
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
 def test_is_symmetric_on_a_graph_with_more_than_65536_nodes(index_dtype):
     # 120,000 entries make two blocks of the transpose, each of more than 2¹⁶ rows: sorted by

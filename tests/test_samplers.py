@@ -119,3 +119,35 @@ def test_a_metis_failure_names_the_graph_and_the_way_out(monkeypatch):
         metis_partition(A, 4, 0)
     assert "sampler='random'" in str(info.value)
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_fit_checks_the_symmetry_of_its_graph_once(monkeypatch, symmetric):
+    """The convolutions need to know whether ``A`` is symmetric, and label propagation whether
+    its pattern is: a check costs passes over every entry (minutes at 10⁹), so a fit on an
+    undirected graph makes it once, the graph's, which the partitioner reuses; on a directed
+    one the partitioner checks the pattern itself. The partition is the same either way."""
+    import skvqgnn.graph
+    import skvqgnn.samplers
+    from skvqgnn import Graph, VQGNNClassifier
+
+    A, X, y, _ = make_csbm(600, 3, avg_degree=6, n_features=4, random_state=0)
+    if not symmetric:
+        A = sp.triu(A, format="csr") + sp.tril(A, format="csr") * 2  # weights one way
+    calls = []
+    original = skvqgnn.graph.is_symmetric
+
+    def counted(M):
+        calls.append(M.shape)
+        return original(M)
+
+    monkeypatch.setattr(skvqgnn.graph, "is_symmetric", counted)
+    monkeypatch.setattr(skvqgnn.samplers, "is_symmetric", counted)
+    graph = Graph(A, X)
+    params = dict(partitioner="label_propagation", batch_size=150, max_epochs=1)
+    clf = VQGNNClassifier(random_state=0, **params).fit(graph.nodes(), y)
+    assert len(calls) == (1 if symmetric else 2)
+    assert graph.is_symmetric == symmetric
+    n_parts = 4 * 4  # 600 nodes in batches of 150, four parts each
+    checked = label_propagation_partition(A, n_parts, clf._fit_seed_)  # its own check
+    np.testing.assert_array_equal(clf.partition_, checked)
