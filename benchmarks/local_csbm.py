@@ -1,12 +1,12 @@
 """A contextual SBM graph written to disk a block of nodes at a time, with its node ids in an
 order that keeps most edges short: the graph for runs larger than memory.
 
-``make_csbm`` builds its graph in memory (4.7 GiB at 10⁷ nodes, about 47 at 10⁸) and numbers its
-nodes at random, so that a batch's rows of features are scattered over the whole feature
-matrix. Graphs that do not fit in memory are stored in some locality-preserving order (a crawl,
-a BFS, a partition), and a fit that reads its features from disk depends on it: a row read at
-random from a cold memory map costs about 0.1 ms here (the kernel reads 128 KiB around it), so
-an epoch over 10⁸ nodes in random order would spend hours in page faults.
+``make_csbm`` builds its graph in memory (a peak of 4.7 GiB at 10⁷ nodes, growing with n) and
+numbers its nodes at random, so that a batch's rows of features are scattered over the whole
+feature matrix. Graphs that do not fit in memory are stored in some locality-preserving order
+(a crawl, a BFS, a partition), and a fit that reads its features from disk depends on it: a
+row read at random from a cold memory map costs about 0.1 ms here (the kernel reads 128 KiB
+around it), so an epoch over 10⁸ nodes in random order would spend hours in page faults.
 
 :func:`write_local_csbm` writes such a graph: a symmetric 0/1 adjacency in CSR (``indptr``,
 ``indices``, ``data`` as raw files) and the float32 features as a ``.npy`` file, plus int8
@@ -15,9 +15,9 @@ memory-mapped. Node ``i`` has class ``i mod n_classes``, features ``mean[class] 
 edges drawn as in ``make_csbm`` (a node of the same class with probability ``homophily``,
 otherwise of another class), of two kinds: a fraction ``1 - long_range`` joins a node to one at
 most ``window`` ids further, the rest join uniformly random nodes (self-loops dropped, repeated
-edges merged). Each block's edges and
-rows come from seeds of their own (the graph is a function of the seed and the block size), so
-generating it needs memory for one block's edges at a time.
+edges merged). Each block's edges and rows come from seeds of their own (the graph is a
+function of the seed and the block size), so generating it needs memory for one block's edges
+at a time.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ import os
 from typing import Any
 
 import numpy as np
-
-FILES = ("indptr", "indices", "data", "X.npy", "y", "split")
 
 
 def _local_edges(
