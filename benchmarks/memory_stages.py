@@ -47,6 +47,7 @@ SAMPLERS = {  # mode -> estimator parameters ("pyg": PyTorch Geometric, not the 
     "random": {"sampler": "random"},
     "cluster": {"sampler": "cluster", "partitioner": "metis"},
     "cluster-lp": {"sampler": "cluster", "partitioner": "label_propagation"},
+    "cluster-contiguous": {"sampler": "cluster", "partitioner": "contiguous"},
     "full": {"batch_size": None, "inference": "exact"},
     "pyg": None,
 }

@@ -138,7 +138,7 @@ class BaseVQGNN(BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "sampler": [StrOptions({"cluster", "random"})],
         "parts_per_batch": [Interval(Integral, 1, None, closed="left")],
-        "partitioner": [StrOptions({"metis", "label_propagation"})],
+        "partitioner": [StrOptions({"metis", "label_propagation", "contiguous"})],
         "inference": [StrOptions({"vq", "exact"})],
         "backward_messages": [StrOptions({"auto", "codewords", "none"})],
         "grad_scale": [Interval(Real, 0, None, closed="left")],

@@ -307,13 +307,16 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         most messages are intra-batch; ``"random"`` draws nodes uniformly.
     parts_per_batch : int, default=4
         Graph parts per batch for ``sampler="cluster"``.
-    partitioner : {"metis", "label_propagation"}, default="metis"
+    partitioner : {"metis", "label_propagation", "contiguous"}, default="metis"
         How ``sampler="cluster"`` cuts the graph into parts. ``"metis"``: METIS k-way (the
         most edges inside parts); its memory, about 250 bytes per node and 140 per stored
         adjacency entry, is what limits the largest graph a fit holds. ``"label_propagation"``:
         size-capped label propagation, linear in memory (a fraction of METIS's) and faster,
         with fewer edges inside parts (``doc/benchmarks/memory_stages.md``): for graphs METIS
-        cannot hold.
+        cannot hold. ``"contiguous"``: ranges of consecutive node ids, at no cost, as local
+        as the node order: for graphs stored with neighbours at nearby ids, and features
+        memory-mapped from disk, whose batches then read a few stretches of the file
+        (``doc/howto/scaling_up.md``).
     inference : {"vq", "exact"}, default="vq"
         ``"vq"``: mini-batch inference, out-of-batch messages from codewords. ``"exact"``:
         layer-wise full-neighbour inference over node chunks.

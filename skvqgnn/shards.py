@@ -57,7 +57,12 @@ from .convolutions import (
 )
 from .graph import Graph
 from .layers import Backbone, make_backbone
-from .samplers import NodeSampler, label_propagation_partition, metis_partition
+from .samplers import (
+    NodeSampler,
+    contiguous_partition,
+    label_propagation_partition,
+    metis_partition,
+)
 from .sketch import split_batch_edges
 
 __all__ = [
@@ -131,7 +136,7 @@ def write_shards(
     network = make_backbone(backbone)
     codes, classes = _encode_labels(y, n)
     if partitioner == "contiguous":
-        part = np.minimum(np.arange(n) * n_parts // n, n_parts - 1)
+        part = contiguous_partition(n, n_parts)
     elif partitioner == "metis":
         part = metis_partition(graph.A, n_parts, random_state)
     else:
@@ -579,7 +584,11 @@ class ShardSampler(NodeSampler):
             )
         self.clusters: dict[int, list[np.ndarray]] | None = None
         if blocks is not None:
-            cut = {"metis": metis_partition, "label_propagation": label_propagation_partition}
+            cut = {
+                "metis": metis_partition,
+                "label_propagation": label_propagation_partition,
+                "contiguous": lambda M, k, _: contiguous_partition(M.shape[0], k),
+            }
             self.clusters = {}
             for r in self.ranks:
                 labels = cut[partitioner](blocks(r), n_clusters, seed)

@@ -6,6 +6,7 @@ from skvqgnn.datasets import make_csbm
 from skvqgnn.samplers import (
     ClusterSampler,
     RandomNodeSampler,
+    contiguous_partition,
     label_propagation_partition,
     metis_partition,
 )
@@ -151,3 +152,24 @@ def test_a_fit_checks_the_symmetry_of_its_graph_once(monkeypatch, symmetric):
     n_parts = 4 * 4  # 600 nodes in batches of 150, four parts each
     checked = label_propagation_partition(A, n_parts, clf._fit_seed_)  # its own check
     np.testing.assert_array_equal(clf.partition_, checked)
+
+
+@pytest.mark.parametrize("n, n_parts", [(1000, 7), (1024, 4), (5, 8), (1, 3)])
+def test_contiguous_parts_are_ranges_of_ids_of_equal_size(n, n_parts):
+    part = contiguous_partition(n, n_parts)
+    assert part.dtype == np.int32 and len(part) == n
+    assert np.all(np.diff(part) >= 0)  # ranges of consecutive ids, in order
+    sizes = np.bincount(part)
+    assert len(sizes) == min(n, n_parts) and sizes.min() >= 1 and sizes.max() - sizes.min() <= 1
+
+
+def test_a_contiguous_cluster_sampler_joins_ranges_of_ids():
+    A = random_graph(1000, 4000, seed=0)
+    sampler = ClusterSampler(A, 100, parts_per_batch=4, partitioner="contiguous")
+    assert [len(p) for p in sampler.parts] == [25] * 40
+    for part in sampler.parts:
+        assert np.array_equal(part, np.arange(part[0], part[0] + 25))
+    batches = list(sampler.epoch(np.random.default_rng(0)))
+    assert _cover(batches, 1000) and all(len(b) == 100 for b in batches)
+    for batch in batches:  # four ranges of 25
+        assert len(np.unique(batch // 25)) == 4
