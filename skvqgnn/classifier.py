@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from ._base import BaseVQGNN, _check_not_empty, resolve_graph, view_arguments
 from .distributed import resolve_strategy
-from .graph import NodeSet, _node_index
+from .graph import NodeSet, _node_index, has_repeats
 from .layers import Backbone
 from .shards import GraphShard
 from .training import Task, rank_seed
@@ -657,7 +657,7 @@ class VQGNNClassifier(ClassifierMixin, BaseVQGNN):
         multilabel = found is None
         labels = np.full((graph.n_nodes, *y_view.shape[1:]), -1, dtype=np.int64)
         labels[nodes.index] = y_view
-        if len(np.unique(nodes.index)) < len(nodes):  # a node listed twice: one label for it
+        if has_repeats(nodes.index):  # a node listed twice: one label for it
             again = labels[nodes.index] != y_view
             if again.reshape(len(nodes), -1).any():
                 node = nodes.index[np.flatnonzero(again.reshape(len(nodes), -1).any(1))[0]]
