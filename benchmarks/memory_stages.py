@@ -410,7 +410,7 @@ def _on_disk_table(records: list[Record], memory_gib: float, intro: str | None =
         "test acc.",
     ]
     if intro is not None:
-        header.insert(3, "long-range edges")
+        header[3:3] = ["batch", "long-range edges"]
     lines = [
         "",
         intro
@@ -428,7 +428,7 @@ def _on_disk_table(records: list[Record], memory_gib: float, intro: str | None =
     lines += head
     for r, cells in rows:
         anon = fit_peak(r, "anon_gib")
-        local = f"{r['long_range']:g} | " if intro is not None else ""
+        local = f"{r['batch_size']:,} | {r['long_range']:g} | " if intro is not None else ""
         lines.append(
             f"| {r['n_nodes']:,} | {r['n_entries']:,} | {r['sampler']} | {local}"
             f"{r['floor_gib'] - r['adjacency_gib']:.2f} | {r['adjacency_gib']:.2f} | "

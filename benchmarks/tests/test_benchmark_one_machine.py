@@ -166,7 +166,7 @@ def test_runs_with_features_on_disk_get_their_own_table_and_projection():
 
 
 def test_runs_on_the_local_graph_get_their_own_table_and_the_moonshot_bar():
-    local = {"graph": "local", "long_range": 0.0}
+    local = {"graph": "local", "long_range": 0.0, "batch_size": 1024}
     records = [
         _disk_record(10**7, "random", 4.0),
         {**_disk_record(10**7, "cluster-lp", 3.0), **local},
@@ -178,7 +178,8 @@ def test_runs_on_the_local_graph_get_their_own_table_and_the_moonshot_bar():
     # the local runs are neither in the table of make_csbm's graphs nor in its projection
     assert "| 100,000,000 | 1,000,000,000 |" not in disk and "(cluster-lp, linear" not in disk
     rows = [line for line in local_part.splitlines() if line.startswith("| 1")]
-    assert len(rows) == 2 and "| 100,000,000 | 1,000,000,000 | cluster-lp | 0 | 0.75 |" in rows[1]
+    assert len(rows) == 2
+    assert "| 100,000,000 | 1,000,000,000 | cluster-lp | 1,024 | 0 | 0.75 |" in rows[1]
     assert "**Moonshot: 100,000,000 nodes" in local_part and "peak 20.00 GiB" in local_part
     assert "**PASS**" in local_part
     over = {**_disk_record(10**8, "cluster-lp", 24.0), **local}
