@@ -383,12 +383,12 @@ def local_graph(record: Record) -> bool:
 
 LOCAL_INTRO = (
     "**Graph and features on disk, node ids in local order** (`--graph local`): "
-    "`local_csbm.py` writes the graph a block of nodes at a time (the same class, degree "
-    "and features model as `make_csbm`, but most edges (all, without long-range ones) join "
-    "nodes at most 1000 ids apart), the adjacency and the features are opened memory-mapped "
-    "and the `Graph` is built on the maps; the cluster sampler's parts then lie in short "
-    "ranges of ids, and a batch reads its rows of features from a few places on the disk. "
-    "Anonymous peak per stage in GiB, file-backed peak in brackets, as above."
+    "`local_csbm.py` writes the graph a block of nodes at a time, with `make_csbm`'s model of "
+    "classes, degrees and features but edges between nodes at most 1000 ids apart (except a "
+    "long-range share, if any); the adjacency and the features are opened memory-mapped and "
+    'the `Graph` uses both in place. With `partitioner="contiguous"` (`cluster-contiguous`) '
+    "the parts are ranges of ids, and a batch reads its rows from a few stretches of the "
+    "files. Anonymous peak per stage in GiB, file-backed peak in brackets, as above."
 )
 
 
