@@ -286,6 +286,27 @@ def test_cluster_batches_are_clusters_inside_each_part(tmp_path):
     assert inside(batches) > 1.5 * inside(seen["random"].nodes)
 
 
+def test_contiguous_cluster_batches_are_ranges_inside_each_part(tmp_path):
+    """partitioner="contiguous" on a partition: each part is cut into ranges of its own ids,
+    and a batch joins ranges of one part; every node once per epoch."""
+    A, X, y = worker.data()
+    write_shards(tmp_path, A, X, 2, y=y)
+    shard = load_shard(tmp_path, "all")
+    seen = Seen()
+    params = {**PARAMS, "sampler": "cluster", "partitioner": "contiguous", "max_epochs": 1}
+    VQGNNClassifier(**params).fit(shard, callbacks=[seen])
+    batches = seen.nodes
+    assert len(batches) == 2 * 3 and np.array_equal(
+        np.sort(np.concatenate(batches)), np.arange(600)
+    )
+    ranges = 300 // (3 * 4)  # 3 batches of 4 ranges per part of 300 nodes
+    for b in batches:
+        part = np.searchsorted(shard.offsets, b.min(), "right")
+        assert part == np.searchsorted(shard.offsets, b.max(), "right")
+        local = b - shard.offsets[part - 1]
+        assert len(np.unique(local // ranges)) == 4  # four whole ranges of the part's ids
+
+
 # -- two processes ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two_ranks(partitions):
