@@ -224,7 +224,9 @@ def contiguous_partition(n: int, n_parts: int) -> np.ndarray:
     """
     ids = np.int32 if n <= np.iinfo(np.int32).max else np.int64
     n_parts = max(1, min(n_parts, n))
-    return (np.arange(n, dtype=np.int64) * n_parts // max(n, 1)).astype(ids)
+    # node i goes to part i * n_parts // n: part k starts at ceil(k n / n_parts)
+    starts = -(-np.arange(n_parts + 1, dtype=np.int64) * n // n_parts)
+    return np.repeat(np.arange(n_parts, dtype=ids), np.diff(starts))
 
 
 class ClusterSampler(NodeSampler):

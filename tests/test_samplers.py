@@ -163,6 +163,18 @@ def test_contiguous_parts_are_ranges_of_ids_of_equal_size(n, n_parts):
     assert len(sizes) == min(n, n_parts) and sizes.min() >= 1 and sizes.max() - sizes.min() <= 1
 
 
+def test_contiguous_parts_cost_no_memory_beyond_their_result():
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        part = contiguous_partition(1 << 22, 1 << 12)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.1 * part.nbytes, f"{peak / part.nbytes:.2f}x the result"
+
+
 def test_a_contiguous_cluster_sampler_joins_ranges_of_ids():
     A = random_graph(1000, 4000, seed=0)
     sampler = ClusterSampler(A, 100, parts_per_batch=4, partitioner="contiguous")
