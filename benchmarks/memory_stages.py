@@ -18,7 +18,10 @@ are resident, but the kernel can drop them at any time; what the process cannot 
 its anonymous memory (``RssAnon``), which a thread samples every 10 ms in every stage, beside
 the file-backed pages (``RssFile``). Runs with features on disk get their own table, their
 anonymous peak set against the adjacency alone, and, where two sizes were run, a linear
-projection of that peak to 10⁸ nodes.
+projection of that peak to 10⁸ nodes. With ``--graph local`` the graph is written to disk a
+block at a time by ``local_csbm.py`` (node ids in an order that keeps edges short) and both
+its adjacency and its features are memory-mapped: the runs larger than memory, with a table
+of their own and the moonshot line.
 
 The provenance, table and bar replace the generated region of ``--out`` (by default
 ``doc/benchmarks/memory_stages.md``); raw records go to ``--json``, from which ``--from-json``
