@@ -26,7 +26,7 @@ from .convolutions import Convolution, GraphData
 from .distributed import Local, Strategy
 from .graph import Graph, NodeSet, PairSet, is_pyg_data
 from .layers import BACKBONES, VQGNN, Backbone, make_backbone
-from .samplers import ClusterSampler, NodeSampler, RandomNodeSampler
+from .samplers import PARTITIONERS, ClusterSampler, NodeSampler, RandomNodeSampler
 from .shards import GraphShard, ShardData, ShardSampler
 from .sketch import resolve_backend
 from .training import Callback, FitLoop, ProgressBar, Task
@@ -138,7 +138,7 @@ class BaseVQGNN(BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "sampler": [StrOptions({"cluster", "random"})],
         "parts_per_batch": [Interval(Integral, 1, None, closed="left")],
-        "partitioner": [StrOptions({"metis", "label_propagation", "contiguous"})],
+        "partitioner": [StrOptions(set(PARTITIONERS))],
         "inference": [StrOptions({"vq", "exact"})],
         "backward_messages": [StrOptions({"auto", "codewords", "none"})],
         "grad_scale": [Interval(Real, 0, None, closed="left")],

@@ -229,6 +229,24 @@ def contiguous_partition(n: int, n_parts: int) -> np.ndarray:
     return np.repeat(np.arange(n_parts, dtype=ids), np.diff(starts))
 
 
+PARTITIONERS = ("metis", "label_propagation", "contiguous")
+
+
+def partition(
+    A: sp.csr_array, n_parts: int, seed: int, partitioner: str = "metis", symmetric: bool = False
+) -> np.ndarray:
+    """Part id (n,) of every node of ``A`` by the partitioner named, one of `PARTITIONERS`:
+    `metis_partition`, `label_propagation_partition` (``symmetric``: ``A`` is known to be
+    symmetric) or `contiguous_partition`."""
+    if partitioner == "metis":
+        return metis_partition(A, n_parts, seed)
+    if partitioner == "label_propagation":
+        return label_propagation_partition(A, n_parts, seed, symmetric=symmetric)
+    if partitioner == "contiguous":
+        return contiguous_partition(A.shape[0], n_parts)
+    raise ValueError(f"partitioner must be one of {PARTITIONERS}, got {partitioner!r}")
+
+
 class ClusterSampler(NodeSampler):
     """Batches of ``parts_per_batch`` random graph parts of about ``batch_size / parts_per_batch``.
 
@@ -270,12 +288,7 @@ class ClusterSampler(NodeSampler):
         if part is None:
             if A is None:
                 raise ValueError("ClusterSampler needs A when no usable partition is given")
-            if partitioner == "label_propagation":
-                part = label_propagation_partition(A, n_parts, seed, symmetric=symmetric)
-            elif partitioner == "contiguous":
-                part = contiguous_partition(self.n_nodes, n_parts)
-            else:
-                part = metis_partition(A, n_parts, seed)
+            part = partition(A, n_parts, seed, partitioner, symmetric)
         #: (n,) int32, every node's part: what a fitted estimator keeps to batch its training
         #: graph again without METIS
         self.part = np.asarray(part, dtype=np.int32)

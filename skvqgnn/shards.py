@@ -57,12 +57,7 @@ from .convolutions import (
 )
 from .graph import Graph
 from .layers import Backbone, make_backbone
-from .samplers import (
-    NodeSampler,
-    contiguous_partition,
-    label_propagation_partition,
-    metis_partition,
-)
+from .samplers import PARTITIONERS, NodeSampler, partition
 from .sketch import split_batch_edges
 
 __all__ = [
@@ -75,7 +70,6 @@ __all__ = [
 ]
 
 FORMAT, VERSION = "skvqgnn-shards", 1
-_PARTITIONERS = ("metis", "label_propagation", "contiguous")
 # bytes per process and round of `Sharing.gather` (a module attribute, so a test can make the
 # rounds many)
 GATHER_BYTES = 1 << 22
@@ -124,8 +118,8 @@ def write_shards(
     """
     if not isinstance(n_parts, int | np.integer) or n_parts < 1:
         raise ValueError(f"n_parts must be a positive integer, got {n_parts!r}")
-    if partitioner not in _PARTITIONERS:
-        raise ValueError(f"partitioner must be one of {_PARTITIONERS}, got {partitioner!r}")
+    if partitioner not in PARTITIONERS:
+        raise ValueError(f"partitioner must be one of {PARTITIONERS}, got {partitioner!r}")
     folder = Path(folder)
     if (folder / "partition.json").exists():
         raise FileExistsError(f"{folder} holds a partition already; write to a new folder")
@@ -135,12 +129,7 @@ def write_shards(
         raise ValueError(f"n_parts={n_parts} exceeds the {n} nodes of the graph")
     network = make_backbone(backbone)
     codes, classes = _encode_labels(y, n)
-    if partitioner == "contiguous":
-        part = contiguous_partition(n, n_parts)
-    elif partitioner == "metis":
-        part = metis_partition(graph.A, n_parts, random_state)
-    else:
-        part = label_propagation_partition(graph.A, n_parts, random_state)
+    part = partition(graph.A, n_parts, random_state, partitioner)
     order = np.argsort(part, kind="stable")  # new id -> original id
     offsets = np.zeros(n_parts + 1, dtype=np.int64)
     np.cumsum(np.bincount(part, minlength=n_parts), out=offsets[1:])
@@ -584,14 +573,9 @@ class ShardSampler(NodeSampler):
             )
         self.clusters: dict[int, list[np.ndarray]] | None = None
         if blocks is not None:
-            cut = {
-                "metis": metis_partition,
-                "label_propagation": label_propagation_partition,
-                "contiguous": lambda M, k, _: contiguous_partition(M.shape[0], k),
-            }
             self.clusters = {}
             for r in self.ranks:
-                labels = cut[partitioner](blocks(r), n_clusters, seed)
+                labels = partition(blocks(r), n_clusters, seed, partitioner)
                 members = _members(labels, n_clusters)
                 self.clusters[r] = [int(self.offsets[r]) + m for m in members]
 

@@ -555,38 +555,26 @@ def test_two_hidden_layers_with_random_batches_come_close_to_full_graph(csbm_600
     assert vq_acc >= full_acc - margin, (vq_acc, full_acc)
 
 
-def test_contiguous_partitioner_trains_on_ranges_of_ids_without_a_partitioner(csbm, monkeypatch):
-    """``partitioner="contiguous"`` cuts the node order into ranges: neither METIS nor label
-    propagation runs, the parts are ranges, and on this graph (ids in random order, so the
-    ranges are random parts) it trains as well as the label-propagation test above asks."""
+@pytest.mark.parametrize("partitioner", ["label_propagation", "contiguous"])
+def test_other_partitioners_train_without_metis(csbm, monkeypatch, partitioner):
+    """``partitioner="label_propagation"`` and ``"contiguous"`` (ranges of the node order;
+    ids in random order here, so random parts) train without METIS, in equal parts, to the
+    same accuracy; contiguous parts call no partitioner at all."""
     import skvqgnn.samplers
 
-    def no_partitioner(*args, **kwargs):
-        raise AssertionError("a partitioner was called")
+    def banned(*args, **kwargs):
+        raise AssertionError("a partitioner that was not asked for was called")
 
-    monkeypatch.setattr(skvqgnn.samplers, "metis_partition", no_partitioner)
-    monkeypatch.setattr(skvqgnn.samplers, "label_propagation_partition", no_partitioner)
+    monkeypatch.setattr(skvqgnn.samplers, "metis_partition", banned)
+    if partitioner == "contiguous":
+        monkeypatch.setattr(skvqgnn.samplers, "label_propagation_partition", banned)
     A, X, y, split = csbm
-    clf = VQGNNClassifier(random_state=0, partitioner="contiguous", **FAST)
-    clf.fit(A, X, _labels(y, split))
-    sizes = np.bincount(clf.partition_)
-    assert len(sizes) == 24 and sizes.max() - sizes.min() <= 1  # 6 batches of 4 parts
-    assert np.all(np.diff(clf.partition_) >= 0)  # ranges of consecutive ids
-    assert _acc(clf.predict(A, X), y, split.test_mask) > 0.8
-
-
-def test_label_propagation_partitioner_trains_without_metis(csbm, monkeypatch):
-    import skvqgnn.samplers
-
-    def no_metis(*args, **kwargs):
-        raise AssertionError("METIS was called")
-
-    monkeypatch.setattr(skvqgnn.samplers, "metis_partition", no_metis)
-    A, X, y, split = csbm
-    clf = VQGNNClassifier(random_state=0, partitioner="label_propagation", **FAST)
+    clf = VQGNNClassifier(random_state=0, partitioner=partitioner, **FAST)
     clf.fit(A, X, _labels(y, split))
     sizes = np.bincount(clf.partition_)
     assert len(sizes) == 24 and sizes.max() - sizes.min() <= 1  # 6 batches of 4 parts
     assert _acc(clf.predict(A, X), y, split.test_mask) > 0.8
-    with pytest.raises(AssertionError, match="METIS"):  # the default partitioner is METIS
+    if partitioner == "contiguous":
+        assert np.all(np.diff(clf.partition_) >= 0)  # ranges of consecutive ids
+    with pytest.raises(AssertionError, match="not asked for"):  # the default is METIS
         VQGNNClassifier(random_state=0, **FAST).fit(A, X, _labels(y, split))
