@@ -232,6 +232,10 @@ def main(scenario: str, out: Path) -> None:
         # without tearing the group down
         sys.stdout.flush()
         os._exit(0)
+    # every rank reaches the teardown before any closes its connections: a rank that tears
+    # down while the other still reads its last collective's messages can make gloo abort
+    # (std::terminate in a destructor), after the results were written
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
