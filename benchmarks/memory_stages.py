@@ -54,6 +54,7 @@ SAMPLERS = {  # mode -> estimator parameters ("pyg": PyTorch Geometric, not the 
     "full": {"batch_size": None, "inference": "exact"},
     "pyg": None,
 }
+BACKBONES = ("gcn", "sage", "gat", "gin", "gcnii", "transformer")
 BAR = 2.0  # a fit's absolute peak RSS at most this many data floors
 GIB = 2**30
 
@@ -227,6 +228,7 @@ def _skvqgnn_fit(spec: Record, stages: Stages, graph: Any, labels: Any) -> tuple
 
     settings = {"batch_size": spec["batch_size"], **SAMPLERS[spec["sampler"]]}
     clf = VQGNNClassifier(
+        backbone=backbone(spec),
         n_codewords=spec["n_codewords"],
         max_epochs=spec["epochs"],
         random_state=0,
@@ -273,6 +275,17 @@ def _pyg_fit(spec: Record, stages: Stages, data: Any) -> tuple[float, Any]:
 FIT_STAGES = ("generate", "Graph")  # the stages before the fit, not the bar's
 
 
+def backbone(record: Record) -> str:
+    """The run's backbone (records without one are gcn's)."""
+    return record.get("backbone", "gcn")
+
+
+def label(record: Record) -> str:
+    """The run's sampler, and its backbone where it is not gcn."""
+    other = backbone(record) != "gcn"
+    return record["sampler"] + (f" {backbone(record)}" if other else "")
+
+
 def on_disk(record: Record) -> bool:
     """Whether the run's features were memory-mapped from disk."""
     return record.get("features") == "disk"
@@ -285,7 +298,7 @@ def fit_peak(record: Record, key: str = "peak_gib") -> float:
 
 
 def summary(record: Record) -> str:
-    head = f"n={record['n_nodes']:,} {record['sampler']}"
+    head = f"n={record['n_nodes']:,} {label(record)}"
     tail = f"fit {record['fit_s']:.0f} s, accuracy {record['test_accuracy']:.3f}"
     if on_disk(record):
         anon = fit_peak(record, "anon_gib")
@@ -312,7 +325,7 @@ def _table(header: list[str], records: list[Record], names: list[str], cell: Any
     cells for the stages ``names`` (``cell(stage)``; empty where the run had no such stage)."""
     head = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
-    for r in sorted(records, key=lambda r: (r["n_nodes"], r["sampler"])):
+    for r in sorted(records, key=lambda r: (r["n_nodes"], r["sampler"], backbone(r))):
         by = {s["stage"]: s for s in r["stages"]}
         rows.append((r, [cell(by[name]) if name in by else "" for name in names]))
     return head, rows
@@ -347,16 +360,16 @@ def _in_memory_table(records: list[Record]) -> list[str]:
         ratio = fit_peak(r) / r["floor_gib"]
         above = (fit_peak(r) - r["baseline_gib"]) / r["floor_gib"]
         lines.append(
-            f"| {r['n_nodes']:,} | {r['n_entries']:,} | {r['sampler']} | {r['floor_gib']:.2f} | "
+            f"| {r['n_nodes']:,} | {r['n_entries']:,} | {label(r)} | {r['floor_gib']:.2f} | "
             + " | ".join(cells)
             + f" | {ratio:.2f} | {above:.2f} | {r['fit_s']:.0f} | {r['test_accuracy']:.3f} |"
         )
     largest = max(records, key=lambda r: r["n_nodes"])
     at_largest = [r for r in records if r["n_nodes"] == largest["n_nodes"]]
     verdicts = []
-    for r in sorted(at_largest, key=lambda r: r["sampler"]):
+    for r in sorted(at_largest, key=lambda r: (r["sampler"], backbone(r))):
         ratio = fit_peak(r) / r["floor_gib"]
-        verdicts.append(f"{r['sampler']} {ratio:.2f}x: **{'PASS' if ratio <= BAR else 'FAIL'}**")
+        verdicts.append(f"{label(r)} {ratio:.2f}x: **{'PASS' if ratio <= BAR else 'FAIL'}**")
     lines += [
         "",
         f"**Bar: a fit (set-up, epochs, refresh) and `predict` peak at most {BAR:g}x the data "
@@ -433,7 +446,7 @@ def _on_disk_table(records: list[Record], memory_gib: float, intro: str | None =
         anon = fit_peak(r, "anon_gib")
         local = f"{r['batch_size']:,} | {r['long_range']:g} | " if intro is not None else ""
         lines.append(
-            f"| {r['n_nodes']:,} | {r['n_entries']:,} | {r['sampler']} | {local}"
+            f"| {r['n_nodes']:,} | {r['n_entries']:,} | {label(r)} | {local}"
             f"{r['floor_gib'] - r['adjacency_gib']:.2f} | {r['adjacency_gib']:.2f} | "
             + " | ".join(cells)
             + f" | {anon:.2f} | {anon / r['adjacency_gib']:.2f} | {r['fit_s']:.0f} | "
@@ -448,11 +461,11 @@ def _on_disk_table(records: list[Record], memory_gib: float, intro: str | None =
             "",
             f"**Moonshot: {largest['n_nodes']:,} nodes with the features on disk, a peak below "
             f"this machine's {memory_gib:g} GiB**: anonymous fit-and-predict peak {anon:.2f} "
-            f"GiB ({largest['sampler']}), **{verdict}**; with the mapped files' resident pages, "
+            f"GiB ({label(largest)}), **{verdict}**; with the mapped files' resident pages, "
             f"which the kernel drops under pressure, {whole:.2f} GiB.",
         ]
-    for sampler in sorted({r["sampler"] for r in records}):
-        projected = projection([r for r in records if r["sampler"] == sampler])
+    for sampler in sorted({label(r) for r in records}):
+        projected = projection([r for r in records if label(r) == sampler])
         if projected is not None:
             lines += [
                 "",
@@ -510,6 +523,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="--graph local: the fraction of edges joining random nodes; the others join nodes "
         "at most 1000 ids apart",
     )
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        choices=BACKBONES,
+        default=["gcn"],
+        help="the estimator's backbone (the samplers' runs are repeated for each)",
+    )
     parser.add_argument("--avg-degree", type=float, default=10.0)
     parser.add_argument("--n-features", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -524,8 +544,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.features = ["disk"]
     if "disk" in args.features and "pyg" in args.samplers:
         parser.error("--features disk cannot run pyg: PyTorch Geometric copies X into a tensor")
+    if "pyg" in args.samplers and args.backbones != ["gcn"]:
+        parser.error("pyg runs GCNConv: run it with --backbones gcn")
     # what machine_info records of every benchmark
-    args.datasets, args.backbones, args.seeds = [args.graph], ["gcn"], [0]
+    args.datasets, args.seeds = [args.graph], [0]
     args.max_epochs = args.epochs
     return args
 
@@ -542,10 +564,12 @@ def make_specs(args: argparse.Namespace) -> list[Record]:
             "epochs": args.epochs,
             **({"features": "disk"} if features == "disk" else {}),
             **({"graph": "local", "long_range": args.long_range} if args.graph == "local" else {}),
+            **({"backbone": b} if b != "gcn" else {}),
         }
         for n in args.sizes
         for sampler in args.samplers
         for features in args.features
+        for b in args.backbones
     ]
 
 
