@@ -234,6 +234,9 @@ class Convolution:
     uses_initial : bool
         Whether its messages read the first layer's output (an initial residual): exact
         inference then keeps that layer's output for every node.
+    every_pair : bool
+        Whether its exact messages read every node for each receiver (global attention): an
+        exact layer then costs n² work, so the codebook initialisation does not run one.
     matrix : csr_array or None
         The (receiver, sender) pattern it aggregates over; ``None`` for the identity and for
         every pair.
@@ -244,6 +247,7 @@ class Convolution:
     whole_vectors: ClassVar[bool] = False
     backward_by_default: ClassVar[bool] = False
     uses_initial: ClassVar[bool] = False
+    every_pair: ClassVar[bool] = False
     matrix: sp.csr_array | None = None
 
     # -- host: once per graph
@@ -1002,6 +1006,7 @@ class GlobalAttention(Attention):
 
     name = "global"
     whole_vectors = True
+    every_pair = True
 
     def batch(self, ctx, edges, tedges, backward) -> Part:  # noqa: D102
         part, device, nodes = Part(), ctx.device, ctx.nodes

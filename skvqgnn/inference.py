@@ -43,20 +43,32 @@ __all__ = [
 _KMEANS_SAMPLE = 8192  # rows the k-means of a codebook initialisation is fitted on
 _KMEANS_ITERS = 10
 _CHUNK_ROWS = 8192  # rows of a layer's inputs held at once by the codebook initialisation
+_MOMENT_BYTES = 1 << 22  # float64 bytes of the feature rows `_column_moments` holds at once
 
 
 def _column_moments(M: np.ndarray | sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and unbiased variance (f,) of a dense or CSR matrix (1 for one row)."""
-    n = M.shape[0]
-    if sp.issparse(M):
-        mean = np.asarray(M.mean(axis=0), dtype=np.float64).ravel()
-        square = np.asarray(M.multiply(M).mean(axis=0), dtype=np.float64).ravel()
-    else:
-        mean = M.mean(axis=0, dtype=np.float64)
-        square = np.square(M, dtype=np.float64).mean(axis=0)
+    """Per-column mean and unbiased variance (f,) of a dense or CSR matrix (1 for one row),
+    in float64, from blocks of about `_MOMENT_BYTES` of rows: a float64 copy of a large
+    (or memory-mapped) feature matrix would be twice its size."""
+    n, f = M.shape
+    total, square = np.zeros(f), np.zeros(f)
+    step = max(1, _MOMENT_BYTES // (8 * max(f, 1)))
+    for lo in range(0, n, step):
+        block = M[lo : lo + step]
+        if sp.issparse(block):
+            block = sp.csr_array(block)
+            block.sum_duplicates()
+            values = block.data.astype(np.float64)
+            total += np.bincount(block.indices, weights=values, minlength=f)
+            square += np.bincount(block.indices, weights=values * values, minlength=f)
+        else:
+            values = np.asarray(block, dtype=np.float64)
+            total += values.sum(axis=0)
+            square += np.einsum("ij,ij->j", values, values)
+    mean = total / max(n, 1)
     if n < 2:
         return mean, np.ones_like(mean)
-    return mean, np.maximum(square - mean**2, 0.0) * n / (n - 1)
+    return mean, np.maximum(square / n - mean**2, 0.0) * n / (n - 1)
 
 
 def _streamed_moments(
@@ -223,6 +235,19 @@ def initialise_codebooks(
     model.eval()
     tables: list[AssignmentTable] = []
     weight = sampler.batch_size / data.n_nodes
+    input_table = None
+    if sharing is None and any(conv.every_pair for conv in data.convolutions):
+        # exact global attention scores every pair of nodes, n² work (hours at 10⁶ nodes):
+        # each level clusters instead the VQ inference output of its layer for every node,
+        # the layers below through their codewords (the input codebook first), linear in n
+        if model.input_codebook is not None:
+            input_table = _initialise_input(model, data, gen, device)
+        every = np.arange(data.n_nodes)
+        for level, cb in enumerate(model.codebooks):
+            H = vq_inference(model, data, tables, input_table, sampler, every, device, level)
+            tables.append(initialise_codebook(cb, H.numpy(), weight, gen, device))
+            del H
+        return tables, input_table
     for level, cb in enumerate(model.codebooks):
         if sharing is None:
             source, initial = _exact_pass(model, data, device, level)
@@ -243,15 +268,19 @@ def initialise_codebooks(
         )
         if sharing is None:
             del source, initial
-    input_table = None
     if model.input_codebook is not None:
-        # raw features are clustered in their own scale: the first layer projects them
-        # linearly, so the plain distance bounds the error of a projected codeword, while
-        # per-dimension whitening would let rare features (rare words) decide the clusters
-        input_table = initialise_codebook(
-            model.input_codebook, data.graph.X, 1.0, gen, device, whiten=False
-        )
+        input_table = _initialise_input(model, data, gen, device)
     return tables, input_table
+
+
+def _initialise_input(
+    model: VQGNN, data: GraphData, gen: torch.Generator, device: torch.device
+) -> AssignmentTable:
+    """The input codebook of learnable convolutions from the raw features, and their codes."""
+    # raw features are clustered in their own scale: the first layer projects them linearly,
+    # so the plain distance bounds the error of a projected codeword, while per-dimension
+    # whitening would let rare features (rare words) decide the clusters
+    return initialise_codebook(model.input_codebook, data.graph.X, 1.0, gen, device, whiten=False)
 
 
 def _exact_rows(

@@ -90,28 +90,33 @@ def test_step_memory_is_bounded_in_the_degree(backbone):
         assert d <= 2 * s, (backbone, what, sparse, dense)
 
 
-def test_set_up_holds_no_matrix_of_all_nodes_beside_the_graph():
+@pytest.mark.parametrize("backbone", ["gcn", "gat"])
+def test_set_up_holds_no_matrix_of_all_nodes_beside_the_graph(backbone):
     """A fit's set-up allocates nothing of size n·f on the host beside the graph: the first
     layer's inputs ``C X`` are computed per batch (the convolutions keep the structure of ``C``
-    only), and the first codebook clusters the first layer's output chunk by chunk. NumPy's
-    allocations are traced (``tracemalloc``); one (n, 64) float32 matrix here is 20 MB, the
-    structure of ``C`` about 5 MB."""
+    only), the first codebook clusters the first layer's output chunk by chunk, and the input
+    codebook of attention (gat) takes the features' moments a block of rows at a
+    time. NumPy's allocations are traced (``tracemalloc``); one (n, 64) float32 matrix here is
+    41 MB, the structure of ``C`` about 10 MB; gat's exact layer holds the rows of a chunk of
+    receivers and of their senders, about 15 MB whatever n."""
     import tracemalloc
 
     from skvqgnn.inference import initialise_codebooks
     from skvqgnn.samplers import RandomNodeSampler
 
-    n, f = 80_000, 64
+    n, f = 160_000, 64
     A, X, _, _ = make_csbm(n, 4, avg_degree=6, n_features=f, random_state=0)
     graph = Graph(A, X.astype(np.float32))
     matrix = n * f * 4
     tracemalloc.start()
     try:
-        bb = make_backbone("gcn")
+        bb = make_backbone(backbone)
         data = GraphData(graph, bb)
         kept = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
-        model = VQGNN(bb, data.kinds, [f, 64, 4], K, 4, 0.99, 1.0, 0.0)
+        D = None if any(kind.learnable for kind in data.kinds) else 4  # codeword_dim="auto"
+        model = VQGNN(bb, data.kinds, [f, 64, 4], K, D, 0.99, 1.0, 0.0)
+        assert (model.input_codebook is not None) == (backbone != "gcn")
         gen = torch.Generator().manual_seed(0)
         initialise_codebooks(model, data, RandomNodeSampler(n, B), gen, torch.device("cpu"))
         init_peak = tracemalloc.get_traced_memory()[1] - kept
@@ -244,3 +249,68 @@ def test_predict_keeps_a_small_integer_per_node_not_every_node_logits(monkeypatc
     expected = (proba > 0.5).astype(int) if multilabel else clf.classes_[proba.argmax(1)]
     np.testing.assert_array_equal(predicted, expected)
     np.testing.assert_array_equal(clf.transduction_, expected)
+
+
+def test_the_graph_transformer_set_up_runs_no_exact_layer(monkeypatch):
+    """The graph transformer's exact layer attends over every pair of nodes (n² work: hours
+    at 10⁶ nodes), so a fit initialises its codebooks from the VQ inference output of each
+    layer instead (the input codebook first), a cost linear in n; the codes it starts from
+    are real clusterings and the network learns from them."""
+    from skvqgnn import VQGNNClassifier
+    from skvqgnn.convolutions import GlobalAttention
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an exact global-attention layer ran")
+
+    monkeypatch.setattr(GlobalAttention, "exact_messages", refuse)
+    n = 600
+    A, X, y, split = make_csbm(n, 3, avg_degree=6, n_features=8, random_state=0)
+    clf = VQGNNClassifier(
+        backbone="transformer", batch_size=100, n_codewords=16, max_epochs=40, random_state=0
+    )
+    clf.fit(A, X, np.where(split.train_mask, y, -1))
+    for table in [*clf.tables_, clf.input_table_]:
+        assert table.codes.shape[0] == n
+        for s in range(table.codes.shape[1]):
+            assert len(np.unique(table.codes[:, s])) > 4
+    test = split.test_mask
+    assert np.mean(clf.predict(A, X)[test] == y[test]) > 0.6  # chance: 1/3
+
+
+@pytest.mark.parametrize("kind", ["dense", "memmap", "csr"])
+def test_feature_moments_from_blocks_of_rows_are_the_moments(kind, monkeypatch, tmp_path):
+    """The input codebook's standardiser: per-column mean and unbiased variance of the raw
+    features, summed a block of rows at a time (here blocks of 7 rows, the last one short),
+    equal those of the whole matrix; a sparse matrix's repeated entries count as their sum."""
+    import scipy.sparse as sp
+
+    import skvqgnn.inference as inference
+
+    monkeypatch.setattr(inference, "_MOMENT_BYTES", 8 * 5 * 7)
+    rng = np.random.default_rng(0)
+    n = 40  # not a multiple of the block
+    dense = (rng.standard_normal((n, 5)) * [1, 10, 0.1, 3, 0] + 4).astype(np.float32)
+    M = dense
+    if kind == "memmap":
+        np.save(tmp_path / "X.npy", dense)
+        M = np.load(tmp_path / "X.npy", mmap_mode="r")
+    elif kind == "csr":
+        dense[rng.random(dense.shape) < 0.5] = 0.0
+        half = sp.csr_array(dense / 2)
+        # every entry stored twice, as two halves, side by side in its row
+        row_of = np.repeat(np.arange(n), np.diff(half.indptr))
+        key = np.r_[row_of, row_of]  # rows in order, each row's two copies together
+        order = np.argsort(key, kind="stable")
+        M = sp.csr_array(
+            (
+                np.r_[half.data, half.data][order],
+                np.r_[half.indices, half.indices][order],
+                half.indptr * 2,
+            ),
+            shape=dense.shape,
+        )
+        assert M.nnz == 2 * half.nnz and not M.has_canonical_format
+    mean, var = inference._column_moments(M)
+    exact = dense.astype(np.float64)
+    np.testing.assert_allclose(mean, exact.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(var, exact.var(0, ddof=1), rtol=1e-9, atol=1e-12)
