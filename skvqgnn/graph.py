@@ -427,13 +427,11 @@ def attention_mask(A: sp.csr_array) -> sp.csr_array:
     sparse csr_array of shape (n_nodes, n_nodes)
         float32, every stored entry 1, indices sorted.
     """
-    n = A.shape[0]
-    pattern = sp.csr_array(A, dtype=np.float32, copy=True)
-    pattern.eliminate_zeros()
-    pattern.data[:] = 1.0
-    M = (pattern + sp.eye_array(n, format="csr", dtype=np.float32)).tocsr()
+    # the loops inserted into one copy of A's arrays (a pattern copy plus the sum A + I held
+    # about twice that at once); then the stored zeros, none of them on the diagonal, go
+    M = with_unit_self_loops(A)
+    M.eliminate_zeros()
     M.data[:] = 1.0
-    M.sort_indices()
     return M
 
 

@@ -8,6 +8,7 @@ from sklearn.model_selection import train_test_split
 from skvqgnn import Graph, NodeSet
 from skvqgnn.datasets import make_csbm
 from skvqgnn.graph import (
+    attention_mask,
     gcn_norm,
     gcn_norm_scales,
     has_repeats,
@@ -135,6 +136,41 @@ def test_unit_self_loops_need_no_second_matrix(monkeypatch):
     size = C.data.nbytes + C.indices.nbytes + C.indptr.nbytes
     assert held >= size
     assert peak - held < 0.3 * size, f"temporaries of {(peak - held) / size:.2f}x the result"
+
+
+@pytest.mark.parametrize("unsorted", [False, True])
+def test_the_attention_mask_is_the_pattern_of_a_plus_i(unsorted):
+    """GAT's mask: every stored non-zero of ``A`` and every diagonal entry, a stored zero
+    weight included, as unit entries with sorted indices; other stored zeros are dropped."""
+    A = _loops_case(120, 1, np.int32, unsorted)
+    off = np.flatnonzero(A.indices != np.repeat(np.arange(120), np.diff(A.indptr)))
+    A.data[off[::5]] = 0.0  # stored zeros off the diagonal too
+    expected = (A.toarray() != 0) | np.eye(120, dtype=bool)
+    M = attention_mask(A)
+    assert M.has_sorted_indices and M.dtype == np.float32 and (M.data == 1.0).all()
+    assert M.nnz == expected.sum()
+    np.testing.assert_array_equal(M.toarray() != 0, expected)
+
+
+def test_the_attention_mask_is_built_in_one_copy(monkeypatch):
+    """The mask is ``A``'s arrays with the loops inserted: its temporaries are a fraction of
+    the result, where a copy of ``A``'s pattern and the sum ``A + I`` held about twice it."""
+    import tracemalloc
+
+    import skvqgnn.graph
+
+    monkeypatch.setattr(skvqgnn.graph, "_LOOP_ENTRIES", 1 << 16)
+    A, X, _, _ = make_csbm(50_000, 4, avg_degree=40, n_features=2, random_state=0)
+    A = Graph(A, X).A
+    tracemalloc.start()
+    try:
+        M = attention_mask(A)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = M.data.nbytes + M.indices.nbytes + M.indptr.nbytes
+    assert held >= size
+    assert peak - held < 0.5 * size, f"temporaries of {(peak - held) / size:.2f}x the result"
 
 
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
