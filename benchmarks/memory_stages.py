@@ -325,7 +325,9 @@ def _table(header: list[str], records: list[Record], names: list[str], cell: Any
     cells for the stages ``names`` (``cell(stage)``; empty where the run had no such stage)."""
     head = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
-    for r in sorted(records, key=lambda r: (r["n_nodes"], r["sampler"], backbone(r))):
+    for r in sorted(
+        records, key=lambda r: (r["n_nodes"], r["sampler"], BACKBONES.index(backbone(r)))
+    ):
         by = {s["stage"]: s for s in r["stages"]}
         rows.append((r, [cell(by[name]) if name in by else "" for name in names]))
     return head, rows
@@ -367,7 +369,7 @@ def _in_memory_table(records: list[Record]) -> list[str]:
     largest = max(records, key=lambda r: r["n_nodes"])
     at_largest = [r for r in records if r["n_nodes"] == largest["n_nodes"]]
     verdicts = []
-    for r in sorted(at_largest, key=lambda r: (r["sampler"], backbone(r))):
+    for r in sorted(at_largest, key=lambda r: (r["sampler"], BACKBONES.index(backbone(r)))):
         ratio = fit_peak(r) / r["floor_gib"]
         verdicts.append(f"{label(r)} {ratio:.2f}x: **{'PASS' if ratio <= BAR else 'FAIL'}**")
     lines += [

@@ -134,6 +134,24 @@ def test_memory_bar_reads_the_fit_peak_at_the_largest_size(tmp_path):
     assert region.count("\n| 1") == 3  # one row per record
 
 
+def test_runs_of_other_backbones_are_rows_and_verdicts_of_their_own():
+    records = [
+        _memory_record(10_000, "random", 1.9),
+        {**_memory_record(10_000, "random", 2.2), "backbone": "gat"},
+    ]
+    region = memory_stages.render(
+        {**META, "command": "python benchmarks/memory_stages.py"}, records, None
+    )
+    rows = [line for line in region.splitlines() if line.startswith("| 10,000 |")]
+    assert [row.split(" | ")[2] for row in rows] == ["random", "random gat"]
+    assert "random 1.90x: **PASS**; random gat 2.20x: **FAIL**" in region
+    specs = memory_stages.make_specs(
+        memory_stages.parse_args(["--samplers", "random", "--backbones", "gcn", "gat"])
+    )
+    assert [s.get("backbone", "gcn") for s in specs] == ["gcn", "gat"]
+    assert "backbone" not in specs[0]  # gcn's records stay as they were
+
+
 def _disk_record(n: int, sampler: str, fit_anon: float) -> dict:
     record = _memory_record(n, sampler, 2.0)
     for stage in record["stages"]:
