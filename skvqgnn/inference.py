@@ -6,9 +6,11 @@ holds more than a chunk or a batch:
 
 * ``exact_layers``: layer-wise full-neighbour inference (the host holds one layer's O(n·f)
   representations);
-* ``initialise_codebooks``: k-means of every layer input from the exact layers, before training;
+* ``initialise_codebooks``: k-means of every layer input from the exact layers, before training
+  (from VQ inference, batch by batch, for global attention, whose exact layer costs n²);
 * ``refresh_codebooks``: the end of a fit, every node re-assigned by its dropout-free input;
-* ``vq_inference``: mini-batch VQ inference, codewords for the out-of-batch messages;
+* ``vq_inference``: mini-batch VQ inference, codewords for the out-of-batch messages
+  (``vq_blocks``: the same, group by group);
 * ``assign_new_graph``: the codes of an unseen graph, level by level, for VQ inference on it.
 
 The estimators call them; so can a callback or a benchmark, with the ``FitLoop``'s state.
@@ -16,7 +18,7 @@ The estimators call them; so can a callback or a benchmark, with the ``FitLoop``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -101,13 +103,14 @@ def _chunks(n: int, sharing: Any = None) -> Iterator[np.ndarray]:
 @torch.no_grad()
 def initialise_codebook(
     cb: ProductCodebook,
-    H: np.ndarray | sp.csr_array | Callable[[np.ndarray], Tensor],
+    H: np.ndarray | sp.csr_array | Callable[[np.ndarray], Tensor] | None,
     weight: float,
     gen: torch.Generator,
     device: torch.device,
     whiten: bool = True,
     n_rows: int | None = None,
     sharing: Any = None,
+    blocks: Callable[[], Iterator[tuple[np.ndarray, Tensor]]] | None = None,
 ) -> AssignmentTable:
     """k-means of every node's input ``H`` (n, f) into ``cb``.
 
@@ -135,12 +138,18 @@ def initialise_codebook(
         A partitioned fit's: ``H`` computes this process's nodes only; the moments, the
         k-means sample, the member sums and the codes are exchanged, so that every process
         ends with the codebook and the codes one process holding the whole graph would.
+    blocks : callable, default=None
+        Instead of ``H`` (then ``None``): ``blocks()`` yields ``(nodes, rows)`` pairs that
+        cover every node once, in an order of its own (VQ inference's batches); it is run
+        twice, for the moments and the k-means sample, then for the codes.
 
     Returns
     -------
     AssignmentTable
         The nodes' codes (feature and gradient codes alike).
     """
+    if blocks is not None:
+        return _initialise_from_blocks(cb, blocks, n_rows, weight, gen, device)
     if callable(H):
         n, rows_of = n_rows, H
         moments = _streamed_moments(rows_of, n, sharing)
@@ -151,8 +160,7 @@ def initialise_codebook(
         def rows_of(rows: np.ndarray) -> Tensor:
             return dense_rows(matrix, rows, device)
 
-    sample = torch.randperm(n, generator=gen)[: max(_KMEANS_SAMPLE, 4 * cb.n_codewords)]
-    sample = np.sort(sample.numpy())
+    sample = _kmeans_sample(n, cb, gen)
     mean, var = (cb.split(torch.from_numpy(v.astype(np.float32)).to(device)) for v in moments)
     if not whiten:
         var = torch.ones_like(var)
@@ -165,10 +173,29 @@ def initialise_codebook(
             rows[torch.from_numpy(mine).to(device)] = rows_of(sample[mine])
         rows = sharing.sum(rows.cpu()).to(device)
     cb.seed(mean, var, cb.split(rows), gen, _KMEANS_ITERS)
+    chunks = ((chunk, rows_of(chunk)) for chunk in _chunks(n, sharing))
+    return _assign_every_node(cb, chunks, n, weight, sharing)
+
+
+def _kmeans_sample(n: int, cb: ProductCodebook, gen: torch.Generator) -> np.ndarray:
+    """The sorted nodes whose rows the k-means of ``cb`` is fitted on."""
+    sample = torch.randperm(n, generator=gen)[: max(_KMEANS_SAMPLE, 4 * cb.n_codewords)]
+    return np.sort(sample.numpy())
+
+
+def _assign_every_node(
+    cb: ProductCodebook,
+    chunks: Iterable[tuple[np.ndarray, Tensor]],
+    n: int,
+    weight: float,
+    sharing: Any = None,
+) -> AssignmentTable:
+    """Every node's codes from ``(nodes, rows)`` chunks, and the codewords settled on the
+    means of their members (the counts set to ``weight`` of them)."""
     table = AssignmentTable(n, cb.n_slices, cb.n_codewords)
     count = sums = None
-    for chunk in _chunks(n, sharing):
-        x = cb.split(rows_of(chunk))
+    for chunk, rows in chunks:
+        x = cb.split(rows)
         codes = cb.assign(x)
         c, s_ = cb.member_sums(x, codes)
         count, sums = (c, s_) if count is None else (count + c, sums + s_)
@@ -178,6 +205,34 @@ def initialise_codebook(
         sharing.share_codes(table, both=True)
     cb.settle(count, sums, weight)
     return table
+
+
+def _initialise_from_blocks(
+    cb: ProductCodebook,
+    blocks: Callable[[], Iterator[tuple[np.ndarray, Tensor]]],
+    n: int,
+    weight: float,
+    gen: torch.Generator,
+    device: torch.device,
+) -> AssignmentTable:
+    """`initialise_codebook` over ``blocks``: one pass for the moments and the rows of the
+    k-means sample, one for the codes; no (n, f) matrix is held."""
+    sample = _kmeans_sample(n, cb, gen)
+    slot = np.full(n, -1, dtype=np.int64)
+    slot[sample] = np.arange(len(sample))
+    rows = torch.zeros(len(sample), cb.n_features, device=device)
+    total = square = None
+    for nodes, x in blocks():
+        x64 = x.double()
+        s, q = x64.sum(0), (x64 * x64).sum(0)
+        total, square = (s, q) if total is None else (total + s, square + q)
+        picked = slot[nodes] >= 0
+        rows[torch.from_numpy(slot[nodes[picked]]).to(device)] = x[torch.from_numpy(picked)]
+    mean, square = (t.cpu().numpy() / n for t in (total, square))
+    var = np.maximum(square - mean**2, 0.0) * n / (n - 1) if n > 1 else np.ones_like(mean)
+    mean, var = (cb.split(torch.from_numpy(v.astype(np.float32)).to(device)) for v in (mean, var))
+    cb.seed(mean, var, cb.split(rows), gen, _KMEANS_ITERS)
+    return _assign_every_node(cb, blocks(), n, weight)
 
 
 def _summed(sharing: Any, count: Tensor, sums: Tensor) -> tuple[Tensor, Tensor]:
@@ -211,6 +266,10 @@ def initialise_codebooks(
     the exact output of layer ``l - 1`` (the raw features for ``l = 0``): the host holds the
     layer below, never the clustered layer itself.
 
+    Global attention (the graph transformer: ``every_pair`` convolutions) has an exact layer
+    of n² work, so there too codebook ``l`` clusters the VQ inference output of layer ``l``,
+    the input codebook initialised first, batch by batch (`vq_blocks`): no layer is held.
+
     Parameters
     ----------
     model : VQGNN
@@ -238,15 +297,20 @@ def initialise_codebooks(
     input_table = None
     if sharing is None and any(conv.every_pair for conv in data.convolutions):
         # exact global attention scores every pair of nodes, n² work (hours at 10⁶ nodes):
-        # each level clusters instead the VQ inference output of its layer for every node,
-        # the layers below through their codewords (the input codebook first), linear in n
+        # each level clusters the VQ inference output of its layer instead, the layers below
+        # through their codewords (the input codebook first), linear in n
         if model.input_codebook is not None:
             input_table = _initialise_input(model, data, gen, device)
-        every = np.arange(data.n_nodes)
         for level, cb in enumerate(model.codebooks):
-            H = vq_inference(model, data, tables, input_table, sampler, every, device, level)
-            tables.append(initialise_codebook(cb, H.numpy(), weight, gen, device))
-            del H
+
+            def blocks(level=level) -> Iterator[tuple[np.ndarray, Tensor]]:
+                return vq_blocks(model, data, tables, input_table, sampler, device, level)
+
+            tables.append(
+                initialise_codebook(
+                    cb, None, weight, gen, device, n_rows=data.n_nodes, blocks=blocks
+                )
+            )
         return tables, input_table
     for level, cb in enumerate(model.codebooks):
         if sharing is None:
@@ -549,9 +613,33 @@ def vq_inference(
     out: Tensor | None = None
     where = np.full(data.n_nodes, -1, dtype=np.int32 if len(nodes) < 2**31 else np.int64)
     where[nodes] = np.arange(len(nodes))
+    for kept, rows in vq_blocks(model, data, tables, input_table, sampler, device, upto, wanted):
+        rows = rows.cpu()
+        if reduce is not None:
+            rows = reduce(rows)
+        if out is None:
+            out = torch.empty((len(nodes), *rows.shape[1:]), dtype=rows.dtype)
+        out[torch.from_numpy(where[kept].astype(np.int64))] = rows
+    return out
+
+
+def vq_blocks(
+    model: VQGNN,
+    data: GraphData,
+    tables: Sequence[AssignmentTable],
+    input_table: AssignmentTable | None,
+    sampler: NodeSampler,
+    device: torch.device,
+    upto: int | None = None,
+    wanted: np.ndarray | None = None,
+) -> Iterator[tuple[np.ndarray, Tensor]]:
+    """`vq_inference` group by group: ``(nodes, rows)``, the nodes of a group of inference
+    batches (those ``wanted``, a mask over the nodes; every node when ``None``) and their
+    output rows on ``device``, in the sampler's order."""
     position = np.full(data.n_nodes, -1, dtype=np.int32)
     levels = tables if upto is None else tables[:upto]
-    for batch_nodes, segment in inference_groups(data, sampler, lambda b: wanted[b].any()):
+    keep = None if wanted is None else (lambda b: wanted[b].any())
+    for batch_nodes, segment in inference_groups(data, sampler, keep):
         batch = make_batch(
             data,
             batch_nodes,
@@ -562,14 +650,11 @@ def vq_inference(
             segment=segment,
         )
         logits, _ = model(batch, upto=upto)
-        keep = wanted[batch_nodes]
-        rows = logits.cpu()[torch.from_numpy(keep)]
-        if reduce is not None:
-            rows = reduce(rows)
-        if out is None:
-            out = torch.empty((len(nodes), *rows.shape[1:]), dtype=rows.dtype)
-        out[torch.from_numpy(where[batch_nodes[keep]].astype(np.int64))] = rows
-    return out
+        if wanted is None:
+            yield batch_nodes, logits
+        else:
+            mask = wanted[batch_nodes]
+            yield batch_nodes[mask], logits[torch.from_numpy(mask).to(logits.device)]
 
 
 @torch.no_grad()
