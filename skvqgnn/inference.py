@@ -39,6 +39,7 @@ __all__ = [
     "initialise_codebooks",
     "level_inputs",
     "refresh_codebooks",
+    "vq_blocks",
     "vq_inference",
 ]
 
@@ -623,6 +624,7 @@ def vq_inference(
     return out
 
 
+@torch.no_grad()
 def vq_blocks(
     model: VQGNN,
     data: GraphData,
@@ -635,7 +637,20 @@ def vq_blocks(
 ) -> Iterator[tuple[np.ndarray, Tensor]]:
     """`vq_inference` group by group: ``(nodes, rows)``, the nodes of a group of inference
     batches (those ``wanted``, a mask over the nodes; every node when ``None``) and their
-    output rows on ``device``, in the sampler's order."""
+    output rows on ``device``, in the sampler's order.
+
+    Parameters
+    ----------
+    model, data, tables, input_table, sampler, device, upto
+        As for `vq_inference`.
+    wanted : ndarray of shape (n_nodes,), bool, default=None
+        The nodes whose rows are yielded; only the groups holding one are run.
+
+    Yields
+    ------
+    nodes : ndarray
+    rows : Tensor of shape (len(nodes), width)
+    """
     position = np.full(data.n_nodes, -1, dtype=np.int32)
     levels = tables if upto is None else tables[:upto]
     keep = None if wanted is None else (lambda b: wanted[b].any())
