@@ -1,7 +1,7 @@
 """Memory of a fit, stage by stage, against the size of the data: how large a graph one machine
 trains.
 
-For each (n, sampler) configuration a fresh subprocess (this script with ``--worker``)
+For each (n, sampler, backbone) configuration a fresh subprocess (this script with ``--worker``)
 generates a contextual SBM graph (``skvqgnn.datasets.make_csbm``, average degree 10, 64
 features), builds a ``Graph`` from it and drops the raw arrays, fits ``VQGNNClassifier`` for a
 few epochs and predicts every node. Each stage's peak resident set size is read from the kernel
