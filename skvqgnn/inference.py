@@ -502,18 +502,8 @@ def level_inputs(
         Per group of batches (`inference_groups`).
     """
     cb = model.codebooks[level]
-    position = np.full(data.n_nodes, -1, dtype=np.int32)
-    for nodes, segment in inference_groups(data, sampler):
-        batch = make_batch(
-            data,
-            nodes,
-            tables[:level],
-            device,
-            input_table=input_table,
-            position=position,
-            segment=segment,
-        )
-        yield nodes, cb.split(model(batch, upto=level)[0])
+    for nodes, rows in vq_blocks(model, data, tables, input_table, sampler, device, level):
+        yield nodes, cb.split(rows)
 
 
 @torch.no_grad()
