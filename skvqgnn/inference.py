@@ -49,6 +49,17 @@ _CHUNK_ROWS = 8192  # rows of a layer's inputs held at once by the codebook init
 _MOMENT_BYTES = 1 << 22  # float64 bytes of the feature rows `_column_moments` holds at once
 
 
+def _mean_and_variance(
+    total: np.ndarray, square: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and unbiased variance from the columns' sums and sums of squares over
+    ``n`` rows (variance 1 for fewer than two rows)."""
+    mean = total / max(n, 1)
+    if n < 2:
+        return mean, np.ones_like(mean)
+    return mean, np.maximum(square / n - mean**2, 0.0) * n / (n - 1)
+
+
 def _column_moments(M: np.ndarray | sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and unbiased variance (f,) of a dense or CSR matrix (1 for one row),
     in float64, from blocks of about `_MOMENT_BYTES` of rows: a float64 copy of a large
@@ -68,10 +79,7 @@ def _column_moments(M: np.ndarray | sp.csr_array) -> tuple[np.ndarray, np.ndarra
             values = np.asarray(block, dtype=np.float64)
             total += values.sum(axis=0)
             square += np.einsum("ij,ij->j", values, values)
-    mean = total / max(n, 1)
-    if n < 2:
-        return mean, np.ones_like(mean)
-    return mean, np.maximum(square / n - mean**2, 0.0) * n / (n - 1)
+    return _mean_and_variance(total, square, n)
 
 
 def _streamed_moments(
@@ -87,10 +95,7 @@ def _streamed_moments(
         total, square = (s, q) if total is None else (total + s, square + q)
     if sharing is not None:
         total, square = sharing.sum(torch.stack([total, square]).cpu())
-    mean, square = (t.cpu().numpy() / n for t in (total, square))
-    if n < 2:
-        return mean, np.ones_like(mean)
-    return mean, np.maximum(square - mean**2, 0.0) * n / (n - 1)
+    return _mean_and_variance(total.cpu().numpy(), square.cpu().numpy(), n)
 
 
 def _chunks(n: int, sharing: Any = None) -> Iterator[np.ndarray]:
@@ -229,9 +234,8 @@ def _initialise_from_blocks(
         total, square = (s, q) if total is None else (total + s, square + q)
         picked = slot[nodes] >= 0
         rows[torch.from_numpy(slot[nodes[picked]]).to(device)] = x[torch.from_numpy(picked)]
-    mean, square = (t.cpu().numpy() / n for t in (total, square))
-    var = np.maximum(square - mean**2, 0.0) * n / (n - 1) if n > 1 else np.ones_like(mean)
-    mean, var = (cb.split(torch.from_numpy(v.astype(np.float32)).to(device)) for v in (mean, var))
+    moments = _mean_and_variance(total.cpu().numpy(), square.cpu().numpy(), n)
+    mean, var = (cb.split(torch.from_numpy(v.astype(np.float32)).to(device)) for v in moments)
     cb.seed(mean, var, cb.split(rows), gen, _KMEANS_ITERS)
     return _assign_every_node(cb, blocks(), n, weight)
 
